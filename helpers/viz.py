@@ -1,0 +1,170 @@
+"""Pictures for the lessons: image grids on one fixed gray scale, and statistics plots.
+
+Every image in a grid is drawn with the same mapping from values to gray: [-1, 1] for model
+tensors, [0, 255] for 8-bit images, or a ``value_range`` you pass. Nothing is rescaled per
+image, so a drift in gray levels (the original tutorial's samples had one) stays visible.
+Each function returns its matplotlib figure (Jupyter shows it inline) and saves it when given
+a ``path``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .metrics import SetDescriptors
+
+
+def as_images(images) -> np.ndarray:
+    """Images as a numpy (N, H, W) array, from torch or numpy, (H, W), (N, H, W) or (N, 1, H, W)."""
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim == 4:
+        if images.shape[1] != 1:
+            raise ValueError(f"expected single-channel images, got shape {images.shape}")
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise ValueError(f"expected (H, W), (N, H, W) or (N, 1, H, W) images, got {images.shape}")
+    return images
+
+
+def default_range(images: np.ndarray) -> tuple[float, float]:
+    """The fixed gray scale for a dtype: 0..255 for 8-bit, -1..1 (the model's range) otherwise."""
+    return (0.0, 255.0) if images.dtype == np.uint8 else (-1.0, 1.0)
+
+
+def _save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
+    return fig
+
+
+def image_grid(images, ncols: int | None = None, value_range: tuple[float, float] | None = None,
+               titles: Sequence[str] | None = None, title: str | None = None,
+               path: str | Path | None = None, cell_inches: float = 1.3,
+               cmap: str = "gray") -> plt.Figure:
+    """Images in a near-square grid, all on one gray scale (see the module docstring)."""
+    images = as_images(images)
+    low, high = value_range if value_range is not None else default_range(images)
+    n = len(images)
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} images")
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    extra = 0.25 if titles is not None else 0.0
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                             figsize=(ncols * cell_inches, nrows * (cell_inches + extra)
+                                      + (0.4 if title else 0.0)))
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(images[i], cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def voronoi_steps(sample, path: str | Path | None = None) -> plt.Figure:
+    """How one voronoi-gb image is made: seeds, nearest-seed labels, boundary image."""
+    size = sample.labels.shape[0]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    panels = [("1. random seeds in a periodic box", None),
+              ("2. label = nearest seed (periodic)", sample.labels),
+              ("3. boundary: a 4-neighbour differs", sample.image)]
+    for ax, (label, picture) in zip(axes, panels):
+        if picture is sample.labels:
+            ax.imshow(picture, cmap="tab20", interpolation="nearest")
+        elif picture is not None:
+            ax.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.set_facecolor("black")
+        if picture is not sample.image:
+            ax.scatter(sample.seeds[:, 1] - 0.5, sample.seeds[:, 0] - 0.5, c="white",
+                       edgecolors="black", s=30)
+        ax.set_xlim(-0.5, size - 0.5)
+        ax.set_ylim(size - 0.5, -0.5)
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+DESCRIPTOR_LABELS = {
+    "boundary_fraction": "boundary fraction",
+    "grains": "grains per image (>= 4 px)",
+    "lineal_intercept": "mean lineal intercept (px)",
+    "junctions": "junctions per image",
+    "dangling_ends": "dangling ends per image",
+}
+
+
+def descriptor_histograms(sets: Mapping[str, SetDescriptors],
+                          names: Sequence[str] = ("boundary_fraction", "grains", "lineal_intercept"),
+                          path: str | Path | None = None) -> plt.Figure:
+    """Overlaid histograms of per-image descriptors, one panel per descriptor, one colour per set."""
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        values = [s.per_image[name] for s in sets.values()]
+        low = min(v.min() for v in values)
+        high = max(v.max() for v in values)
+        integer = all(np.allclose(v, np.round(v)) for v in values)
+        bins = np.arange(low - 0.5, high + 1.5) if integer else np.linspace(low, high, 30)
+        for label, v in zip(sets, values):
+            ax.hist(v, bins=bins, density=True, alpha=0.55, label=f"{label} ({v.mean():.3g})")
+        ax.set_xlabel(DESCRIPTOR_LABELS.get(name, name))
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def lognormal_fit(diameters: np.ndarray) -> tuple[float, float]:
+    """Log-normal fit of grain diameters: mean and standard deviation of ln(d)."""
+    logs = np.log(diameters[diameters > 0])
+    return float(logs.mean()), float(logs.std())
+
+
+def size_distribution(sets: Mapping[str, np.ndarray], path: str | Path | None = None) -> plt.Figure:
+    """Histogram of grain equivalent-circle diameters per set, each with its log-normal fit."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    high = max(d.max() for d in sets.values())
+    bins = np.linspace(0, high, 40)
+    grid = np.linspace(bins[1] / 4, high, 300)
+    for label, diameters in sets.items():
+        mu, sigma = lognormal_fit(diameters)
+        bars = ax.hist(diameters, bins=bins, density=True, alpha=0.5, label=f"{label}")
+        pdf = np.exp(-(np.log(grid) - mu) ** 2 / (2 * sigma**2)) / (grid * sigma * np.sqrt(2 * np.pi))
+        ax.plot(grid, pdf, color=bars[2][0].get_facecolor(), alpha=1.0, lw=2,
+                label=f"log-normal fit: median {np.exp(mu):.1f} px, sigma {sigma:.2f}")
+    ax.set_xlabel("grain equivalent-circle diameter (px)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def s2_curves(sets: Mapping[str, SetDescriptors], path: str | Path | None = None) -> plt.Figure:
+    """Mean two-point correlation S2(r) per set, with its limits f (r = 0) and f^2 (long range)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, s in sets.items():
+        mean = s.s2.mean(axis=0)
+        line, = ax.plot(np.arange(len(mean)), mean, marker="o", ms=3, label=label)
+        fraction = s.per_image["boundary_fraction"].mean()
+        ax.axhline(fraction**2, color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("distance r (px)")
+    ax.set_ylabel("S2(r) of the boundary phase")
+    ax.set_title("dotted: f^2, the value for uncorrelated points", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

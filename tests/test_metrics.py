@@ -1,0 +1,131 @@
+"""helpers.metrics: each descriptor on images whose answer is known."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import data, metrics
+
+
+def blank(size=64):
+    return np.zeros((size, size), dtype=bool)
+
+
+def cross(size=64):
+    """Boundary rows 20-21 and columns 40-41: four grains."""
+    mask = blank(size)
+    mask[20:22, :] = True
+    mask[:, 40:42] = True
+    return mask
+
+
+def test_thresholds_are_zero_for_model_values_and_128_for_bytes():
+    np.testing.assert_array_equal(metrics.boundary_masks(np.array([[0.0, 0.01, -1.0]])),
+                                  [[False, True, False]])
+    np.testing.assert_array_equal(metrics.boundary_masks(np.array([[127, 128, 255]], np.uint8)),
+                                  [[False, True, True]])
+    assert metrics.boundary_masks(torch.ones(2, 1, 4, 4)).shape == (2, 4, 4)
+    with pytest.raises(ValueError, match="one channel"):
+        metrics.boundary_masks(np.zeros((2, 3, 4, 4)))
+
+
+def test_boundary_fraction_and_grains_of_a_cross():
+    mask = cross()
+    assert metrics.boundary_fraction(mask) == pytest.approx((2 * 64 + 2 * 64 - 4) / 64**2)
+    np.testing.assert_array_equal(np.sort(metrics.grain_areas(mask)), [20 * 22, 20 * 40, 42 * 22, 42 * 40])
+    assert metrics.grain_count(mask) == 4
+
+
+def test_small_regions_are_not_grains():
+    mask = cross()
+    mask[50:55, 50:55] = True
+    mask[52, 52] = False  # a 1-px hole inside a blob of boundary
+    assert metrics.grain_count(mask) == 4
+    assert metrics.grain_count(mask, min_px=1) == 5
+
+
+def test_equivalent_circle_diameters():
+    mask = cross()
+    np.testing.assert_allclose(np.sort(metrics.grain_diameters(mask)),
+                               2 * np.sqrt(np.array(sorted([440, 800, 924, 1680])) / np.pi))
+
+
+def test_lineal_intercept_of_stripes():
+    mask = blank()
+    for start in (7, 23, 39, 55):
+        mask[:, start:start + 2] = True  # four boundaries crossed by every row, none by columns
+    assert metrics.mean_lineal_intercept(mask) == pytest.approx(2 * 64 * 64 / (64 * 4))
+
+
+def test_lineal_intercept_counts_half_an_intercept_where_a_line_ends_on_a_boundary():
+    mask = blank(8)
+    mask[:, 0] = True  # every row starts on a boundary: 8 half intercepts
+    mask[:, 4] = True  # and crosses one more: 8 whole ones; columns 0 and 4 lie along them
+    assert metrics.mean_lineal_intercept(mask) == pytest.approx(2 * 64 / 12)
+    assert metrics.mean_lineal_intercept(blank(8)) == 2 * 64
+
+
+def test_a_closed_network_has_junctions_and_no_ends():
+    features = metrics.skeleton_features(cross())
+    assert features.dangling_ends == 0
+    assert features.junctions == 1
+    sample = data.make_voronoi_gb(seed=0, index=0).image >= 128
+    assert metrics.skeleton_features(sample).dangling_ends == 0
+
+
+def test_an_open_boundary_has_dangling_ends():
+    mask = blank()
+    mask[30:32, 10:40] = True  # a free-floating segment: two ends
+    assert metrics.skeleton_features(mask).dangling_ends == 2
+    mask[10:30, 24:26] = True  # a T: three ends, one junction
+    features = metrics.skeleton_features(mask)
+    assert (features.dangling_ends, features.junctions) == (3, 1)
+    mask = blank()
+    mask[30:32, 0:40] = True  # leaves the image on the left: only the right end is a defect
+    features = metrics.skeleton_features(mask)
+    assert features.dangling_ends == 1 and 36 <= features.ends[0][1] <= 40
+
+
+def s2_brute_force(mask, r_max):
+    """S2 by counting every pair of pixels, binned like helpers.metrics."""
+    h, w = mask.shape
+    total = np.zeros(r_max + 1)
+    count = np.zeros(r_max + 1)
+    for dr in range(-h + 1, h):
+        for dc in range(-w + 1, w):
+            r = int(np.rint(np.hypot(dr, dc)))
+            if r > r_max:
+                continue
+            a = mask[max(dr, 0):h + min(dr, 0), max(dc, 0):w + min(dc, 0)]
+            b = mask[max(-dr, 0):h + min(-dr, 0), max(-dc, 0):w + min(-dc, 0)]
+            total[r] += np.sum(a & b)
+            count[r] += a.size
+    return total / count
+
+
+def test_two_point_correlation_matches_pair_counting():
+    mask = np.random.default_rng(1).random((12, 10)) < 0.3
+    np.testing.assert_allclose(metrics.two_point_correlation(mask), s2_brute_force(mask, 5), atol=1e-12)
+
+
+def test_two_point_correlation_limits():
+    mask = np.random.default_rng(2).random((64, 64)) < 0.2
+    s2 = metrics.two_point_correlation(mask)
+    assert s2.shape == (33,)
+    assert s2[0] == pytest.approx(mask.mean())
+    np.testing.assert_allclose(s2[5:], mask.mean() ** 2, atol=0.006)
+
+
+def test_seam_ratio_tells_periodic_from_cropped_images():
+    masks = metrics.boundary_masks(data.load_uint8("voronoi_gb_64", limit=200))
+    assert metrics.seam_ratio(masks) == pytest.approx(1.0, abs=0.1)
+    assert metrics.seam_ratio(masks[:, :40, :40]) > 2.0
+
+
+def test_describe_set_gathers_every_descriptor():
+    masks = np.stack([cross(), cross()])
+    stats = metrics.describe_set(masks)
+    assert set(stats.per_image) == set(metrics.DESCRIPTORS)
+    assert stats.per_image["grains"].tolist() == [4.0, 4.0]
+    assert stats.diameters.shape == (8,) and stats.s2.shape == (2, 33)
+    assert stats.summary()["grains"] == (4.0, 0.0)
+    assert stats.subset([1]).size == 1

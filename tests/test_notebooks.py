@@ -1,0 +1,73 @@
+"""Every lesson notebook: its structure, and that it runs top to bottom on smoke settings."""
+import ast
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import ROOT
+from helpers.notebooks import badge_markdown, notebook_paths, run_notebook, setup_source
+
+sys.path.insert(0, str(ROOT / "tools"))
+from sync_notebooks import synced_notebook, synced_readme  # noqa: E402
+
+NOTEBOOKS = notebook_paths()
+ids = [p.stem for p in NOTEBOOKS]
+
+
+def test_there_are_lessons():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "01_data_exploration.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_outputs_are_stripped(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_conventions(path):
+    notebook = nbformat.read(path, as_version=4)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    cells = notebook.cells
+    assert cells[0].cell_type == "markdown" and cells[0].source == badge_markdown(path)
+    assert f"/blob/main/notebooks/{path.name})" in cells[0].source
+    setup = [c for c in cells if "setup" in c.metadata.get("tags", [])]
+    assert len(setup) == 1 and setup[0].source == setup_source()
+    parameters = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, "exactly one cell tagged 'parameters'"
+    tree = ast.parse(parameters[0].source)
+    assert all(isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) for node in tree.body), \
+        "the parameters cell holds literal assignments only"
+    assert "SMOKE" in {t.id for node in tree.body for t in node.targets}
+    after = cells[cells.index(parameters[0]) + 1].source
+    assert 'SMOKE = SMOKE or os.environ.get("MDDPM_SMOKE") == "1"' in after
+    assert cells.index(setup[0]) < cells.index(parameters[0])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_is_in_sync_with_the_repository_address(path):
+    """tools/sync_notebooks.py would change nothing (run it if this fails)."""
+    assert nbformat.writes(synced_notebook(path)) + "\n" == path.read_text(encoding="utf-8")
+
+
+def test_readme_lists_every_notebook_with_its_badge():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert synced_readme(readme) == readme, "run python tools/sync_notebooks.py"
+    for path in NOTEBOOKS:
+        assert badge_markdown(path) in readme
+    assert re.search(r"^make test$", readme, re.M)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_runs_in_smoke_mode(path, tmp_path):
+    executed = run_notebook(path, tmp_path, smoke=True)
+    notebook = nbformat.read(executed, as_version=4)
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors
+    assert any(Path(tmp_path, path.stem).glob("*.png")), "the lesson saves its pictures"
