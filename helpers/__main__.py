@@ -9,6 +9,10 @@ from pathlib import Path
 from .data import KINDS, DataError
 
 
+class LessonError(RuntimeError):
+    """A notebook failed while the tutorial ran."""
+
+
 def _data_make(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
@@ -29,11 +33,16 @@ def _data_make(args: argparse.Namespace) -> None:
 def _tutorial(args: argparse.Namespace) -> None:
     from .notebooks import notebook_paths, run_notebook
 
-    paths = notebook_paths(args.only)
-    for path in paths:
+    from papermill.exceptions import PapermillExecutionError
+
+    for path in notebook_paths(args.only):
         start = time.perf_counter()
         print(f"running {path.name} ...", flush=True)
-        executed = run_notebook(path, Path(args.out), smoke=args.smoke)
+        try:
+            executed = run_notebook(path, Path(args.out), smoke=args.smoke)
+        except PapermillExecutionError as exc:
+            raise LessonError(f"{path.name} failed in cell {exc.exec_count}: {exc.ename}: "
+                              f"{exc.evalue} (executed copy in {args.out})") from None
         print(f"  -> {executed} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, LessonError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -299,6 +299,8 @@ def make_dataset(kind: str, n: int, size: int, seed: int, out: Path | str, force
         raise DataError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     n = check_positive("--n", n)
     size = check_positive("--size", size)
+    if int(seed) != seed or seed < 0:
+        raise DataError(f"--seed must be a whole number >= 0, got {seed}")
     if size < 8:
         raise DataError(f"--size must be at least 8 pixels, got {size}")
     out = prepare_output_dir(Path(out), force)

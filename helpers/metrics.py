@@ -179,12 +179,17 @@ class SetDescriptors:
     """Descriptors of a set of boundary images: what set-against-set comparisons work from."""
 
     per_image: dict[str, np.ndarray]  # descriptor name -> (N,) values
-    diameters: np.ndarray  # pooled grain equivalent-circle diameters of all images
+    grain_diameters: list[np.ndarray]  # per image, the equivalent-circle diameters of its grains
     s2: np.ndarray  # (N, r_max + 1) two-point correlation curves
 
     @property
     def size(self) -> int:
         return len(self.s2)
+
+    @property
+    def diameters(self) -> np.ndarray:
+        """Grain diameters of all images, pooled."""
+        return np.concatenate(self.grain_diameters) if self.grain_diameters else np.array([])
 
     def summary(self) -> dict[str, tuple[float, float]]:
         """Mean and standard deviation of each per-image descriptor."""
@@ -192,8 +197,9 @@ class SetDescriptors:
 
     def subset(self, index) -> "SetDescriptors":
         """The descriptors of the images selected by ``index`` (for splits of one set)."""
-        return SetDescriptors({k: v[index] for k, v in self.per_image.items()}, np.array([]),
-                              self.s2[index])
+        index = np.arange(self.size)[index]
+        return SetDescriptors({k: v[index] for k, v in self.per_image.items()},
+                              [self.grain_diameters[i] for i in index], self.s2[index])
 
 
 def describe_set(masks, progress: bool = False) -> SetDescriptors:
@@ -214,7 +220,7 @@ def describe_set(masks, progress: bool = False) -> SetDescriptors:
         diameters.append(grain_diameters(mask))
         curves.append(two_point_correlation(mask))
     per_image = {k: np.array([row[k] for row in rows]) for k in DESCRIPTORS}
-    return SetDescriptors(per_image, np.concatenate(diameters), np.stack(curves))
+    return SetDescriptors(per_image, diameters, np.stack(curves))
 
 
 def seam_ratio(masks) -> float:

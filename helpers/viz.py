@@ -77,23 +77,19 @@ def image_grid(images, ncols: int | None = None, value_range: tuple[float, float
 def voronoi_steps(sample, path: str | Path | None = None) -> plt.Figure:
     """How one voronoi-gb image is made: seeds, nearest-seed labels, boundary image."""
     size = sample.labels.shape[0]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
-    panels = [("1. random seeds in a periodic box", None),
-              ("2. label = nearest seed (periodic)", sample.labels),
-              ("3. boundary: a 4-neighbour differs", sample.image)]
-    for ax, (label, picture) in zip(axes, panels):
-        if picture is sample.labels:
-            ax.imshow(picture, cmap="tab20", interpolation="nearest")
-        elif picture is not None:
-            ax.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.set_facecolor("black")
-        if picture is not sample.image:
-            ax.scatter(sample.seeds[:, 1] - 0.5, sample.seeds[:, 0] - 0.5, c="white",
-                       edgecolors="black", s=30)
+    fig, (seeds_ax, labels_ax, image_ax) = plt.subplots(1, 3, figsize=(10, 3.6))
+    seeds_ax.set_facecolor("black")
+    labels_ax.imshow(sample.labels, cmap="tab20", interpolation="nearest")
+    image_ax.imshow(sample.image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    for ax in (seeds_ax, labels_ax):
+        ax.scatter(sample.seeds[:, 1] - 0.5, sample.seeds[:, 0] - 0.5, c="white",
+                   edgecolors="black", s=30)
+    titles = ("1. random seeds in a periodic box", "2. label = nearest seed (periodic)",
+              "3. boundary: a 4-neighbour differs")
+    for ax, title in zip((seeds_ax, labels_ax, image_ax), titles):
         ax.set_xlim(-0.5, size - 0.5)
         ax.set_ylim(size - 0.5, -0.5)
-        ax.set_title(label, fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()

@@ -173,6 +173,11 @@ def test_bad_counts_and_sizes_are_refused(tmp_path, n, size, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_negative_seed_is_refused(tmp_path):
+    with pytest.raises(data.DataError, match="--seed must be a whole number >= 0, got -1"):
+        data.make_dataset("voronoi-gb", n=1, size=16, seed=-1, out=tmp_path / "x")
+
+
 def test_cli_exits_non_zero_with_a_one_line_reason(tmp_path, capsys):
     assert main(["data", "make", "--kind", "voronoi-gb", "--n", "0", "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2

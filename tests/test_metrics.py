@@ -128,4 +128,4 @@ def test_describe_set_gathers_every_descriptor():
     assert stats.per_image["grains"].tolist() == [4.0, 4.0]
     assert stats.diameters.shape == (8,) and stats.s2.shape == (2, 33)
     assert stats.summary()["grains"] == (4.0, 0.0)
-    assert stats.subset([1]).size == 1
+    assert stats.subset([1]).size == 1 and stats.subset([1]).diameters.shape == (4,)
