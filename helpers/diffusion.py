@@ -1,0 +1,238 @@
+"""The DDPM itself: noise schedules, the forward jump q(x_t | x_0), the loss, and the samplers.
+
+Kept apart from the networks (``helpers.unet``) and the training loop, as a scheduler is in
+Hugging Face diffusers: any network mapping ``(x_t, t) -> predicted noise`` plugs in.
+
+Conventions: timesteps are 0-based, ``t`` in 0..T-1, one per image, as a (N,) long tensor.
+``alpha_bars[t]`` is the product of ``alphas[0..t]``, so ``x_t`` at ``t = 0`` is one step of
+noise away from the data, and sampling runs ``t = T-1, ..., 0``. Randomness always comes from a
+``torch.Generator`` passed in, so a seeded run repeats exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+SCHEDULES = ("linear", "cosine")
+VARIANCES = ("beta", "posterior")
+
+# callback(step, t, x_t, x0_hat): called after each reverse step with the new sample and the
+# network's current estimate of the clean image; used for GIF frames and progress bars.
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class Schedule:
+    """A variance schedule: betas, alphas = 1 - betas, and their cumulative products alpha-bar."""
+
+    kind: str
+    betas: torch.Tensor  # (T,) float32
+    alphas: torch.Tensor
+    alpha_bars: torch.Tensor
+
+    @classmethod
+    def from_betas(cls, kind: str, betas: torch.Tensor) -> "Schedule":
+        """Derive alphas and alpha-bars (cumulative product in float64, stored as float32)."""
+        betas = betas.to(torch.float64)
+        alphas = 1.0 - betas
+        alpha_bars = torch.cumprod(alphas, dim=0)
+        return cls(kind, betas.float(), alphas.float(), alpha_bars.float())
+
+    @classmethod
+    def linear(cls, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
+        """Ho et al.'s linear betas (the original tutorial's schedule)."""
+        return cls.from_betas("linear", torch.linspace(beta_start, beta_end, steps, dtype=torch.float64))
+
+    @classmethod
+    def cosine(cls, steps: int = 1000, offset: float = 0.008, max_beta: float = 0.999) -> "Schedule":
+        """Nichol & Dhariwal's cosine schedule: alpha-bar follows cos^2, so noise is added evenly."""
+        s = torch.arange(steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((s + offset) / (1 + offset) * math.pi / 2) ** 2
+        betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
+        return cls.from_betas("cosine", betas)
+
+    @classmethod
+    def create(cls, kind: str = "linear", steps: int = 1000) -> "Schedule":
+        """A schedule by name (for configs and the command line)."""
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(SCHEDULES)}")
+        return cls.linear(steps) if kind == "linear" else cls.cosine(steps)
+
+    @property
+    def steps(self) -> int:
+        return len(self.betas)
+
+    def config(self) -> dict:
+        """What rebuilds this schedule (stored in checkpoints)."""
+        return {"kind": self.kind, "steps": self.steps}
+
+    def to(self, device: torch.device | str) -> "Schedule":
+        return Schedule(self.kind, self.betas.to(device), self.alphas.to(device),
+                        self.alpha_bars.to(device))
+
+    def alpha_bars_prev(self) -> torch.Tensor:
+        """alpha-bar one step earlier, with alpha-bar before step 0 equal to 1 (clean data)."""
+        return torch.cat([self.alpha_bars.new_ones(1), self.alpha_bars[:-1]])
+
+    def posterior_variance(self) -> torch.Tensor:
+        """beta-tilde_t, the variance of q(x_{t-1} | x_t, x_0); zero at t = 0."""
+        return self.betas * (1 - self.alpha_bars_prev()) / (1 - self.alpha_bars)
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio of x_t: alpha-bar / (1 - alpha-bar)."""
+        return self.alpha_bars / (1 - self.alpha_bars)
+
+
+def _per_image(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t], shaped (N, 1, 1, 1) to broadcast over images like ``like``."""
+    return values.to(like.device)[t].reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def check_timesteps(schedule: Schedule, x: torch.Tensor, t: torch.Tensor) -> None:
+    """t must be a (N,) integer tensor in 0..T-1, one per image."""
+    if t.dim() != 1 or t.shape[0] != x.shape[0] or t.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"t must be a (N,) integer tensor with N = {x.shape[0]}, got "
+                         f"{tuple(t.shape)} {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= schedule.steps):
+        raise ValueError(f"t must lie in 0..{schedule.steps - 1}, got {int(t.min())}..{int(t.max())}")
+
+
+def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
+             noise: torch.Tensor) -> torch.Tensor:
+    """Jump straight to step t: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+    check_timesteps(schedule, x0, t)
+    abar = _per_image(schedule.alpha_bars, t, x0)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def noise_step_by_step(schedule: Schedule, x0: torch.Tensor, t: int,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Reach step t the slow way, x_s = sqrt(alpha_s) x_{s-1} + sqrt(beta_s) noise, s = 0..t.
+
+    Only for teaching and tests: it must give the same distribution as ``q_sample``.
+    """
+    x = x0
+    for s in range(t + 1):
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = schedule.alphas[s].sqrt() * x + schedule.betas[s].sqrt() * noise
+    return x
+
+
+def predict_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+               noise: torch.Tensor) -> torch.Tensor:
+    """Invert the forward jump for x_0, given (predicted) noise."""
+    abar = _per_image(schedule.alpha_bars, t, x_t)
+    return (x_t - (1 - abar).sqrt() * noise) / abar.sqrt()
+
+
+def diffusion_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
+                   x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The simplified DDPM objective: MSE between the noise added and the noise predicted.
+
+    Each image gets its own random timestep, uniform in 0..T-1, and its own noise.
+    """
+    t = torch.randint(0, schedule.steps, (x0.shape[0],), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = q_sample(schedule, x0, t, noise)
+    return F.mse_loss(model(x_t, t), noise)
+
+
+def ddpm_step(schedule: Schedule, x_t: torch.Tensor, t: int, predicted_noise: torch.Tensor,
+              variance: str = "beta", clip: bool = False,
+              generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step x_t -> x_{t-1}; returns (x_{t-1}, the estimate of x_0).
+
+    Mean: (x_t - beta_t / sqrt(1 - abar_t) * noise) / sqrt(alpha_t), the mean of
+    q(x_{t-1} | x_t, x_0) with x_0 estimated from the noise. With ``clip`` the estimate of x_0 is
+    clamped to [-1, 1] first and the mean recomputed from it. Variance: beta_t (``"beta"``, the
+    original's) or beta-tilde_t (``"posterior"``); no noise is added at t = 0.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; expected one of {', '.join(VARIANCES)}")
+    steps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+    x0_hat = predict_x0(schedule, x_t, steps, predicted_noise)
+    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alpha_bars[t]
+    if clip:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        abar_prev = schedule.alpha_bars_prev()[t]
+        mean = (abar_prev.sqrt() * beta / (1 - abar)) * x0_hat + \
+               (alpha.sqrt() * (1 - abar_prev) / (1 - abar)) * x_t
+    else:
+        mean = (x_t - beta / (1 - abar).sqrt() * predicted_noise) / alpha.sqrt()
+    if t == 0:
+        return mean, x0_hat
+    sigma2 = beta if variance == "beta" else schedule.posterior_variance()[t]
+    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    return mean + sigma2.sqrt() * noise, x0_hat
+
+
+def _start_noise(shape, device, generator) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, device=device)
+
+
+@torch.no_grad()
+def ddpm_sample(model, schedule: Schedule, shape: tuple[int, ...], device: torch.device | str = "cpu",
+                generator: Optional[torch.Generator] = None, variance: str = "beta",
+                clip: bool = False, callback: Optional[StepCallback] = None,
+                x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Ancestral sampling over all T steps, from pure noise x_T ~ N(0, I) to x_0."""
+    schedule = schedule.to(device)
+    x = _start_noise(shape, device, generator) if x_T is None else x_T.to(device)
+    for step, t in enumerate(range(schedule.steps - 1, -1, -1)):
+        steps = torch.full((shape[0],), t, device=device, dtype=torch.long)
+        x, x0_hat = ddpm_step(schedule, x, t, model(x, steps), variance, clip, generator)
+        if callback is not None:
+            callback(step, t, x, x0_hat)
+    return x
+
+
+def ddim_timesteps(total: int, steps: int) -> list[int]:
+    """``steps`` timesteps spread evenly over 0..total-1, descending, always ending at 0."""
+    if not 1 <= steps <= total:
+        raise ValueError(f"DDIM steps must lie in 1..{total}, got {steps}")
+    return sorted({round(i * (total - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
+
+
+def ddim_sigmas(schedule: Schedule, timesteps: list[int], eta: float) -> torch.Tensor:
+    """Noise scale of each DDIM step t -> t_prev: eta * sqrt((1-ab_prev)/(1-ab_t) * (1-ab_t/ab_prev))."""
+    abar = schedule.alpha_bars[timesteps]
+    abar_prev = torch.cat([schedule.alpha_bars[timesteps[1:]], abar.new_ones(1)])
+    return eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+
+
+@torch.no_grad()
+def ddim_sample(model, schedule: Schedule, shape: tuple[int, ...], steps: int = 50, eta: float = 0.0,
+                device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None,
+                clip: bool = False, callback: Optional[StepCallback] = None,
+                x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021): the same trained network, a shorter and (eta = 0) deterministic path.
+
+    Each step estimates x_0, then moves to the previous chosen timestep along
+    x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) noise_hat + sigma z.
+    With eta = 1 and all T steps this is DDPM with the posterior variance.
+    """
+    schedule = schedule.to(device)
+    timesteps = ddim_timesteps(schedule.steps, steps)
+    sigmas = ddim_sigmas(schedule, timesteps, eta)
+    x = _start_noise(shape, device, generator) if x_T is None else x_T.to(device)
+    for step, t in enumerate(timesteps):
+        batch_t = torch.full((shape[0],), t, device=device, dtype=torch.long)
+        noise_hat = model(x, batch_t)
+        x0_hat = predict_x0(schedule, x, batch_t, noise_hat)
+        if clip:
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+            abar = schedule.alpha_bars[t]
+            noise_hat = (x - abar.sqrt() * x0_hat) / (1 - abar).sqrt()
+        last = step == len(timesteps) - 1
+        abar_prev = schedule.alpha_bars.new_tensor(1.0) if last else schedule.alpha_bars[timesteps[step + 1]]
+        sigma = sigmas[step]
+        x = abar_prev.sqrt() * x0_hat + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * noise_hat
+        if sigma > 0 and not last:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if callback is not None:
+            callback(step, t, x, x0_hat)
+    return x

@@ -1,0 +1,187 @@
+"""helpers.diffusion: schedules, the forward jump, the loss and both samplers."""
+import math
+
+import pytest
+import torch
+
+from helpers import diffusion
+from helpers.diffusion import Schedule
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_alpha_bar_is_strictly_decreasing_from_one_towards_zero(kind):
+    schedule = Schedule.create(kind)
+    abar = schedule.alpha_bars.double()
+    assert schedule.steps == 1000 and schedule.alpha_bars.dtype == torch.float32
+    assert torch.all(abar[1:] < abar[:-1])
+    assert 0.99 < abar[0] < 1 and abar[-1] < 1e-3
+
+
+def test_alpha_bar_is_accumulated_in_float64():
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    assert torch.equal(Schedule.linear().alpha_bars, torch.cumprod(1 - betas, 0).float())
+    float32_product = torch.cumprod(1 - betas.float(), 0)
+    assert not torch.equal(Schedule.linear().alpha_bars, float32_product)
+
+
+def test_linear_schedule_matches_the_original():
+    schedule = Schedule.linear()
+    assert schedule.betas[0].item() == pytest.approx(1e-4) and schedule.betas[-1].item() == pytest.approx(0.02)
+    expected = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / 999) for i in range(1000))
+    assert schedule.alpha_bars[-1].item() == pytest.approx(expected, rel=1e-5)
+    assert 3.5e-5 < schedule.alpha_bars[-1].item() < 4.5e-5  # ~4e-5: x_T is almost pure noise
+
+
+def test_posterior_variance_and_snr():
+    schedule = Schedule.linear()
+    tilde = schedule.posterior_variance()
+    assert tilde[0] == 0 and torch.all(tilde[1:] < schedule.betas[1:])
+    assert torch.allclose(schedule.snr(), schedule.alpha_bars / (1 - schedule.alpha_bars))
+    with pytest.raises(ValueError, match="unknown schedule 'quadratic'"):
+        Schedule.create("quadratic")
+
+
+def test_closed_form_jump_matches_step_by_step_noising():
+    """Same mean and variance per pixel over 4000 draws (tolerance: 5 standard errors)."""
+    schedule = Schedule.linear()
+    x0 = torch.tensor([-1.0, 0.0, 0.5, 1.0]).repeat(4000, 1)
+    for t in (0, 99, 499):
+        slow = diffusion.noise_step_by_step(schedule, x0, t, generator(t))
+        fast = diffusion.q_sample(schedule, x0, torch.full((4000,), t), torch.randn(x0.shape, generator=generator(1000 + t)))
+        abar = schedule.alpha_bars[t]
+        expected_mean = abar.sqrt() * x0[0]
+        std_error = (1 - abar).sqrt() / math.sqrt(4000)
+        for sample in (slow, fast):
+            assert torch.all((sample.mean(0) - expected_mean).abs() < 5 * std_error)
+            assert torch.allclose(sample.var(0), (1 - abar).expand(4), rtol=0.1)
+
+
+def test_q_sample_uses_one_timestep_per_image():
+    schedule = Schedule.linear()
+    x0 = torch.ones(3, 1, 2, 2)
+    noise = torch.zeros_like(x0)
+    x_t = diffusion.q_sample(schedule, x0, torch.tensor([0, 500, 999]), noise)
+    assert torch.allclose(x_t[:, 0, 0, 0], schedule.alpha_bars[[0, 500, 999]].sqrt())
+    with pytest.raises(ValueError, match=r"t must be a \(N,\) integer tensor with N = 3"):
+        diffusion.q_sample(schedule, x0, torch.tensor([[0], [1], [2]]), noise)
+    with pytest.raises(ValueError, match="t must lie in 0..999"):
+        diffusion.q_sample(schedule, x0, torch.tensor([0, 1, 1000]), noise)
+
+
+def test_loss_is_mse_of_the_noise_prediction():
+    schedule = Schedule.linear()
+    x0 = torch.zeros(64, 1, 4, 4)
+    assert diffusion.diffusion_loss(lambda x, t: torch.zeros_like(x), schedule, x0, generator()).item() == \
+        pytest.approx(1.0, abs=0.1)  # predicting 0 leaves the noise's variance
+    # with x0 = 0, x_t / sqrt(1 - abar_t) is exactly the noise: a perfect predictor scores 0
+    oracle = lambda x, t: x / (1 - schedule.alpha_bars[t]).sqrt().reshape(-1, 1, 1, 1)  # noqa: E731
+    assert diffusion.diffusion_loss(oracle, schedule, x0, generator()).item() < 1e-10
+
+
+def noise_oracle(schedule, x0):
+    """The network a perfect training would give for a data set of one image x0."""
+    def model(x_t, t):
+        abar = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+    return model
+
+
+@pytest.mark.parametrize("variance", ["beta", "posterior"])
+def test_ddpm_with_a_noise_oracle_walks_to_x0(variance):
+    schedule = Schedule.linear()
+    x0 = torch.rand(2, 1, 8, 8, generator=generator(3)) * 2 - 1
+    distances, estimates = [], []
+    callback = lambda step, t, x, x0_hat: (distances.append((x - x0).abs().max().item()),  # noqa: E731
+                                           estimates.append((x0_hat - x0).abs().max().item()))
+    out = diffusion.ddpm_sample(noise_oracle(schedule, x0), schedule, x0.shape, generator=generator(),
+                                variance=variance, callback=callback)
+    assert len(distances) == 1000
+    assert max(estimates) < 1e-2  # the oracle's x0 estimate is right at every step
+    assert distances[0] > 1.0 and distances[500] < distances[0] and distances[-1] < 1e-3
+    assert torch.allclose(out, x0, atol=1e-3)
+
+
+def test_one_ddpm_step_moves_towards_x0():
+    schedule = Schedule.linear()
+    x0 = torch.ones(1000, 1, 1, 1)
+    t = 300
+    x_t = diffusion.q_sample(schedule, x0, torch.full((1000,), t), torch.randn(x0.shape, generator=generator()))
+    oracle = noise_oracle(schedule, x0)
+    x_prev, x0_hat = diffusion.ddpm_step(schedule, x_t, t, oracle(x_t, torch.full((1000,), t)),
+                                         generator=generator(1))
+    assert torch.allclose(x0_hat, x0, atol=1e-4)
+    # x_{t-1} carries more signal than x_t: its mean is sqrt(abar_{t-1}) > sqrt(abar_t)
+    assert x_prev.mean() > x_t.mean()
+    # exactly the posterior mean c1 x0 + c2 x_t, plus N(0, beta_t) noise (5 standard errors)
+    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alpha_bars[t]
+    abar_prev = schedule.alpha_bars[t - 1]
+    posterior_mean = abar_prev.sqrt() * beta / (1 - abar) * x0 + alpha.sqrt() * (1 - abar_prev) / (1 - abar) * x_t
+    residual = x_prev - posterior_mean
+    assert residual.mean().abs() < 5 * beta.sqrt() / math.sqrt(1000)
+    assert residual.std().item() == pytest.approx(beta.sqrt().item(), rel=0.1)
+
+
+def test_clipping_keeps_the_estimate_in_range_and_changes_nothing_when_inside():
+    schedule = Schedule.linear()
+    x_t = torch.randn(4, 1, 8, 8, generator=generator())
+    noise = torch.randn(4, 1, 8, 8, generator=generator(1))
+    plain, x0_plain = diffusion.ddpm_step(schedule, x_t, 10, noise * 0.01, generator=generator(2))
+    clipped, x0_clipped = diffusion.ddpm_step(schedule, x_t, 10, noise * 0.01, clip=True, generator=generator(2))
+    assert x0_plain.abs().max() > 1 and x0_clipped.abs().max() <= 1
+    assert not torch.allclose(plain, clipped)
+    inside = diffusion.q_sample(schedule, torch.zeros(4, 1, 8, 8), torch.full((4,), 10), noise)
+    a, _ = diffusion.ddpm_step(schedule, inside, 10, noise, generator=generator(2))
+    b, _ = diffusion.ddpm_step(schedule, inside, 10, noise, clip=True, generator=generator(2))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+    return lambda x, t: torch.tanh(conv(x)) + 1e-3 * t.reshape(-1, 1, 1, 1)
+
+
+def test_ddim_with_eta_zero_is_deterministic_given_the_start():
+    schedule = Schedule.linear()
+    model = tiny_model()
+    x_T = torch.randn(2, 1, 8, 8, generator=generator(5))
+    a = diffusion.ddim_sample(model, schedule, x_T.shape, steps=20, generator=generator(1), x_T=x_T)
+    b = diffusion.ddim_sample(model, schedule, x_T.shape, steps=20, generator=generator(2), x_T=x_T)
+    assert torch.equal(a, b)
+    c = diffusion.ddim_sample(model, schedule, x_T.shape, steps=20, generator=generator(7))
+    d = diffusion.ddim_sample(model, schedule, x_T.shape, steps=20, generator=generator(7))
+    assert torch.equal(c, d) and not torch.equal(a, c)
+
+
+def test_ddim_timesteps():
+    assert diffusion.ddim_timesteps(1000, 5) == [999, 749, 500, 250, 0]
+    assert diffusion.ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+    with pytest.raises(ValueError, match="DDIM steps must lie in 1..1000, got 0"):
+        diffusion.ddim_timesteps(1000, 0)
+
+
+def test_ddim_with_eta_one_over_all_steps_is_ddpm_with_posterior_variance():
+    schedule = Schedule.linear()
+    sigmas = diffusion.ddim_sigmas(schedule, list(range(999, -1, -1)), eta=1.0)
+    expected = schedule.posterior_variance().flip(0).sqrt()
+    # 1 - abar_t / abar_{t-1} recovers beta_t (1e-4 at t = 0) from float32 alpha-bars: ~1e-3 relative
+    assert torch.allclose(sigmas, expected, rtol=3e-3, atol=1e-7)
+    model = tiny_model()
+    shape = (2, 1, 8, 8)
+    ddim = diffusion.ddim_sample(model, schedule, shape, steps=1000, eta=1.0, generator=generator(9))
+    ddpm = diffusion.ddpm_sample(model, schedule, shape, generator=generator(9), variance="posterior")
+    assert torch.allclose(ddim, ddpm, atol=1e-3)
+
+
+def test_samplers_call_back_once_per_step():
+    schedule = Schedule.linear(steps=50)
+    calls = []
+    diffusion.ddim_sample(tiny_model(), schedule, (1, 1, 4, 4), steps=10, generator=generator(),
+                          callback=lambda step, t, x, x0: calls.append((step, t)))
+    assert calls == list(enumerate(diffusion.ddim_timesteps(50, 10)))
+    with pytest.raises(ValueError, match="unknown variance 'big'"):
+        diffusion.ddpm_sample(tiny_model(), schedule, (1, 1, 4, 4), variance="big")
