@@ -278,6 +278,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def time_entry_points(model: nn.Module) -> int:
+    """How many times the time embedding enters the network: SeedUNet's per-level MLPs, or
+    UNet's residual blocks."""
+    if isinstance(model, SeedUNet):
+        return sum(name.startswith("te") for name, _ in model.named_children())
+    return sum(isinstance(module, ResBlock) for module in model.modules())
+
+
 def gflops_per_image(model: nn.Module, size: int) -> float:
     """Forward-pass GFLOP for one image, counted by PyTorch (2 FLOP per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode

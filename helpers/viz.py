@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .metrics import SetDescriptors
+
+if TYPE_CHECKING:
+    from .diffusion import Schedule
 
 
 def as_images(images) -> np.ndarray:
@@ -162,5 +165,97 @@ def s2_curves(sets: Mapping[str, SetDescriptors], path: str | Path | None = None
     ax.set_ylabel("S2(r) of the boundary phase")
     ax.set_title("dotted: f^2, the value for uncorrelated points", fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# GIFs of the forward and reverse processes
+# ---------------------------------------------------------------------------------------------
+def frame_timesteps(total: int, frames: int, power: float = 2.0) -> list[int]:
+    """Timesteps for GIF frames, ascending, crowded near t = 0.
+
+    Structure appears (reverse) or dissolves (forward) in the last / first few hundred steps, so
+    frames are spaced as t_k = (k / (frames - 1))^power * (total - 1): none of those is skipped.
+    """
+    if frames < 2:
+        raise ValueError(f"a GIF needs at least 2 frames, got {frames}")
+    return sorted({round((k / (frames - 1)) ** power * (total - 1)) for k in range(frames)})
+
+
+def to_frame(images, value_range: tuple[float, float] = (-1.0, 1.0), ncols: int | None = None,
+             scale: int = 3, label: str | None = None, pad: int = 2) -> np.ndarray:
+    """A batch of images as one uint8 RGB picture: a grid on one fixed, clamped gray mapping.
+
+    Values map linearly from ``value_range`` to 0..255 and are clamped: never a per-frame or
+    per-image min-max, which would hide a drifting gray level. ``label`` is written underneath.
+    """
+    from PIL import Image, ImageDraw
+
+    images = as_images(images).astype(np.float64)
+    low, high = value_range
+    pixels = np.round(np.clip((images - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
+    n, h, w = pixels.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    band = 14 if label else 0
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad), 255, np.uint8)
+    for i, image in enumerate(pixels):
+        r, c = divmod(i, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = image
+    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (picture.width, picture.height + band), "white")
+    canvas.paste(picture.convert("RGB"), (0, 0))
+    if label:
+        ImageDraw.Draw(canvas).text((4, picture.height + 1), label, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, seconds_per_frame: float = 0.08,
+             hold_last: float = 1.5) -> Path:
+    """Write frames from ``to_frame`` as a looping GIF, holding the last frame ``hold_last`` s."""
+    import imageio.v2 as imageio
+
+    if not frames:
+        raise ValueError("no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    durations = [seconds_per_frame] * (len(frames) - 1) + [hold_last]
+    imageio.mimsave(path, list(frames), format="GIF", duration=[1000 * d for d in durations], loop=0)
+    return path
+
+
+def schedule_plot(schedules: Mapping[str, "Schedule"], path: str | Path | None = None) -> plt.Figure:
+    """beta_t, alpha-bar_t and the signal-to-noise ratio of each schedule, side by side."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for name, schedule in schedules.items():
+        t = np.arange(schedule.steps)
+        axes[0].plot(t, schedule.betas.numpy(), label=name)
+        axes[1].plot(t, schedule.alpha_bars.numpy(), label=name)
+        axes[2].semilogy(t, schedule.snr().numpy(), label=name)
+    for ax, title in zip(axes, (r"$\beta_t$: noise added at step t", r"$\bar\alpha_t$: signal kept",
+                                r"SNR $=\bar\alpha_t / (1-\bar\alpha_t)$")):
+        ax.set_title(title)
+        ax.set_xlabel("t")
+        ax.legend()
+    axes[2].axhline(1.0, color="gray", lw=0.8, ls=":")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def embedding_heatmap(tables: Mapping[str, np.ndarray], path: str | Path | None = None) -> plt.Figure:
+    """Time-embedding tables (T x d) as heat maps, and the cosine similarity of their rows."""
+    fig, axes = plt.subplots(2, len(tables), figsize=(5.2 * len(tables), 8), squeeze=False)
+    for column, (name, table) in enumerate(tables.items()):
+        table = np.asarray(table)
+        image = axes[0, column].imshow(table, aspect="auto", cmap="RdBu", vmin=-1, vmax=1,
+                                       interpolation="nearest")
+        axes[0, column].set(title=f"{name}: embedding of t", xlabel="dimension", ylabel="t")
+        fig.colorbar(image, ax=axes[0, column])
+        unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+        similarity = unit @ unit.T
+        image = axes[1, column].imshow(similarity, cmap="viridis", vmin=-1, vmax=1)
+        axes[1, column].set(title="cosine similarity of two timesteps", xlabel="t", ylabel="t")
+        fig.colorbar(image, ax=axes[1, column])
     fig.tight_layout()
     return _save(fig, path)
