@@ -6,7 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from .data import KINDS, DataError
+from .data import DATA_ROOT, KINDS, DataError
+
+DEFAULT_MODEL = DATA_ROOT / "pretrained" / "model.pt"
 
 
 class LessonError(RuntimeError):
@@ -28,6 +30,80 @@ def _data_make(args: argparse.Namespace) -> None:
         bar.close()
     print(f"wrote {args.n} images to {out} ({time.perf_counter() - start:.1f} s); "
           f"statistics in {out / 'README.md'}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .device import pick_device
+    from .train import describe_model, profile_config, default_profile, train
+
+    device = pick_device()
+    resume = args.resume
+    if resume:
+        cfg = None
+        print(f"resuming the run in {args.out} on {device}")
+    else:
+        profile = args.profile or default_profile(device)
+        cfg = profile_config(profile, data=str(args.data), model=args.model, steps=args.steps,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             precision=args.precision, limit=args.limit)
+        size = load_first_size(cfg.data)
+        print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
+              f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
+    print(f"writing to {args.out}/ (checkpoint.pt, loss.csv, loss.png, samples/); "
+          f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
+    result = train(cfg, args.out, device=device, resume=resume, progress=not args.quiet,
+                   stop_after=args.stop_after, extend_to=args.steps if resume else None)
+    print(f"step {result.step}: loss {result.final_loss:.4f}, {result.seconds:.0f} s in all, "
+          f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / 'checkpoint.pt'}")
+    if args.export:
+        from .train import export_weights, load_checkpoint
+
+        path = export_weights(load_checkpoint(result.run_dir / "checkpoint.pt"), args.export)
+        print(f"EMA weights (fp16) exported to {path}")
+
+
+def load_first_size(dataset: str) -> int:
+    """The image size of a dataset, read from its first image."""
+    from .data import list_images, read_images, resolve_dataset
+
+    return read_images(list_images(resolve_dataset(dataset))[:1]).shape[-1]
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .device import pick_device
+    from .sample import generate, load_model, reverse_process_gif, write_pngs
+
+    device = pick_device()
+    model, schedule, payload = load_model(args.checkpoint, device)
+    data_module_check_out(args.out, args.force)
+    start = time.perf_counter()
+    if args.gif:
+        first = min(args.n, 16)
+        head, gif = reverse_process_gif(model, schedule, first, args.gif, args.sampler, args.steps,
+                                        args.seed, clip=not args.no_clip, variance=args.variance,
+                                        device=device)
+        rest = generate(model, schedule, args.n - first, args.sampler, args.steps, args.eta, args.variance,
+                        not args.no_clip, args.seed + 1, args.batch_size, device, progress=not args.quiet) \
+            if args.n > first else head[:0]
+        import torch
+
+        images = torch.cat([head, rest])
+        print(f"reverse-process GIF of {first} images: {gif}")
+    else:
+        images = generate(model, schedule, args.n, args.sampler, args.steps, args.eta, args.variance,
+                          not args.no_clip, args.seed, args.batch_size, device, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    paths = write_pngs(images, Path(args.out), force=args.force)
+    print(f"wrote {len(paths)} samples to {args.out} ({args.sampler}"
+          f"{'' if args.sampler == 'ddpm' else f' {args.steps} steps'}, {seconds:.1f} s on {device}, "
+          f"model from step {payload['step']})")
+
+
+def data_module_check_out(out: Path, force: bool) -> None:
+    """Refuse a non-empty output folder before spending time on sampling."""
+    from .data import prepare_output_dir
+
+    prepare_output_dir(Path(out), force)
 
 
 def _tutorial(args: argparse.Namespace) -> None:
@@ -63,6 +139,45 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(run=_data_make)
 
+    train = commands.add_parser("train", help="train a denoiser (headless)",
+                                description="Train a DDPM denoiser on a dataset folder.")
+    train.add_argument("--data", default="voronoi_gb_64", help="dataset name or folder of PNGs")
+    train.add_argument("--out", required=True, type=Path, help="run folder (new, or the run to --resume)")
+    train.add_argument("--model", choices=["unet", "seed-unet"], default="unet")
+    train.add_argument("--profile", choices=["smoke", "cpu", "gpu"],
+                       help="settings bundle (default: gpu on CUDA, else cpu)")
+    train.add_argument("--steps", type=int, help="training steps (overrides the profile; with "
+                       "--resume, the new total to train on to)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    train.add_argument("--limit", type=int, help="use only the first N images")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--stop-after", type=int, help="stop this session at that step (resumable)")
+    train.add_argument("--export", type=Path, help="also write the EMA weights (fp16) to this file")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    sample = commands.add_parser("sample", help="generate microstructures from a checkpoint",
+                                 description="Sample PNGs (and optionally a GIF) from a checkpoint.")
+    sample.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="checkpoint or weights file "
+                        "(default: the shipped pretrained model)")
+    sample.add_argument("--n", type=int, default=16, help="number of samples")
+    sample.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (ignored by ddpm)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
+    sample.add_argument("--variance", choices=["beta", "posterior"], default="beta",
+                        help="DDPM step variance: beta_t (the original's) or beta-tilde_t")
+    sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=256)
+    sample.add_argument("--out", required=True, type=Path, help="folder for the PNGs (new or empty)")
+    sample.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    sample.add_argument("--gif", type=Path, help="also write a GIF of the reverse process here")
+    sample.add_argument("--quiet", action="store_true")
+    sample.set_defaults(run=_sample)
+
     tutorial = commands.add_parser("tutorial", help="execute the notebooks into an output folder",
                                    description="Execute notebooks/ in order with papermill.")
     tutorial.add_argument("--out", default="outputs", help="folder for executed notebooks")
@@ -73,10 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train import CheckpointError, TrainingError
+
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DataError, LessonError, FileNotFoundError) as exc:
+    except (DataError, LessonError, FileNotFoundError, TrainingError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

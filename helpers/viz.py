@@ -178,9 +178,13 @@ def frame_timesteps(total: int, frames: int, power: float = 2.0) -> list[int]:
     Structure appears (reverse) or dissolves (forward) in the last / first few hundred steps, so
     frames are spaced as t_k = (k / (frames - 1))^power * (total - 1): none of those is skipped.
     """
-    if frames < 2:
-        raise ValueError(f"a GIF needs at least 2 frames, got {frames}")
-    return sorted({round((k / (frames - 1)) ** power * (total - 1)) for k in range(frames)})
+    if not 2 <= frames <= total:
+        raise ValueError(f"a GIF needs 2..{total} frames, got {frames}")
+    steps: list[int] = []
+    for k in range(frames):
+        t = round((k / (frames - 1)) ** power * (total - 1))
+        steps.append(max(t, steps[-1] + 1) if steps else t)  # early frames would round together
+    return steps
 
 
 def to_frame(images, value_range: tuple[float, float] = (-1.0, 1.0), ncols: int | None = None,
@@ -259,3 +263,34 @@ def embedding_heatmap(tables: Mapping[str, np.ndarray], path: str | Path | None 
         fig.colorbar(image, ax=axes[1, column])
     fig.tight_layout()
     return _save(fig, path)
+
+
+def loss_curve(history: Sequence[dict], path: str | Path | None = None, ax=None) -> plt.Figure:
+    """Training loss (mean per logging window) against step, on a log scale."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+    else:
+        fig = ax.figure
+        ax.clear()
+    steps = [row["step"] for row in history]
+    ax.semilogy(steps, [row["loss"] for row in history])
+    ax.set(xlabel="step", ylabel="MSE loss (noise prediction)", title="training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+class LiveLossPlot:
+    """A loss curve that redraws in place in a notebook while training runs (pass as on_log)."""
+
+    def __init__(self):
+        from IPython.display import display
+
+        self.fig, self.ax = plt.subplots(figsize=(6, 3.4))
+        self.handle = display(self.fig, display_id=True)
+        plt.close(self.fig)
+
+    def __call__(self, history: Sequence[dict]) -> None:
+        loss_curve(history, ax=self.ax)
+        if self.handle is not None:
+            self.handle.update(self.fig)

@@ -185,3 +185,19 @@ def test_samplers_call_back_once_per_step():
     assert calls == list(enumerate(diffusion.ddim_timesteps(50, 10)))
     with pytest.raises(ValueError, match="unknown variance 'big'"):
         diffusion.ddpm_sample(tiny_model(), schedule, (1, 1, 4, 4), variance="big")
+
+
+def test_ddpm_sample_equals_the_textbook_loop():
+    """Algorithm 2 of Ho et al., written out plainly, gives the same images as ddpm_sample."""
+    schedule = Schedule.linear(steps=200)
+    model = tiny_model()
+    g = generator(4)
+    x = torch.randn((2, 1, 8, 8), generator=g)
+    for t in range(schedule.steps - 1, -1, -1):
+        eps = model(x, torch.full((2,), t))
+        beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alpha_bars[t]
+        x = (x - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()
+        if t > 0:
+            x = x + beta.sqrt() * torch.randn(x.shape, generator=g)
+    library = diffusion.ddpm_sample(model, schedule, (2, 1, 8, 8), generator=generator(4))
+    assert torch.allclose(library, x, atol=1e-5)

@@ -1,0 +1,123 @@
+"""Generating microstructures from a trained model: batches, PNG folders, reverse-process GIFs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import data as data_module
+from .diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample
+from .unet import build_model
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def load_model(path: str | Path, device: Optional[torch.device] = None):
+    """The EMA network of a checkpoint or weights file, in float32 eval mode, and its schedule."""
+    from .device import pick_device
+    from .train import load_checkpoint
+
+    device = device or pick_device()
+    payload = load_checkpoint(path, map_location="cpu")
+    model = build_model(payload["model_config"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()})
+    schedule = Schedule.create(**payload["schedule"])
+    return model.to(device).eval(), schedule, payload
+
+
+def visited_timesteps(schedule: Schedule, sampler: str, steps: int) -> list[int]:
+    """The timesteps a sampler passes through, in order (T-1 down to 0)."""
+    if sampler == "ddpm":
+        return list(range(schedule.steps - 1, -1, -1))
+    if sampler == "ddim":
+        return ddim_timesteps(schedule.steps, steps)
+    raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def gif_timesteps(visited: list[int], max_frames: int = 60) -> list[int]:
+    """Which of the visited timesteps become GIF frames: at most ``max_frames``, crowded near 0."""
+    from .viz import frame_timesteps
+
+    ascending = sorted(visited)
+    if len(ascending) <= max_frames:
+        return ascending[::-1]
+    picks = frame_timesteps(len(ascending), max_frames)
+    return sorted({ascending[i] for i in picks}, reverse=True)
+
+
+@torch.no_grad()
+def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: int = 50,
+             eta: float = 0.0, variance: str = "beta", clip: bool = True, seed: int = 0,
+             batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
+             progress: bool = False) -> torch.Tensor:
+    """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
+
+    Seeded through one generator, so the same arguments give the same images. ``callback`` is
+    passed to the sampler for the first batch only (GIF frames).
+    """
+    from tqdm.auto import tqdm
+
+    if n <= 0:
+        raise ValueError(f"--n must be a positive whole number, got {n}")
+    visited_timesteps(schedule, sampler, steps)  # validates sampler and steps
+    device = device or next(model.parameters()).device
+    size = model.config()["size"]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batches = []
+    for start in tqdm(range(0, n, batch_size), desc=f"sampling ({sampler})", disable=not progress):
+        shape = (min(batch_size, n - start), 1, size, size)
+        hook = callback if start == 0 else None
+        if sampler == "ddpm":
+            x = ddpm_sample(model, schedule, shape, device, generator, variance, clip, hook)
+        else:
+            x = ddim_sample(model, schedule, shape, steps, eta, device, generator, clip, hook)
+        batches.append(x.float().cpu())
+    return torch.cat(batches)
+
+
+def sample_grid(model, schedule: Schedule, n: int, steps: int, device, path: Path,
+                title: str | None = None, seed: int = 0) -> Path:
+    """A grid of ``n`` DDIM samples saved to ``path`` (the progress pictures of training)."""
+    import matplotlib.pyplot as plt
+
+    from .viz import image_grid
+
+    was_training = model.training
+    model.eval()
+    images = generate(model, schedule, n, "ddim", steps, seed=seed, device=device)
+    model.train(was_training)
+    fig = image_grid(images, title=title, path=path)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Path]:
+    """Save samples as 8-bit PNGs (fixed mapping [-1, 1] -> [0, 255]) with a manifest.csv."""
+    out = data_module.prepare_output_dir(Path(out), force)
+    paths = []
+    for i, image in enumerate(data_module.to_uint8(images.numpy()[:, 0])):
+        path = out / f"{i:05d}.png"
+        data_module.save_png(image, path)
+        paths.append(path)
+    (out / data_module.MANIFEST).write_text("file\n" + "".join(f"{p.name}\n" for p in paths))
+    return paths
+
+
+def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: str = "ddim",
+                        steps: int = 50, seed: int = 0, clip: bool = True, max_frames: int = 60,
+                        variance: str = "beta", device=None) -> tuple[torch.Tensor, Path]:
+    """Sample ``n`` images and write the reverse process as a GIF; returns (samples, gif path)."""
+    from .viz import save_gif, to_frame
+
+    keep = set(gif_timesteps(visited_timesteps(schedule, sampler, steps), max_frames))
+    frames: list[np.ndarray] = []
+
+    def capture(step, t, x, x0_hat):
+        if t in keep:
+            frames.append(to_frame(x, label=f"{sampler} t = {t}"))
+
+    images = generate(model, schedule, n, sampler, steps, variance=variance, clip=clip, seed=seed,
+                      batch_size=n, device=device, callback=capture)
+    return images, save_gif(frames, path)

@@ -1,0 +1,389 @@
+"""Training a denoiser: one loop for either network, with checkpoints that resume exactly.
+
+The whole dataset sits on the device as one tensor (a few MB), so a step is: pick a batch,
+pick a timestep and noise per image, one forward and backward pass. AdamW with a short linear
+warm-up, gradient clipping, an exponential moving average (EMA) of the weights for sampling,
+bf16 autocast on CUDA. Every random draw comes from generators whose states go into each
+checkpoint, so a run killed and resumed ends with the same weights as one never interrupted.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import data as data_module
+from .diffusion import Schedule, diffusion_loss
+from .unet import build_model, count_parameters
+
+CHECKPOINT = "checkpoint.pt"
+LOSS_CSV = "loss.csv"
+FORMAT = "microstructure-ddpm"
+FORMAT_VERSION = 1
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on: bad configuration, a run folder in the way, or a diverged loss."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: the message names the file and says why."""
+
+
+# Model settings of each profile (``model`` picks the network, these its size).
+COMPACT_UNET = {"widths": [16, 32, 64], "blocks": 1, "attention_at": [16]}
+TINY_UNET = {"widths": [8, 16, 16], "blocks": 1, "attention_at": []}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in every checkpoint)."""
+
+    data: str = "voronoi_gb_64"
+    model: str = "unet"  # "unet" or "seed-unet"
+    model_options: dict = field(default_factory=dict)  # UNet widths, blocks, attention_at, periodic
+    schedule: str = "linear"
+    diffusion_steps: int = 1000
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "auto"  # auto (bf16 on CUDA, else fp32), fp32, bf16, fp16
+    seed: int = 0
+    limit: Optional[int] = None  # use only the first images of the dataset
+    log_every: int = 20
+    sample_every: int = 1000
+    sample_count: int = 16
+    sample_steps: int = 50  # DDIM steps for the progress grids
+    checkpoint_every: int = 500
+
+
+PROFILES = {
+    # seconds on a CPU: a tiny network and a handful of steps (tests, smoke runs of notebooks)
+    "smoke": dict(steps=30, batch_size=8, warmup=5, log_every=5, sample_every=30, sample_count=4,
+                  sample_steps=5, checkpoint_every=15, limit=64, ema_decay=0.9),
+    # a laptop run of about 15 minutes: a compact UNet (0.7 M parameters)
+    "cpu": dict(steps=3000, batch_size=32, lr=5e-4, warmup=100, log_every=25, sample_every=500,
+                checkpoint_every=250, ema_decay=0.995),
+    # the full recipe on one GPU (the shipped model): the default UNet, large batches, bf16
+    "gpu": dict(steps=8000, batch_size=128, lr=2e-4, warmup=200, log_every=50, sample_every=1000,
+                checkpoint_every=500, ema_decay=0.999),
+}
+PROFILE_MODELS = {"smoke": TINY_UNET, "cpu": COMPACT_UNET, "gpu": {}}
+
+
+def profile_config(profile: str, **overrides) -> TrainConfig:
+    """A TrainConfig from a profile name, with explicit overrides (None means: keep)."""
+    if profile not in PROFILES:
+        raise TrainingError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    settings = dict(PROFILES[profile])
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("model", "unet") == "unet" and "model_options" not in overrides:
+        settings["model_options"] = dict(PROFILE_MODELS[profile])
+    settings.update(overrides)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(settings) - known
+    if unknown:
+        raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    return TrainConfig(**settings)
+
+
+def default_profile(device: torch.device) -> str:
+    """The profile a device gets unless one is named: gpu on CUDA, cpu elsewhere."""
+    return "gpu" if device.type == "cuda" else "cpu"
+
+
+def model_config(cfg: TrainConfig, size: int) -> dict:
+    """The network's config dict for images of ``size`` pixels."""
+    if cfg.model == "seed-unet":
+        return {"name": "seed-unet", "size": size, "steps": cfg.diffusion_steps}
+    if cfg.model == "unet":
+        return {"name": "unet", "size": size, **cfg.model_options}
+    raise TrainingError(f"unknown model {cfg.model!r}; expected unet or seed-unet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+def _rng_states(generators: dict[str, torch.Generator]) -> dict:
+    np_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": list(random.getstate()[1]) + [random.getstate()[2]],
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(states["torch"])
+    np_state = states["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    python = states["python"]
+    random.setstate((3, tuple(python[:-1]), python[-1]))
+    for name, g in generators.items():
+        g.set_state(states["generators"][name])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint or weights file written by this package, loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many kinds for truncated or foreign files
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); expected a file "
+                              "written by `python -m helpers train`") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a microstructure-ddpm checkpoint (no '{FORMAT}' format "
+                              "marker); expected a file written by `python -m helpers train`")
+    if payload.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer version (format {payload['version']}); "
+                              "update this repository")
+    return payload
+
+
+def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a small sampling-only file: the EMA weights (fp16 by default) and the configs."""
+    weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint["ema"].items()}
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "kind": "weights",
+               "model_config": checkpoint["model_config"], "schedule": checkpoint["schedule"],
+               "train_config": checkpoint["train_config"], "step": checkpoint["step"], "ema": weights}
+    save_atomic(payload, Path(path))
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for a precision setting on a device (None: plain fp32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise TrainingError(f"unknown precision {precision!r}; expected auto, fp32, bf16 or fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainingError("fp16 with a GradScaler needs a CUDA device; use fp32 or bf16")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    run_dir: Path
+    step: int
+    final_loss: float
+    seconds: float
+    images_per_second: float
+    ema: torch.nn.Module
+    schedule: Schedule
+
+
+def read_loss_history(run_dir: Path) -> list[dict]:
+    """Rows of loss.csv: step, loss (mean over the logging window), lr, seconds."""
+    path = Path(run_dir) / LOSS_CSV
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _write_loss_history(run_dir: Path, rows: list[dict]) -> None:
+    with open(Path(run_dir) / LOSS_CSV, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", "seconds"], lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"step": int(row["step"]), "loss": f"{row['loss']:.6f}",
+                             "lr": f"{row['lr']:.3e}", "seconds": f"{row['seconds']:.2f}"})
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] = None,
+          resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
+          on_log: Optional[Callable[[list[dict]], None]] = None,
+          extend_to: Optional[int] = None) -> TrainResult:
+    """Train (or, with ``resume``, continue training) a denoiser into ``run_dir``.
+
+    ``run_dir`` gets checkpoint.pt (written atomically every ``checkpoint_every`` steps and at
+    the end), loss.csv, loss.png and samples/step_NNNNNN.png grids. ``stop_after`` ends the
+    session early at that step, as an interruption would (tests and notebooks use it).
+    ``on_log(history)`` is called at every logging step (a notebook's live loss curve).
+    ``extend_to`` (with ``resume``) raises the run's total number of steps, to train on.
+    """
+    from .device import pick_device
+    from .sample import sample_grid
+
+    device = device or pick_device()
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / CHECKPOINT
+    if resume:
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state.get("kind") != "training":
+            raise CheckpointError(f"{checkpoint_path}: holds weights only; cannot resume from it")
+        cfg = TrainConfig(**state["train_config"])
+        if extend_to is not None:
+            if extend_to < state["step"]:
+                raise TrainingError(f"--steps {extend_to} is below the checkpoint's step {state['step']}")
+            cfg.steps = extend_to
+    elif checkpoint_path.exists():
+        raise TrainingError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to "
+                            "continue it, or choose another --out")
+
+    images = data_module.load_images(cfg.data, limit=cfg.limit).to(device)
+    size = images.shape[-1]
+    seed_everything(cfg.seed)
+    model = build_model(model_config(cfg, size)).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps).to(device)
+    dtype = autocast_dtype(cfg.precision, device)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=fused or None)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    generators = {"data": torch.Generator().manual_seed(cfg.seed),
+                  "noise": torch.Generator(device=device).manual_seed(cfg.seed + 1)}
+    step, history, base_seconds = 0, [], 0.0
+    if resume:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        _restore_rng_states(state["rng"], generators)
+        step, base_seconds = state["step"], state.get("seconds", 0.0)
+        history = [row for row in read_loss_history(run_dir) if row["step"] <= step]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+
+    def save_checkpoint() -> None:
+        save_atomic({"format": FORMAT, "version": FORMAT_VERSION, "kind": "training",
+                     "model_config": model_config(cfg, size), "schedule": schedule.config(),
+                     "train_config": asdict(cfg), "step": step, "seconds": seconds(),
+                     "model": model.state_dict(), "ema": ema.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "rng": _rng_states(generators),
+                     "loss_window": [float(v) for v in window]}, checkpoint_path)
+        _write_loss_history(run_dir, history)
+
+    from tqdm.auto import tqdm
+
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
+    window = [torch.tensor(v, device=device) for v in state.get("loss_window", [])] if resume else []
+    started, start_step = time.perf_counter(), step
+
+    def seconds() -> float:  # wall time of the whole run, across resumes
+        return base_seconds + time.perf_counter() - started
+
+    model.train()
+    while step < end:
+        index = torch.randint(0, len(images), (cfg.batch_size,), generator=generators["data"])
+        x0 = images[index.to(device)]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = diffusion_loss(model, schedule, x0, generators["noise"])
+        if not torch.isfinite(loss):
+            bar.close()
+            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; stopped. The last "
+                                f"good checkpoint (step {state_step(checkpoint_path)}) is kept in "
+                                f"{checkpoint_path}; try a lower --lr or fp32")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        window.append(loss.detach().float())
+        bar.update()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            mean_loss = torch.stack(window).float().mean().item()
+            window = []
+            history.append({"step": step, "loss": mean_loss, "lr": learning_rate(cfg, step - 1),
+                            "seconds": seconds()})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if on_log is not None:
+                on_log(history)
+        if step % cfg.sample_every == 0 or step == cfg.steps:
+            sample_grid(ema, schedule, cfg.sample_count, cfg.sample_steps, device,
+                        run_dir / "samples" / f"step_{step:06d}.png", title=f"EMA samples, step {step}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            save_checkpoint()
+    bar.close()
+    session = time.perf_counter() - started
+    if history:
+        from .viz import loss_curve
+
+        loss_curve(history, path=run_dir / "loss.png")
+    trained = step - start_step
+    final = history[-1]["loss"] if history else float("nan")
+    return TrainResult(run_dir, step, final, seconds(),
+                       trained * cfg.batch_size / session if trained else 0.0, ema, schedule)
+
+
+def state_step(path: Path) -> str:
+    """The step of the checkpoint at ``path``, for messages ('none' if there is none)."""
+    try:
+        return str(load_checkpoint(path)["step"])
+    except CheckpointError:
+        return "none"
+
+
+def describe_model(cfg: TrainConfig, size: int) -> str:
+    """One line: which network, how many parameters."""
+    model = build_model(model_config(cfg, size))
+    return f"{cfg.model} {model_config(cfg, size)} with {count_parameters(model):,} parameters"

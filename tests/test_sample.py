@@ -1,0 +1,65 @@
+"""helpers.sample and the sample command: PNGs, GIFs, the shipped model."""
+import pytest
+import torch
+from PIL import Image
+
+from helpers import data, sample, train
+from helpers.__main__ import DEFAULT_MODEL, main
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = train.profile_config("smoke", steps=4, checkpoint_every=4, sample_every=1000)
+    train.train(cfg, run, device=CPU, progress=False)
+    return train.export_weights(train.load_checkpoint(run / "checkpoint.pt"), run / "weights.pt")
+
+
+def test_exported_weights_are_fp16_and_sample_like_the_checkpoint(weights):
+    payload = train.load_checkpoint(weights)
+    assert payload["kind"] == "weights" and "optimizer" not in payload
+    assert all(v.dtype == torch.float16 for v in payload["ema"].values() if v.is_floating_point())
+    model, schedule, _ = sample.load_model(weights, CPU)
+    a = sample.generate(model, schedule, 3, "ddim", 5, seed=1)
+    b = sample.generate(model, schedule, 3, "ddim", 5, seed=1, batch_size=2)
+    assert a.shape == (3, 1, 64, 64) and torch.equal(a[:2], b[:2])
+    assert a.min() >= -1.0 and a.max() <= 1.0  # x0 clipped
+
+
+def test_sample_command_writes_pngs_and_a_gif(weights, tmp_path, capsys):
+    out, gif = tmp_path / "samples", tmp_path / "reverse.gif"
+    assert main(["sample", "--checkpoint", str(weights), "--n", "5", "--sampler", "ddim", "--steps", "8",
+                 "--out", str(out), "--gif", str(gif), "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(5)]
+    assert data.load_uint8(out).shape == (5, 64, 64)
+    with Image.open(gif) as image:
+        assert image.n_frames == 8  # every DDIM step, the last one held
+    assert "wrote 5 samples" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(weights), "--n", "2", "--out", str(out)]) == 2  # not empty
+
+
+def test_gif_frames_are_crowded_near_the_end_of_sampling():
+    schedule = sample.Schedule.linear()
+    frames = sample.gif_timesteps(sample.visited_timesteps(schedule, "ddpm", 0), 60)
+    assert len(frames) == 60 and frames[0] == 999 and frames[-1] == 0
+    assert sum(t < 100 for t in frames) > 15  # the last 10 % of steps get over a quarter of the frames
+    assert sample.gif_timesteps([9, 5, 0], 60) == [9, 5, 0]
+
+
+def test_bad_sampling_requests(weights):
+    model, schedule, _ = sample.load_model(weights, CPU)
+    with pytest.raises(ValueError, match="--n must be a positive whole number, got 0"):
+        sample.generate(model, schedule, 0)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        sample.generate(model, schedule, 1, sampler="euler")
+
+
+def test_the_shipped_model_samples_on_cpu():
+    model, schedule, payload = sample.load_model(DEFAULT_MODEL, CPU)
+    assert DEFAULT_MODEL.stat().st_size < 20 * 2**20
+    images = sample.generate(model, schedule, 4, "ddim", 10, seed=0)
+    assert images.shape == (4, 1, 64, 64) and torch.isfinite(images).all()
+    fraction = (images > 0).float().mean().item()
+    assert 0.05 < fraction < 0.5  # some boundary, mostly grain: not blank, not noise

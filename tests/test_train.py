@@ -1,0 +1,112 @@
+"""helpers.train: the loop learns, checkpoints resume exactly, bad files and diverged runs stop cleanly."""
+import pytest
+import torch
+
+from helpers import train
+from helpers.__main__ import main
+
+CPU = torch.device("cpu")
+
+
+def smoke(**overrides):
+    return train.profile_config("smoke", **{"sample_every": 1000, **overrides})
+
+
+def test_loss_falls_on_a_tiny_dataset(tmp_path):
+    result = train.train(smoke(steps=40, lr=1e-3, limit=16), tmp_path / "run", device=CPU, progress=False)
+    history = train.read_loss_history(tmp_path / "run")
+    assert [row["step"] for row in history] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert result.step == 40 and (tmp_path / "run" / "loss.png").exists()
+    assert (tmp_path / "run" / "samples" / "step_000040.png").exists()
+
+
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_path):
+    cfg = smoke(steps=12, checkpoint_every=4)
+    train.train(cfg, tmp_path / "straight", device=CPU, progress=False)
+    train.train(cfg, tmp_path / "broken", device=CPU, progress=False, stop_after=7)
+    assert train.load_checkpoint(tmp_path / "broken" / "checkpoint.pt")["step"] == 7
+    train.train(cfg, tmp_path / "broken", device=CPU, progress=False, resume=True)
+    a = train.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = train.load_checkpoint(tmp_path / "broken" / "checkpoint.pt")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    strip = lambda rows: [(r["step"], r["loss"]) for r in rows]  # noqa: E731
+    assert strip(train.read_loss_history(tmp_path / "straight")) == strip(train.read_loss_history(tmp_path / "broken"))
+
+
+def test_a_finished_run_can_be_extended(tmp_path):
+    train.train(smoke(steps=6, checkpoint_every=3), tmp_path / "run", device=CPU, progress=False)
+    result = train.train(None, tmp_path / "run", device=CPU, progress=False, resume=True, extend_to=9)
+    assert result.step == 9
+    with pytest.raises(train.TrainingError, match="below the checkpoint's step 9"):
+        train.train(None, tmp_path / "run", device=CPU, progress=False, resume=True, extend_to=5)
+
+
+def test_checkpoint_holds_everything_to_resume(tmp_path):
+    train.train(smoke(steps=4, checkpoint_every=4), tmp_path / "run", device=CPU, progress=False)
+    state = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert {"model", "ema", "optimizer", "scaler", "step", "rng", "model_config", "schedule",
+            "train_config"} <= set(state)
+    assert state["model_config"]["name"] == "unet" and state["schedule"] == {"kind": "linear", "steps": 1000}
+    assert not any(p.name.startswith(".") for p in (tmp_path / "run").iterdir())  # no temp files left
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    train.train(smoke(steps=2, checkpoint_every=2), tmp_path / "run", device=CPU, progress=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(train.TrainingError, match="already holds a run.*--resume"):
+        train.train(smoke(steps=2), tmp_path / "run", device=CPU, progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = train.diffusion_loss
+    calls = []
+
+    def loss_that_explodes(*args):
+        calls.append(1)
+        return real_loss(*args) * (float("nan") if len(calls) > 5 else 1.0)
+
+    monkeypatch.setattr(train, "diffusion_loss", loss_that_explodes)
+    with pytest.raises(train.TrainingError, match=r"loss became nan at step 6; stopped.*step 4"):
+        train.train(smoke(steps=10, checkpoint_every=2), tmp_path / "run", device=CPU, progress=False)
+    assert train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a readable checkpoint"),
+    (b"PK\x03\x04 truncated zip", "not a readable checkpoint"),
+])
+def test_unreadable_checkpoints_give_a_one_line_error(tmp_path, content, message):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(train.CheckpointError, match=message) as caught:
+        train.load_checkpoint(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path, capsys):
+    train.train(smoke(steps=2, checkpoint_every=2), tmp_path / "run", device=CPU, progress=False)
+    whole = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(train.CheckpointError, match="cut.pt: not a readable checkpoint"):
+        train.load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    with pytest.raises(train.CheckpointError, match="foreign.pt: not a microstructure-ddpm checkpoint"):
+        train.load_checkpoint(tmp_path / "foreign.pt")
+    assert main(["sample", "--checkpoint", str(tmp_path / "cut.pt"), "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_profiles_and_settings():
+    assert train.profile_config("gpu").model_options == {}
+    assert train.profile_config("cpu").model_options["widths"] == [16, 32, 64]
+    assert train.profile_config("cpu", model="seed-unet").model_options == {}
+    assert train.default_profile(torch.device("cpu")) == "cpu"
+    with pytest.raises(train.TrainingError, match="unknown profile 'huge'"):
+        train.profile_config("huge")
+    with pytest.raises(train.TrainingError, match="fp16 with a GradScaler needs a CUDA device"):
+        train.autocast_dtype("fp16", CPU)
+    assert [round(train.learning_rate(train.TrainConfig(lr=1.0, warmup=4), s), 2) for s in range(6)] == \
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

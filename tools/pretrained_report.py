@@ -1,0 +1,125 @@
+"""Export a training run as the shipped model and write its README with measured statistics.
+
+    python tools/pretrained_report.py --run outputs/pretrained_cpu --out data/pretrained \
+        --machine "2-core CPU (the CI machine)" --command "python -m helpers train ..."
+
+Writes OUT/model.pt (EMA weights, fp16), OUT/samples.png (a grid) and OUT/README.md: how the
+model was trained, and its samples' statistics against the training set's, checked against
+the fidelity bar of the training issue. Sampling uses the model's default sampler (DDIM, 50
+steps, clipped x0 estimate) on the CPU, seed 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from helpers import data, metrics, sample, train, viz  # noqa: E402
+from helpers.unet import count_parameters  # noqa: E402
+
+
+def fidelity_rows(generated: metrics.SetDescriptors, reference: metrics.SetDescriptors) -> list[tuple]:
+    """(descriptor, generated mean, training mean, bar, met?) for the training issue's bar."""
+    g, r = generated.summary(), reference.summary()
+    bf = ("boundary fraction", g["boundary_fraction"][0], r["boundary_fraction"][0], "within ± 0.01",
+          abs(g["boundary_fraction"][0] - r["boundary_fraction"][0]) <= 0.01)
+    grains = ("grains per image", g["grains"][0], r["grains"][0], "within ± 2",
+              abs(g["grains"][0] - r["grains"][0]) <= 2)
+    ends = ("dangling ends per image", g["dangling_ends"][0], r["dangling_ends"][0],
+            "at most training + 0.1", g["dangling_ends"][0] <= r["dangling_ends"][0] + 0.1)
+    rest = [(name, g[key][0], r[key][0], "", None) for key, name in
+            (("lineal_intercept", "mean lineal intercept (px)"), ("junctions", "junctions per image"))]
+    return [bf, grains, ends, *rest]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="training run folder (checkpoint.pt)")
+    parser.add_argument("--out", type=Path, default=Path("data/pretrained"))
+    parser.add_argument("--n", type=int, default=200, help="samples for the statistics")
+    parser.add_argument("--machine", required=True, help="where the training ran, in words")
+    parser.add_argument("--command", required=True, help="the exact training command(s)")
+    parser.add_argument("--note", default="", help="a paragraph for the README (status, caveats)")
+    args = parser.parse_args()
+
+    checkpoint = train.load_checkpoint(args.run / train.CHECKPOINT)
+    args.out.mkdir(parents=True, exist_ok=True)
+    weights = train.export_weights(checkpoint, args.out / "model.pt")
+    cpu = torch.device("cpu")
+    model, schedule, _ = sample.load_model(weights, cpu)
+    start = time.perf_counter()
+    sample.generate(model, schedule, 16, "ddim", 50, seed=0, device=cpu)
+    seconds_16 = time.perf_counter() - start
+    images = sample.generate(model, schedule, args.n, "ddim", 50, seed=0, device=cpu, progress=True)
+    viz.image_grid(images[:64], ncols=8, title=f"model.pt: 64 of {args.n} samples (DDIM-50, seed 0)",
+                   path=args.out / "samples.png")
+    generated = metrics.describe_set(metrics.boundary_masks(images), progress=True)
+    reference = metrics.describe_set(metrics.boundary_masks(data.load_uint8(checkpoint["train_config"]["data"])))
+    history = train.read_loss_history(args.run)
+    cfg = checkpoint["train_config"]
+    rows = fidelity_rows(generated, reference)
+    met = all(row[4] for row in rows if row[4] is not None)
+    lines = [
+        "# The shipped model",
+        "",
+        f"`model.pt`: EMA weights (fp16, {weights.stat().st_size / 2**20:.1f} MB) of a "
+        f"`{checkpoint['model_config']['name']}` with {count_parameters(model):,} parameters, "
+        f"trained on `{cfg['data']}`. Lessons 05 and 06 and `python -m helpers sample` use it.",
+        "",
+        args.note,
+        "",
+        "## How it was trained",
+        "",
+        "```",
+        args.command,
+        "```",
+        "",
+        f"| | |\n|---|---|\n| network | `{checkpoint['model_config']}` |\n"
+        f"| schedule | {checkpoint['schedule']['kind']}, T = {checkpoint['schedule']['steps']} |\n"
+        f"| steps | {checkpoint['step']} of batch {cfg['batch_size']} ({checkpoint['step'] * cfg['batch_size']:,} images) |\n"
+        f"| optimiser | AdamW, lr {cfg['lr']:g}, warm-up {cfg['warmup']} steps, clip {cfg['grad_clip']:g}, "
+        f"EMA {cfg['ema_decay']:g} |\n"
+        f"| precision | {cfg['precision']} |\n"
+        f"| wall time | {checkpoint['seconds'] / 60:.1f} min |\n"
+        f"| machine | {args.machine} |\n"
+        f"| final loss | {history[-1]['loss']:.4f} (mean of the last {cfg['log_every']} steps) |",
+        "",
+        "## Samples and their statistics",
+        "",
+        "![samples](samples.png)",
+        "",
+        f"{args.n} samples with the default sampler (DDIM, 50 steps, eta 0, x0 clipped, seed 0), "
+        f"thresholded at 0, measured with `helpers.metrics` against all {reference.size} training images. "
+        f"The bar is the training issue's fidelity bar.",
+        "",
+        "| descriptor | samples | training set | bar | met |",
+        "|---|---|---|---|---|",
+    ]
+    for name, value, ref, bar, ok in rows:
+        lines.append(f"| {name} | {value:.3f} | {ref:.3f} | {bar} | {'' if ok is None else ('yes' if ok else 'no')} |")
+    lines += [
+        "",
+        f"Fidelity bar {'met' if met else 'not met'}. Images with any dangling end: "
+        f"{int((generated.per_image['dangling_ends'] > 0).sum())} of {args.n}. "
+        f"Sampling 16 images with DDIM-50 on this machine's CPU: {seconds_16:.1f} s.",
+        "",
+        "Rebuild this README (and re-export the weights) with:",
+        "",
+        "```",
+        f"python tools/pretrained_report.py --run RUN_DIR --out {args.out} --n {args.n} "
+        "--machine \"...\" --command \"...\"",
+        "```",
+        "",
+    ]
+    (args.out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
