@@ -106,6 +106,26 @@ def data_module_check_out(out: Path, force: bool) -> None:
     prepare_output_dir(Path(out), force)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from .data import load_uint8
+    from .metrics import boundary_masks, evaluation_report, format_report
+
+    generated = boundary_masks(load_uint8(args.generated))
+    reference = boundary_masks(load_uint8(args.reference, column=args.reference_column))
+    heldout = boundary_masks(load_uint8(args.heldout)) if args.heldout else None
+    if generated.shape[1:] != reference.shape[1:]:
+        raise DataError(f"{args.generated} holds {generated.shape[2]}x{generated.shape[1]} images but "
+                        f"{args.reference} holds {reference.shape[2]}x{reference.shape[1]}; expected one size")
+    report = evaluation_report(generated, reference, args.splits, args.seed, heldout)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def _tutorial(args: argparse.Namespace) -> None:
     from .notebooks import notebook_paths, run_notebook
 
@@ -177,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--gif", type=Path, help="also write a GIF of the reverse process here")
     sample.add_argument("--quiet", action="store_true")
     sample.set_defaults(run=_sample)
+
+    evaluate = commands.add_parser("evaluate", help="compare generated and real microstructures",
+                                   description="Descriptor distances of two folders of PNGs, as "
+                                               "ratios to the real-vs-real noise floor.")
+    evaluate.add_argument("--generated", required=True, type=Path, help="folder of generated PNGs")
+    evaluate.add_argument("--reference", required=True, help="real images: dataset name or folder")
+    evaluate.add_argument("--reference-column", default="file",
+                          help="manifest column of the reference (grain_growth_64: boundary)")
+    evaluate.add_argument("--heldout", type=Path, help="real images the model never saw "
+                          "(for the memorisation baseline; default: leave-one-out on the reference)")
+    evaluate.add_argument("--splits", type=int, default=20, help="random splits for the noise floor")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", type=Path, help="also write the report as JSON")
+    evaluate.set_defaults(run=_evaluate)
 
     tutorial = commands.add_parser("tutorial", help="execute the notebooks into an output folder",
                                    description="Execute notebooks/ in order with papermill.")

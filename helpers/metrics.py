@@ -237,3 +237,197 @@ def seam_ratio(masks) -> float:
     seams = np.concatenate([(masks[:, -1, :] != masks[:, 0, :]).ravel(),
                             (masks[:, :, -1] != masks[:, :, 0]).ravel()]).mean()
     return float(seams / inside) if inside > 0 else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Set against set: distances, the real-vs-real noise floor, defects, memorisation
+# ---------------------------------------------------------------------------------------------
+SET_DISTANCES = DESCRIPTORS + ("grain_diameters", "s2")
+COPY_MARGIN = 0.1  # IoU above the closest held-out image that flags a generated image as a copy
+
+
+def set_distances(a: SetDescriptors, b: SetDescriptors) -> dict[str, float]:
+    """How far apart two sets are, per descriptor.
+
+    The 1-D Wasserstein (earth mover's) distance between the two sets' per-image values of each
+    descriptor, and between their pooled grain diameters; for S2, the root-mean-square difference
+    of the two mean curves. Each is in the descriptor's own unit (px, grains, fraction).
+    """
+    from scipy.stats import wasserstein_distance
+
+    distances = {name: float(wasserstein_distance(a.per_image[name], b.per_image[name]))
+                 for name in DESCRIPTORS}
+    distances["grain_diameters"] = float(wasserstein_distance(a.diameters, b.diameters)) \
+        if a.diameters.size and b.diameters.size else float("nan")
+    distances["s2"] = float(np.sqrt(np.mean((a.s2.mean(axis=0) - b.s2.mean(axis=0)) ** 2)))
+    return distances
+
+
+@dataclass
+class Comparison:
+    """Generated against real, each distance set against the real-vs-real noise floor."""
+
+    distances: dict[str, np.ndarray]  # per split: generated subset vs a real half
+    floor: dict[str, np.ndarray]  # per split: one real half vs the other
+    subset_size: int
+
+    def ratio(self, name: str) -> float:
+        """Median generated-vs-real distance / median real-vs-real distance (~1: like real data)."""
+        floor, distance = float(np.median(self.floor[name])), float(np.median(self.distances[name]))
+        if floor > 0:
+            return distance / floor
+        return 1.0 if distance == 0 else float("inf")  # real data never differs here; generated does
+
+
+def compare_sets(generated: SetDescriptors, reference: SetDescriptors, splits: int = 20,
+                 seed: int = 0) -> Comparison:
+    """Distances of generated to real images, measured against the noise floor of real data.
+
+    Each split draws two disjoint random halves of the reference set, A and B, of m images each
+    (m = half the reference, or the generated count if smaller), and m generated images G. The
+    floor is d(A, B); the generated distance is d(G, B). Equal sizes make the two comparable:
+    finite samples alone put distances above zero, by the same amount on both sides.
+    """
+    m = min(reference.size // 2, generated.size)
+    if m < 2:
+        raise ValueError(f"need at least 4 reference and 2 generated images, got "
+                         f"{reference.size} and {generated.size}")
+    rng = np.random.default_rng(seed)
+    distances = {name: [] for name in SET_DISTANCES}
+    floor = {name: [] for name in SET_DISTANCES}
+    for _ in range(splits):
+        order = rng.permutation(reference.size)
+        half_a, half_b = reference.subset(order[:m]), reference.subset(order[m:2 * m])
+        subset = generated.subset(rng.permutation(generated.size)[:m])
+        for name, value in set_distances(half_a, half_b).items():
+            floor[name].append(value)
+        for name, value in set_distances(subset, half_b).items():
+            distances[name].append(value)
+    return Comparison({k: np.array(v) for k, v in distances.items()},
+                      {k: np.array(v) for k, v in floor.items()}, m)
+
+
+def defect_rate(stats: SetDescriptors) -> float:
+    """Share of images with at least one dangling boundary end (an open boundary)."""
+    return float(np.mean(stats.per_image["dangling_ends"] > 0))
+
+
+def nearest_iou(queries: np.ndarray, library: np.ndarray, exclude_self: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """For each query mask, the library mask with the highest IoU of boundary pixels.
+
+    Returns (best IoU, index of that library image) per query. With ``exclude_self`` (queries
+    and library the same set) an image is not its own neighbour. IoU is taken at the same
+    position only: a copy shifted by a few pixels is not caught.
+    """
+    q = queries.reshape(len(queries), -1).astype(np.float32)
+    lib = library.reshape(len(library), -1).astype(np.float32)
+    intersection = q @ lib.T
+    union = q.sum(1)[:, None] + lib.sum(1)[None, :] - intersection
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+    if exclude_self:
+        np.fill_diagonal(iou, -1.0)
+    best = iou.argmax(axis=1)
+    return iou[np.arange(len(q)), best], best
+
+
+@dataclass
+class Memorisation:
+    """Nearest training images of generated and of held-out real images."""
+
+    generated_iou: np.ndarray  # per generated image: IoU with its nearest training image
+    generated_nearest: np.ndarray  # index of that training image
+    heldout_iou: np.ndarray  # the same for real images the model never saw
+    threshold: float  # above this a generated image is flagged as a near-copy
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return np.flatnonzero(self.generated_iou > self.threshold)
+
+
+def memorisation_check(generated: np.ndarray, training: np.ndarray,
+                       heldout: np.ndarray | None = None) -> Memorisation:
+    """Flag generated images much closer to a training image than held-out real images come.
+
+    Held-out real images (new images from the same process) show how close an honest new
+    image gets to its nearest training image by chance. A generated image is flagged when its
+    IoU exceeds the largest held-out IoU by more than ``COPY_MARGIN`` (a copy scores ~1, an
+    honest image about what held-out images score). Without held-out images, each training
+    image's nearest *other* training image stands in.
+    """
+    gen_iou, gen_nearest = nearest_iou(generated, training)
+    if heldout is None:
+        held_iou, _ = nearest_iou(training, training, exclude_self=True)
+    else:
+        held_iou, _ = nearest_iou(heldout, training)
+    return Memorisation(gen_iou, gen_nearest, held_iou, float(held_iou.max()) + COPY_MARGIN)
+
+
+def evaluation_report(generated_masks: np.ndarray, reference_masks: np.ndarray, splits: int = 20,
+                      seed: int = 0, heldout_masks: np.ndarray | None = None) -> dict:
+    """Everything ``python -m helpers evaluate`` prints and writes, as a JSON-ready dict.
+
+    ``descriptors[name]["ratio"]`` is each generated-vs-real distance over the real-vs-real
+    floor's median; ``defect_rate`` and ``memorisation`` complete the picture.
+    """
+    generated = describe_set(generated_masks)
+    reference = describe_set(reference_masks)
+    comparison = compare_sets(generated, reference, splits, seed)
+    memo = memorisation_check(generated_masks, reference_masks, heldout_masks)
+    means_g = {k: float(v.mean()) for k, v in generated.per_image.items()}
+    means_r = {k: float(v.mean()) for k, v in reference.per_image.items()}
+    means_g.update(grain_diameters=float(generated.diameters.mean()), s2=None)  # a curve: no one mean
+    means_r.update(grain_diameters=float(reference.diameters.mean()), s2=None)
+    descriptors = {}
+    for name in SET_DISTANCES:
+        floor = comparison.floor[name]
+        descriptors[name] = {
+            "generated_mean": means_g[name], "reference_mean": means_r[name],
+            "distance": float(np.median(comparison.distances[name])),
+            "floor_median": float(np.median(floor)), "floor_p10": float(np.percentile(floor, 10)),
+            "floor_p90": float(np.percentile(floor, 90)),
+            "ratio": comparison.ratio(name) if np.isfinite(comparison.ratio(name)) else None,
+        }
+    return {
+        "n_generated": generated.size, "n_reference": reference.size,
+        "splits": splits, "subset_size": comparison.subset_size,
+        "descriptors": descriptors,
+        "defect_rate": {"generated": defect_rate(generated), "reference": defect_rate(reference)},
+        "memorisation": {"generated_nearest_iou_median": float(np.median(memo.generated_iou)),
+                         "heldout_nearest_iou_median": float(np.median(memo.heldout_iou)),
+                         "threshold": memo.threshold, "flagged": memo.flagged.tolist(),
+                         "heldout": "given" if heldout_masks is not None else "training leave-one-out"},
+    }
+
+
+DISTANCE_LABELS = {
+    "boundary_fraction": "boundary fraction", "grains": "grains per image",
+    "lineal_intercept": "lineal intercept (px)", "junctions": "junctions per image",
+    "dangling_ends": "dangling ends per image", "grain_diameters": "grain diameters (px, pooled)",
+    "s2": "S2(r) curve (RMS)",
+}
+
+
+def format_report(report: dict) -> str:
+    """The evaluation report as a plain-text table."""
+    def number(value):
+        return "-" if value is None else f"{value:.4g}"
+
+    lines = [f"{report['n_generated']} generated vs {report['n_reference']} reference images; "
+             f"{report['splits']} splits of {report['subset_size']} images each",
+             f"{'descriptor':<30} {'generated':>10} {'reference':>10} {'distance':>10} "
+             f"{'floor':>10} {'floor p10-p90':>17} {'ratio':>7}"]
+    for name, row in report["descriptors"].items():
+        spread = f"{row['floor_p10']:.3g}-{row['floor_p90']:.3g}"
+        lines.append(f"{DISTANCE_LABELS[name]:<30} {number(row['generated_mean']):>10} "
+                     f"{number(row['reference_mean']):>10} {row['distance']:>10.4g} "
+                     f"{row['floor_median']:>10.4g} {spread:>17} "
+                     f"{'inf' if row['ratio'] is None else format(row['ratio'], '.2f'):>7}")
+    defects, memo = report["defect_rate"], report["memorisation"]
+    lines.append(f"images with a dangling end: generated {defects['generated']:.1%}, "
+                 f"reference {defects['reference']:.1%}")
+    lines.append(f"nearest training image (IoU of boundary pixels): generated median "
+                 f"{memo['generated_nearest_iou_median']:.3f}, held-out real median "
+                 f"{memo['heldout_nearest_iou_median']:.3f} ({memo['heldout']}); near-copies "
+                 f"(IoU > {memo['threshold']:.3f}): {len(memo['flagged'])}")
+    return "\n".join(lines)

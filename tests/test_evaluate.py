@@ -1,0 +1,87 @@
+"""Set-against-set evaluation: noise floor, ratios, defects, memorisation, the evaluate command."""
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from helpers import data, metrics
+from helpers.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return metrics.boundary_masks(data.load_uint8("voronoi_gb_64", limit=400))
+
+
+def fresh_voronoi(n, seeds=15, seed=11):
+    return np.stack([data.make_voronoi_gb(seed, i, n_seeds=seeds).image for i in range(n)]) >= 128
+
+
+def test_real_against_real_gives_ratios_near_one(reference):
+    report = metrics.evaluation_report(fresh_voronoi(100), reference, splits=10)
+    ratios = {k: v["ratio"] for k, v in report["descriptors"].items()}
+    for name in ("boundary_fraction", "grains", "lineal_intercept", "junctions", "grain_diameters", "s2"):
+        assert 0.2 < ratios[name] < 3.0, (name, ratios[name])
+    assert ratios["dangling_ends"] == 1.0  # no defects on either side
+    assert report["defect_rate"] == {"generated": 0.0, "reference": 0.0}
+    assert report["memorisation"]["flagged"] == []
+
+
+def test_thirty_grains_per_image_is_far_from_real(reference):
+    report = metrics.evaluation_report(fresh_voronoi(100, seeds=30), reference, splits=10)
+    ratios = {k: v["ratio"] for k, v in report["descriptors"].items()}
+    for name in ("boundary_fraction", "grains", "lineal_intercept", "junctions", "grain_diameters", "s2"):
+        assert ratios[name] > 10, (name, ratios[name])
+
+
+def test_thinned_boundaries_move_fraction_and_s2_but_not_grains(reference):
+    thin = np.stack([ndimage.binary_erosion(m, structure=np.ones((2, 2)), border_value=1) for m in reference[200:300]])
+    report = metrics.evaluation_report(thin, reference[:200], splits=10)
+    ratios = {k: v["ratio"] for k, v in report["descriptors"].items()}
+    assert ratios["boundary_fraction"] > 10 and ratios["s2"] > 10
+    assert report["descriptors"]["boundary_fraction"]["generated_mean"] < 0.15
+
+
+def test_copies_of_training_images_are_flagged(reference):
+    copies = reference[:20]
+    memo = metrics.memorisation_check(copies, reference, heldout=fresh_voronoi(50))
+    assert memo.flagged.tolist() == list(range(20))
+    assert np.all(memo.generated_nearest == np.arange(20)) and np.allclose(memo.generated_iou, 1.0)
+    assert memo.threshold < 0.5
+    half_copy = reference[:5].copy()
+    half_copy[:, :, 32:] = fresh_voronoi(5, seed=13)[:, :, 32:]  # left half copied
+    assert metrics.memorisation_check(half_copy, reference, heldout=fresh_voronoi(50)).flagged.tolist() == list(range(5))
+    honest = metrics.memorisation_check(fresh_voronoi(20, seed=12), reference, heldout=fresh_voronoi(50))
+    assert honest.flagged.size == 0
+
+
+def test_a_defective_set_has_a_defect_rate():
+    mask = np.zeros((64, 64), bool)
+    mask[30:32, 10:40] = True
+    stats = metrics.describe_set(np.stack([mask, np.zeros((64, 64), bool)]))
+    assert metrics.defect_rate(stats) == 0.5
+
+
+def test_evaluate_command_prints_a_table_and_writes_json(tmp_path, capsys):
+    generated = tmp_path / "generated"
+    data.make_dataset("voronoi-gb", n=30, size=64, seed=5, out=generated)
+    assert main(["evaluate", "--generated", str(generated), "--reference", "voronoi_gb_64",
+                 "--splits", "4", "--json", str(tmp_path / "report.json")]) == 0
+    out = capsys.readouterr().out
+    assert "boundary fraction" in out and "ratio" in out and "near-copies" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["descriptors"]) == set(metrics.SET_DISTANCES)
+    assert all("ratio" in row for row in report["descriptors"].values())
+    assert report["n_generated"] == 30 and report["subset_size"] == 30
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d.mkdir(), "holds no PNG images"),
+    (lambda d: (d.mkdir(), (d / "x.png").write_bytes(b"junk")), "x.png: not a readable image"),
+])
+def test_evaluate_on_an_empty_or_unreadable_folder_fails_in_one_line(tmp_path, capsys, make, message):
+    make(tmp_path / "gen")
+    assert main(["evaluate", "--generated", str(tmp_path / "gen"), "--reference", "voronoi_gb_64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
