@@ -294,3 +294,74 @@ class LiveLossPlot:
         loss_curve(history, ax=self.ax)
         if self.handle is not None:
             self.handle.update(self.fig)
+
+
+def descriptor_anatomy(mask: np.ndarray, path: str | Path | None = None) -> plt.Figure:
+    """What each descriptor looks at, on one boundary mask: grains, skeleton, junctions, ends."""
+    from scipy import ndimage
+
+    from .metrics import MIN_GRAIN_PX, grain_areas, skeleton, skeleton_features, skeleton_neighbours
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    axes[0].imshow(mask, cmap="gray", interpolation="nearest")
+    row = mask.shape[0] // 2
+    axes[0].axhline(row, color="tab:orange", lw=1)
+    crossings = np.flatnonzero(mask[row] & ~np.r_[False, mask[row, :-1]])
+    axes[0].plot(crossings, [row] * len(crossings), "o", color="tab:orange", ms=4)
+    axes[0].set_title(f"boundary fraction {mask.mean():.3f}\nintercepts along one test line: {len(crossings)}")
+    labels, _ = ndimage.label(~mask)
+    sizes = np.bincount(labels.ravel())
+    labels[(sizes < MIN_GRAIN_PX)[labels]] = 0
+    axes[1].imshow(np.ma.masked_equal(labels, 0), cmap="tab20", interpolation="nearest")
+    axes[1].set_title(f"grains (4-connected, >= {MIN_GRAIN_PX} px): {len(grain_areas(mask))}")
+    skel = skeleton(mask)
+    counts = skeleton_neighbours(skel)
+    topology = skeleton_features(mask)
+    axes[2].imshow(mask, cmap="gray", alpha=0.35, interpolation="nearest")
+    axes[2].imshow(np.ma.masked_equal(skel, 0), cmap="autumn", interpolation="nearest")
+    junction_px = np.argwhere(counts >= 3)
+    axes[2].plot(junction_px[:, 1], junction_px[:, 0], "s", color="tab:blue", ms=3, label="junction")
+    if len(topology.ends):
+        axes[2].plot(topology.ends[:, 1], topology.ends[:, 0], "o", color="red", ms=6, label="dangling end")
+    axes[2].set_title(f"skeleton: {topology.junctions} junctions, {topology.dangling_ends} dangling ends")
+    axes[2].legend(fontsize=7, loc="lower right")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def defect_gallery(masks: np.ndarray, path: str | Path | None = None, ncols: int = 6) -> plt.Figure:
+    """Boundary masks with their dangling ends circled in red (open boundaries)."""
+    from .metrics import skeleton_features
+
+    n = len(masks)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2.2 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, mask in zip(axes.flat, masks):
+        ends = skeleton_features(mask).ends
+        ax.imshow(mask, cmap="gray", interpolation="nearest")
+        if len(ends):
+            ax.plot(ends[:, 1], ends[:, 0], "o", mfc="none", mec="red", ms=9, mew=1.5)
+        ax.set_title(f"{len(ends)} open end(s)", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def nearest_pairs(generated: np.ndarray, training: np.ndarray, nearest: np.ndarray, iou: np.ndarray,
+                  path: str | Path | None = None) -> plt.Figure:
+    """Each generated mask above its nearest training mask, with their IoU."""
+    n = len(generated)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.2), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(generated[i], cmap="gray", interpolation="nearest")
+        axes[0, i].set_title(f"generated\nIoU {iou[i]:.2f}", fontsize=8)
+        axes[1, i].imshow(training[nearest[i]], cmap="gray", interpolation="nearest")
+        axes[1, i].set_title(f"training #{nearest[i]}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, path)
