@@ -126,6 +126,20 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import json
+
+    from .bench import format_bench, run_bench
+
+    report = run_bench(quick=args.quick, compile_model=args.compile,
+                       progress=(lambda line: None) if args.quiet else print)
+    print(format_bench(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def _tutorial(args: argparse.Namespace) -> None:
     from .notebooks import notebook_paths, run_notebook
 
@@ -211,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", type=Path, help="also write the report as JSON")
     evaluate.set_defaults(run=_evaluate)
+
+    bench = commands.add_parser("bench", help="training and sampling throughput, original vs ours",
+                                description="Measure the original recipe against our fast path, "
+                                            "in one process, on the current device.")
+    bench.add_argument("--quick", action="store_true", help="small settings (under a minute on a CPU)")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the fast-path models")
+    bench.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(run=_bench)
 
     tutorial = commands.add_parser("tutorial", help="execute the notebooks into an output folder",
                                    description="Execute notebooks/ in order with papermill.")
