@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> None:
         profile = args.profile or default_profile(device)
         cfg = profile_config(profile, data=str(args.data), model=args.model, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             precision=args.precision, limit=args.limit)
+                             precision=args.precision, limit=args.limit, compile=args.compile or None)
         size = load_first_size(cfg.data)
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     train.add_argument("--limit", type=int, help="use only the first N images")
+    train.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; "
+                       "falls back to eager where it cannot)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--stop-after", type=int, help="stop this session at that step (resumable)")
     train.add_argument("--export", type=Path, help="also write the EMA weights (fp16) to this file")

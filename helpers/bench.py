@@ -89,13 +89,21 @@ def original_recipe(device: torch.device, schedule: Schedule, steps: int, warmup
     return {"images_per_second": steps * 9 / seconds, "batch_size": 9, "precision": "fp32"}
 
 
-def maybe_compile(model: torch.nn.Module, compile_model: bool) -> tuple[torch.nn.Module, str]:
-    """torch.compile the model if asked and possible; otherwise the model as it is, and why."""
+def maybe_compile(model: torch.nn.Module, compile_model: bool,
+                  example: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.nn.Module, str]:
+    """torch.compile the model if asked and it works here (tried on ``example``); else eager.
+
+    Compilation is lazy, so a missing compiler or an unsupported device shows only at the first
+    call: that call is made here, and any failure falls back to the plain model, saying why.
+    """
     if not compile_model:
         return model, "eager"
     try:
-        return torch.compile(model), "compiled"
-    except Exception as exc:  # no compiler, unsupported device: fall back cleanly
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled(*example)
+        return compiled, "compiled"
+    except Exception as exc:  # no C++ compiler or Triton, old GPU, unsupported op: stay eager
         return model, f"eager (torch.compile unavailable: {exc.__class__.__name__})"
 
 
@@ -107,7 +115,8 @@ def fast_path(model: torch.nn.Module, device: torch.device, schedule: Schedule, 
     memory_format = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     images = images.contiguous(memory_format=memory_format)
-    model, mode = maybe_compile(model, compile_model)
+    t = torch.zeros(batch_size, dtype=torch.long, device=device)
+    model, mode = maybe_compile(model, compile_model, (images[:batch_size], t))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=cuda or None)
     generator = torch.Generator().manual_seed(0)
 
@@ -120,13 +129,7 @@ def fast_path(model: torch.nn.Module, device: torch.device, schedule: Schedule, 
             loss.backward()
             optimizer.step()
 
-    try:
-        seconds = median_seconds(run, device, warmup, repeats)
-    except Exception as exc:
-        if mode != "compiled":
-            raise
-        return fast_path(model._orig_mod, device, schedule, batch_size, steps, warmup, repeats) | {
-            "mode": f"eager (torch.compile failed: {exc.__class__.__name__})"}
+    seconds = median_seconds(run, device, warmup, repeats)
     return {"images_per_second": steps * batch_size / seconds, "batch_size": batch_size,
             "precision": "bf16" if cuda else "fp32", "mode": mode}
 

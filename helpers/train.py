@@ -67,6 +67,7 @@ class TrainConfig:
     sample_count: int = 16
     sample_steps: int = 50  # DDIM steps for the progress grids
     checkpoint_every: int = 500
+    compile: bool = False  # torch.compile the network (falls back to eager where unavailable)
 
 
 PROFILES = {
@@ -286,7 +287,18 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     size = images.shape[-1]
     seed_everything(cfg.seed)
     model = build_model(model_config(cfg, size)).to(device)
+    if device.type == "cuda":  # convolutions run faster in NHWC layout on tensor cores
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    network, compile_mode = model, "eager"
+    if cfg.compile:
+        from .bench import maybe_compile
+
+        example = (images[:2], torch.zeros(2, dtype=torch.long, device=device))
+        network, compile_mode = maybe_compile(model, True, example)
+        if progress:
+            print(f"network: {compile_mode}")
     schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps).to(device)
     dtype = autocast_dtype(cfg.precision, device)
     fused = device.type == "cuda"
@@ -334,7 +346,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = diffusion_loss(model, schedule, x0, generators["noise"])
+            loss = diffusion_loss(network, schedule, x0, generators["noise"])
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingError(f"loss became {loss.item()} at step {step + 1}; stopped. The last "

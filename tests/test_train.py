@@ -110,3 +110,20 @@ def test_profiles_and_settings():
         train.autocast_dtype("fp16", CPU)
     assert [round(train.learning_rate(train.TrainConfig(lr=1.0, warmup=4), s), 2) for s in range(6)] == \
         [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_compile_falls_back_to_eager_when_it_cannot(tmp_path, monkeypatch):
+    from helpers import bench
+
+    def broken_compile(model):
+        def fail(*args):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(bench.torch, "compile", broken_compile)
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    same, mode = bench.maybe_compile(lambda x, t: model(x), True, (torch.zeros(1, 1, 8, 8), torch.zeros(1)))
+    assert mode == "eager (torch.compile unavailable: RuntimeError)"
+    result = train.train(smoke(steps=2, checkpoint_every=2, compile=True), tmp_path / "run", device=CPU,
+                         progress=False)
+    assert result.step == 2
