@@ -347,11 +347,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
             group["lr"] = learning_rate(cfg, step)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = diffusion_loss(network, schedule, x0, generators["noise"])
-        if not torch.isfinite(loss):
-            bar.close()
-            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; stopped. The last "
-                                f"good checkpoint (step {state_step(checkpoint_path)}) is kept in "
-                                f"{checkpoint_path}; try a lower --lr or fp32")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -362,7 +357,19 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         step += 1
         window.append(loss.detach().float())
         bar.update()
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        logging = step % cfg.log_every == 0 or step == cfg.steps
+        if logging or step % cfg.checkpoint_every == 0 or step == end:
+            # checked here rather than every step: reading the loss waits for the GPU
+            losses = torch.stack(window) if window else torch.zeros(0, device=device)
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                bar.close()
+                first = int(bad[0])
+                raise TrainingError(
+                    f"loss became {losses[first].item()} at step {step - len(window) + first + 1}; "
+                    f"stopped. The last good checkpoint (step {state_step(checkpoint_path)}) is kept "
+                    f"in {checkpoint_path}; try a lower --lr or fp32")
+        if logging:
             mean_loss = torch.stack(window).float().mean().item()
             window = []
             history.append({"step": step, "loss": mean_loss, "lr": learning_rate(cfg, step - 1),
