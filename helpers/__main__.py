@@ -33,9 +33,12 @@ def _data_make(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .data import load_uint8
     from .device import pick_device
-    from .train import describe_model, profile_config, default_profile, train
+    from .train import default_profile, describe_model, profile_config, train
 
+    if args.export and Path(args.export).exists():
+        raise DataError(f"{args.export} exists; choose another --export path (nothing was trained)")
     device = pick_device()
     resume = args.resume
     if resume:
@@ -46,7 +49,7 @@ def _train(args: argparse.Namespace) -> None:
         cfg = profile_config(profile, data=str(args.data), model=args.model, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              precision=args.precision, limit=args.limit, compile=args.compile or None)
-        size = load_first_size(cfg.data)
+        size = load_uint8(cfg.data, limit=1).shape[-1]
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
     print(f"writing to {args.out}/ (checkpoint.pt, loss.csv, loss.png, samples/); "
@@ -62,20 +65,16 @@ def _train(args: argparse.Namespace) -> None:
         print(f"EMA weights (fp16) exported to {path}")
 
 
-def load_first_size(dataset: str) -> int:
-    """The image size of a dataset, read from its first image."""
-    from .data import list_images, read_images, resolve_dataset
-
-    return read_images(list_images(resolve_dataset(dataset))[:1]).shape[-1]
-
-
 def _sample(args: argparse.Namespace) -> None:
+    from .data import prepare_output_dir
     from .device import pick_device
     from .sample import generate, load_model, reverse_process_gif, write_pngs
 
     device = pick_device()
     model, schedule, payload = load_model(args.checkpoint, device)
-    data_module_check_out(args.out, args.force)
+    prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
+    if args.gif and Path(args.gif).exists() and not args.force:
+        raise DataError(f"{args.gif} exists; choose another --gif or pass --force to replace it")
     start = time.perf_counter()
     if args.gif:
         first = min(args.n, 16)
@@ -97,13 +96,6 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} samples to {args.out} ({args.sampler}"
           f"{'' if args.sampler == 'ddpm' else f' {args.steps} steps'}, {seconds:.1f} s on {device}, "
           f"model from step {payload['step']})")
-
-
-def data_module_check_out(out: Path, force: bool) -> None:
-    """Refuse a non-empty output folder before spending time on sampling."""
-    from .data import prepare_output_dir
-
-    prepare_output_dir(Path(out), force)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -209,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=256)
     sample.add_argument("--out", required=True, type=Path, help="folder for the PNGs (new or empty)")
-    sample.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    sample.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder, replace an existing GIF")
     sample.add_argument("--gif", type=Path, help="also write a GIF of the reverse process here")
     sample.add_argument("--quiet", action="store_true")
     sample.set_defaults(run=_sample)

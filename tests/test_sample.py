@@ -63,3 +63,11 @@ def test_the_shipped_model_samples_on_cpu():
     assert images.shape == (4, 1, 64, 64) and torch.isfinite(images).all()
     fraction = (images > 0).float().mean().item()
     assert 0.05 < fraction < 0.5  # some boundary, mostly grain: not blank, not noise
+
+
+def test_an_existing_gif_is_not_replaced_silently(weights, tmp_path):
+    gif = tmp_path / "mine.gif"
+    gif.write_bytes(b"a user's file")
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out",
+                 str(tmp_path / "s"), "--gif", str(gif), "--quiet"]) == 2
+    assert gif.read_bytes() == b"a user's file"
