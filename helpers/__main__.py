@@ -55,7 +55,8 @@ def _train(args: argparse.Namespace) -> None:
     print(f"writing to {args.out}/ (checkpoint.pt, loss.csv, loss.png, samples/); "
           f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
     result = train(cfg, args.out, device=device, resume=resume, progress=not args.quiet,
-                   stop_after=args.stop_after, extend_to=args.steps if resume else None)
+                   stop_after=args.stop_after, extend_to=args.steps if resume else None,
+                   max_seconds=60 * args.max_minutes if args.max_minutes else None)
     print(f"step {result.step}: loss {result.final_loss:.4f}, {result.seconds:.0f} s in all, "
           f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / 'checkpoint.pt'}")
     if args.export:
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "falls back to eager where it cannot)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--stop-after", type=int, help="stop this session at that step (resumable)")
+    train.add_argument("--max-minutes", type=float, help="end this session (with a checkpoint) after "
+                       "this many minutes of training; --resume continues")
     train.add_argument("--export", type=Path, help="also write the EMA weights (fp16) to this file")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)

@@ -255,7 +255,7 @@ def _write_loss_history(run_dir: Path, rows: list[dict]) -> None:
 def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] = None,
           resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
           on_log: Optional[Callable[[list[dict]], None]] = None,
-          extend_to: Optional[int] = None) -> TrainResult:
+          extend_to: Optional[int] = None, max_seconds: Optional[float] = None) -> TrainResult:
     """Train (or, with ``resume``, continue training) a denoiser into ``run_dir``.
 
     ``run_dir`` gets checkpoint.pt (written atomically every ``checkpoint_every`` steps and at
@@ -263,6 +263,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     session early at that step, as an interruption would (tests and notebooks use it).
     ``on_log(history)`` is called at every logging step (a notebook's live loss curve).
     ``extend_to`` (with ``resume``) raises the run's total number of steps, to train on.
+    ``max_seconds`` ends this session (with a checkpoint) once it has trained that long: for
+    time-limited machines, with ``resume`` carrying the run on next time.
     """
     from .device import pick_device
     from .sample import sample_grid
@@ -358,7 +360,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         window.append(loss.detach().float())
         bar.update()
         logging = step % cfg.log_every == 0 or step == cfg.steps
-        if logging or step % cfg.checkpoint_every == 0 or step == end:
+        out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
+        if logging or step % cfg.checkpoint_every == 0 or step == end or out_of_time:
             # checked here rather than every step: reading the loss waits for the GPU
             losses = torch.stack(window) if window else torch.zeros(0, device=device)
             bad = (~torch.isfinite(losses)).nonzero()
@@ -380,8 +383,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         if step % cfg.sample_every == 0 or step == cfg.steps:
             sample_grid(ema, schedule, cfg.sample_count, cfg.sample_steps, device,
                         run_dir / "samples" / f"step_{step:06d}.png", title=f"EMA samples, step {step}")
-        if step % cfg.checkpoint_every == 0 or step == end:
+        if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
             save_checkpoint()
+        if out_of_time:
+            break
     bar.close()
     session = time.perf_counter() - started
     if history:

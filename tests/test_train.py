@@ -127,3 +127,10 @@ def test_compile_falls_back_to_eager_when_it_cannot(tmp_path, monkeypatch):
     result = train.train(smoke(steps=2, checkpoint_every=2, compile=True), tmp_path / "run", device=CPU,
                          progress=False)
     assert result.step == 2
+
+
+def test_a_time_budget_ends_the_session_with_a_checkpoint(tmp_path):
+    result = train.train(smoke(steps=1000, checkpoint_every=500), tmp_path / "run", device=CPU,
+                         progress=False, max_seconds=0.0)
+    assert result.step == 1
+    assert train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
