@@ -99,9 +99,17 @@ def _sample(args: argparse.Namespace) -> None:
           f"model from step {payload['step']})")
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    import json
+def _write_json(path: Path | None, report: dict) -> None:
+    """Write a report as indented JSON when a path was given, and say where."""
+    if path:
+        import json
 
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     from .data import load_uint8
     from .metrics import boundary_masks, evaluation_report, format_report
 
@@ -113,24 +121,16 @@ def _evaluate(args: argparse.Namespace) -> None:
                         f"{args.reference} holds {reference.shape[2]}x{reference.shape[1]}; expected one size")
     report = evaluation_report(generated, reference, args.splits, args.seed, heldout)
     print(format_report(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, report)
 
 
 def _bench(args: argparse.Namespace) -> None:
-    import json
-
     from .bench import format_bench, run_bench
 
     report = run_bench(quick=args.quick, compile_model=args.compile,
                        progress=(lambda line: None) if args.quiet else print)
     print(format_bench(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, report)
 
 
 def _tutorial(args: argparse.Namespace) -> None:
