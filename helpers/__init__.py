@@ -1,9 +1,11 @@
 """microstructure-ddpm helpers: the thin package every notebook imports.
 
-Modules, one idea each: ``data`` (generators, dataset folders, tensors), ``metrics``
-(microstructure statistics), ``viz`` (image grids and plots), ``notebooks`` (executing the
-lesson notebooks), ``device`` (CUDA, then Apple MPS, then CPU). ``python -m helpers --help``
-is the command line.
+Modules, one idea each: ``data`` (generators, dataset folders, tensors), ``diffusion``
+(schedules, forward jump, loss, DDPM and DDIM samplers), ``unet`` (SeedUNet and UNet),
+``train`` (the training loop and checkpoints), ``sample`` (batches, PNGs, GIFs), ``metrics``
+(microstructure statistics, set-vs-set evaluation), ``viz`` (grids, GIFs, plots), ``bench``
+(throughput), ``notebooks`` (executing the lessons), ``device`` (CUDA, then Apple MPS, then
+CPU). ``python -m helpers --help`` is the command line.
 """
 import os
 from pathlib import Path
