@@ -380,13 +380,13 @@ def evaluation_report(generated_masks: np.ndarray, reference_masks: np.ndarray, 
     means_r.update(grain_diameters=float(reference.diameters.mean()), s2=None)
     descriptors = {}
     for name in SET_DISTANCES:
-        floor = comparison.floor[name]
+        floor, ratio = comparison.floor[name], comparison.ratio(name)
         descriptors[name] = {
             "generated_mean": means_g[name], "reference_mean": means_r[name],
             "distance": float(np.median(comparison.distances[name])),
             "floor_median": float(np.median(floor)), "floor_p10": float(np.percentile(floor, 10)),
             "floor_p90": float(np.percentile(floor, 90)),
-            "ratio": comparison.ratio(name) if np.isfinite(comparison.ratio(name)) else None,
+            "ratio": ratio if np.isfinite(ratio) else None,
         }
     return {
         "n_generated": generated.size, "n_reference": reference.size,
