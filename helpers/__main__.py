@@ -48,7 +48,9 @@ def _train(args: argparse.Namespace) -> None:
         profile = args.profile or default_profile(device)
         cfg = profile_config(profile, data=str(args.data), model=args.model, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             precision=args.precision, limit=args.limit, compile=args.compile or None)
+                             precision=args.precision, limit=args.limit, compile=args.compile or None,
+                             prediction=args.prediction, bar_every=args.bar_every,
+                             bar_samples=args.bar_samples)
         size = load_uint8(cfg.data, limit=1).shape[-1]
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
@@ -180,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     train.add_argument("--limit", type=int, help="use only the first N images")
+    train.add_argument("--bar-every", type=int, metavar="N", help="check the fidelity bar on EMA "
+                       "samples every N steps, logged to bar.csv with the training time so far")
+    train.add_argument("--bar-samples", type=int, metavar="N", help="samples per fidelity-bar check (200)")
+    train.add_argument("--prediction", choices=["eps", "v"], help="what the network learns to output: "
+                       "the noise (eps, Ho et al.) or the velocity v (steadier at high noise); "
+                       "default: the profile's")
     train.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; "
                        "falls back to eager where it cannot)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

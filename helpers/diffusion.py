@@ -1,7 +1,8 @@
 """The DDPM itself: noise schedules, the forward jump q(x_t | x_0), the loss, and the samplers.
 
 Kept apart from the networks (``helpers.unet``) and the training loop, as a scheduler is in
-Hugging Face diffusers: any network mapping ``(x_t, t) -> predicted noise`` plugs in.
+Hugging Face diffusers: any network mapping ``(x_t, t) -> predicted noise`` plugs in (or
+``-> predicted velocity v``, with a schedule made with ``prediction="v"``).
 
 Conventions: timesteps are 0-based, ``t`` in 0..T-1, one per image, as a (N,) long tensor.
 ``alpha_bars[t]`` is the product of ``alphas[0..t]``, so ``x_t`` at ``t = 0`` is one step of
@@ -11,7 +12,7 @@ noise away from the data, and sampling runs ``t = T-1, ..., 0``. Randomness alwa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 
 SCHEDULES = ("linear", "cosine")
 VARIANCES = ("beta", "posterior")
+# What the network's output means: the noise (Ho et al.) or the velocity v (Salimans & Ho 2022).
+PREDICTIONS = ("eps", "v")
 
 # callback(step, t, x_t, x0_hat): called after each reverse step with the new sample and the
 # network's current estimate of the clean image; used for GIF frames and progress bars.
@@ -27,12 +30,18 @@ StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 @dataclass
 class Schedule:
-    """A variance schedule: betas, alphas = 1 - betas, and their cumulative products alpha-bar."""
+    """A variance schedule: betas, alphas = 1 - betas, and their cumulative products alpha-bar.
+
+    ``prediction`` says what the network trained with it outputs (as a diffusers scheduler's
+    ``prediction_type`` does): ``"eps"``, the noise, or ``"v"``, the velocity
+    sqrt(abar) noise - sqrt(1 - abar) x_0. The samplers turn either into a noise estimate.
+    """
 
     kind: str
     betas: torch.Tensor  # (T,) float32
     alphas: torch.Tensor
     alpha_bars: torch.Tensor
+    prediction: str = "eps"
 
     @classmethod
     def from_betas(cls, kind: str, betas: torch.Tensor) -> "Schedule":
@@ -56,11 +65,14 @@ class Schedule:
         return cls.from_betas("cosine", betas)
 
     @classmethod
-    def create(cls, kind: str = "linear", steps: int = 1000) -> "Schedule":
+    def create(cls, kind: str = "linear", steps: int = 1000, prediction: str = "eps") -> "Schedule":
         """A schedule by name (for configs and the command line)."""
         if kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(SCHEDULES)}")
-        return cls.linear(steps) if kind == "linear" else cls.cosine(steps)
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+        schedule = cls.linear(steps) if kind == "linear" else cls.cosine(steps)
+        return replace(schedule, prediction=prediction)
 
     @property
     def steps(self) -> int:
@@ -68,11 +80,11 @@ class Schedule:
 
     def config(self) -> dict:
         """What rebuilds this schedule (stored in checkpoints)."""
-        return {"kind": self.kind, "steps": self.steps}
+        return {"kind": self.kind, "steps": self.steps, "prediction": self.prediction}
 
     def to(self, device: torch.device | str) -> "Schedule":
         return Schedule(self.kind, self.betas.to(device), self.alphas.to(device),
-                        self.alpha_bars.to(device))
+                        self.alpha_bars.to(device), self.prediction)
 
     def alpha_bars_prev(self) -> torch.Tensor:
         """alpha-bar one step earlier, with alpha-bar before step 0 equal to 1 (clean data)."""
@@ -129,16 +141,33 @@ def predict_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
     return (x_t - (1 - abar).sqrt() * noise) / abar.sqrt()
 
 
+def velocity(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0: mostly noise at small t, mostly -x_0 at large t."""
+    abar = _per_image(schedule.alpha_bars, t, x0)
+    return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+
+def predicted_noise(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+                    output: torch.Tensor) -> torch.Tensor:
+    """The noise estimate in a network's output: the output itself, or sqrt(abar) v + sqrt(1 - abar) x_t."""
+    if schedule.prediction == "eps":
+        return output
+    abar = _per_image(schedule.alpha_bars, t, x_t)
+    return abar.sqrt() * output + (1 - abar).sqrt() * x_t
+
+
 def diffusion_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
                    x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The simplified DDPM objective: MSE between the noise added and the noise predicted.
 
-    Each image gets its own random timestep, uniform in 0..T-1, and its own noise.
+    Each image gets its own random timestep, uniform in 0..T-1, and its own noise. For a
+    schedule with ``prediction="v"`` the target is the velocity instead of the noise.
     """
     t = torch.randint(0, schedule.steps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = q_sample(schedule, x0, t, noise)
-    return F.mse_loss(model(x_t, t), noise)
+    target = noise if schedule.prediction == "eps" else velocity(schedule, x0, t, noise)
+    return F.mse_loss(model(x_t, t), target)
 
 
 def ddpm_step(schedule: Schedule, x_t: torch.Tensor, t: int, predicted_noise: torch.Tensor,
@@ -184,7 +213,8 @@ def ddpm_sample(model, schedule: Schedule, shape: tuple[int, ...], device: torch
     x = _start_noise(shape, device, generator) if x_T is None else x_T.to(device)
     for step, t in enumerate(range(schedule.steps - 1, -1, -1)):
         steps = torch.full((shape[0],), t, device=device, dtype=torch.long)
-        x, x0_hat = ddpm_step(schedule, x, t, model(x, steps), variance, clip, generator)
+        noise_hat = predicted_noise(schedule, x, steps, model(x, steps))
+        x, x0_hat = ddpm_step(schedule, x, t, noise_hat, variance, clip, generator)
         if callback is not None:
             callback(step, t, x, x0_hat)
     return x
@@ -221,7 +251,7 @@ def ddim_sample(model, schedule: Schedule, shape: tuple[int, ...], steps: int = 
     x = _start_noise(shape, device, generator) if x_T is None else x_T.to(device)
     for step, t in enumerate(timesteps):
         batch_t = torch.full((shape[0],), t, device=device, dtype=torch.long)
-        noise_hat = model(x, batch_t)
+        noise_hat = predicted_noise(schedule, x, batch_t, model(x, batch_t))
         x0_hat = predict_x0(schedule, x, batch_t, noise_hat)
         if clip:
             x0_hat = x0_hat.clamp(-1.0, 1.0)

@@ -9,6 +9,7 @@ noise floor) consume.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -310,6 +311,62 @@ def compare_sets(generated: SetDescriptors, reference: SetDescriptors, splits: i
 def defect_rate(stats: SetDescriptors) -> float:
     """Share of images with at least one dangling boundary end (an open boundary)."""
     return float(np.mean(stats.per_image["dangling_ends"] > 0))
+
+
+# The training issue's fidelity bar for a shipped model: sample means against the training set's.
+BAR_BOUNDARY_FRACTION = 0.01  # mean boundary fraction within +- this
+BAR_GRAINS = 2.0  # mean grains per image within +- this
+BAR_EXTRA_DANGLING_ENDS = 0.1  # mean dangling ends per image at most the training set's + this
+
+
+class BarRow(NamedTuple):
+    """One line of the fidelity bar: a descriptor's mean on samples and on training data."""
+
+    name: str
+    generated: float
+    reference: float
+    bar: str  # the rule, in words ("" for descriptors shown for context only)
+    met: Optional[bool]  # None for context-only rows
+
+
+def fidelity_bar(generated: SetDescriptors, reference: SetDescriptors) -> list[BarRow]:
+    """The fidelity bar row by row, followed by two context rows (intercept, junctions)."""
+    g = {k: float(v.mean()) for k, v in generated.per_image.items()}
+    r = {k: float(v.mean()) for k, v in reference.per_image.items()}
+    return [
+        BarRow("boundary fraction", g["boundary_fraction"], r["boundary_fraction"],
+               f"within ± {BAR_BOUNDARY_FRACTION:g}",
+               abs(g["boundary_fraction"] - r["boundary_fraction"]) <= BAR_BOUNDARY_FRACTION),
+        BarRow("grains per image", g["grains"], r["grains"], f"within ± {BAR_GRAINS:g}",
+               abs(g["grains"] - r["grains"]) <= BAR_GRAINS),
+        BarRow("dangling ends per image", g["dangling_ends"], r["dangling_ends"],
+               f"at most training + {BAR_EXTRA_DANGLING_ENDS:g}",
+               g["dangling_ends"] <= r["dangling_ends"] + BAR_EXTRA_DANGLING_ENDS),
+        BarRow("mean lineal intercept (px)", g["lineal_intercept"], r["lineal_intercept"], "", None),
+        BarRow("junctions per image", g["junctions"], r["junctions"], "", None),
+    ]
+
+
+def meets_bar(rows: list[BarRow]) -> bool:
+    """True when every rule of the fidelity bar holds."""
+    return all(row.met for row in rows if row.met is not None)
+
+
+GRAY_BACKGROUND = -0.5  # a sample whose median pixel lies above this has a gray, not black, background
+
+
+def gray_background_rate(images) -> float:
+    """Share of images (values in [-1, 1]) whose background is gray rather than black (-1).
+
+    Boundaries cover about a fifth of an image, so its median pixel is background. A model
+    whose estimate of the overall brightness drifts makes such images; thresholding at 0
+    then counts the gray background as boundary, which is how they show up in the descriptors.
+    """
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()
+    images = np.asarray(images, dtype=np.float32)
+    images = images.reshape(len(images), -1)
+    return float(np.mean(np.median(images, axis=1) > GRAY_BACKGROUND))
 
 
 def nearest_iou(queries: np.ndarray, library: np.ndarray, exclude_self: bool = False

@@ -26,6 +26,8 @@ from .unet import build_model, count_parameters
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_CSV = "loss.csv"
+BAR_CSV = "bar.csv"
+BAR_FIELDS = ["step", "seconds", "boundary_fraction", "grains", "dangling_ends", "met"]
 FORMAT = "microstructure-ddpm"
 FORMAT_VERSION = 1
 
@@ -52,6 +54,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)  # UNet widths, blocks, attention_at, periodic
     schedule: str = "linear"
     diffusion_steps: int = 1000
+    prediction: str = "eps"  # what the network learns to output: "eps" (the noise) or "v"
     steps: int = 6000
     batch_size: int = 128
     lr: float = 2e-4
@@ -67,6 +70,8 @@ class TrainConfig:
     sample_count: int = 16
     sample_steps: int = 50  # DDIM steps for the progress grids
     checkpoint_every: int = 500
+    bar_every: int = 0  # check the fidelity bar every N steps (0: never); rows go to bar.csv
+    bar_samples: int = 200  # EMA samples (DDIM, sample_steps) per fidelity-bar check
     compile: bool = False  # torch.compile the network (falls back to eager where unavailable)
 
 
@@ -252,6 +257,39 @@ def _write_loss_history(run_dir: Path, rows: list[dict]) -> None:
                              "lr": f"{row['lr']:.3e}", "seconds": f"{row['seconds']:.2f}"})
 
 
+def read_bar_history(run_dir: Path) -> list[dict]:
+    """Rows of bar.csv: step, seconds of training so far (checks excluded), sample means, met (0/1)."""
+    path = Path(run_dir) / BAR_CSV
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _write_bar_history(run_dir: Path, rows: list[dict]) -> None:
+    with open(Path(run_dir) / BAR_CSV, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=BAR_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"step": int(row["step"]), "seconds": f"{row['seconds']:.2f}",
+                             "boundary_fraction": f"{row['boundary_fraction']:.4f}",
+                             "grains": f"{row['grains']:.3f}", "dangling_ends": f"{row['dangling_ends']:.3f}",
+                             "met": int(row["met"])})
+
+
+def check_bar(ema: torch.nn.Module, schedule: Schedule, reference, cfg: TrainConfig,
+              device: torch.device) -> dict:
+    """The fidelity bar on ``cfg.bar_samples`` EMA samples (DDIM, seed 0) against ``reference``."""
+    from . import metrics
+    from .sample import generate
+
+    images = generate(ema, schedule, cfg.bar_samples, "ddim", cfg.sample_steps, seed=0, device=device)
+    rows = metrics.fidelity_bar(metrics.describe_set(metrics.boundary_masks(images)), reference)
+    means = {"boundary_fraction": rows[0].generated, "grains": rows[1].generated,
+             "dangling_ends": rows[2].generated}
+    return {**means, "met": metrics.meets_bar(rows)}
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] = None,
           resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
           on_log: Optional[Callable[[list[dict]], None]] = None,
@@ -264,7 +302,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     ``on_log(history)`` is called at every logging step (a notebook's live loss curve).
     ``extend_to`` (with ``resume``) raises the run's total number of steps, to train on.
     ``max_seconds`` ends this session (with a checkpoint) once it has trained that long: for
-    time-limited machines, with ``resume`` carrying the run on next time.
+    time-limited machines, with ``resume`` carrying the run on next time. With ``cfg.bar_every``
+    the fidelity bar is checked on EMA samples every that many steps and logged to bar.csv with
+    the training time so far (the checks' own time left out): how long the recipe takes to
+    reach the bar.
     """
     from .device import pick_device
     from .sample import sample_grid
@@ -301,7 +342,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         network, compile_mode = maybe_compile(model, True, example)
         if progress:
             print(f"network: {compile_mode}")
-    schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps).to(device)
+    schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps, cfg.prediction).to(device)
     dtype = autocast_dtype(cfg.precision, device)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -309,7 +350,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     generators = {"data": torch.Generator().manual_seed(cfg.seed),
                   "noise": torch.Generator(device=device).manual_seed(cfg.seed + 1)}
-    step, history, base_seconds = 0, [], 0.0
+    step, history, base_seconds, bar_rows, check_seconds = 0, [], 0.0, [], 0.0
     if resume:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -318,6 +359,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         _restore_rng_states(state["rng"], generators)
         step, base_seconds = state["step"], state.get("seconds", 0.0)
         history = [row for row in read_loss_history(run_dir) if row["step"] <= step]
+        bar_rows = [row for row in read_bar_history(run_dir) if row["step"] <= step]
+        check_seconds = state.get("check_seconds", 0.0)
+    reference = None
+    if cfg.bar_every:
+        from .metrics import boundary_masks, describe_set
+
+        reference = describe_set(boundary_masks(images.float().cpu()))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "samples").mkdir(exist_ok=True)
 
@@ -325,16 +373,19 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         save_atomic({"format": FORMAT, "version": FORMAT_VERSION, "kind": "training",
                      "model_config": model_config(cfg, size), "schedule": schedule.config(),
                      "train_config": asdict(cfg), "step": step, "seconds": seconds(),
+                     "check_seconds": check_seconds,
                      "model": model.state_dict(), "ema": ema.state_dict(),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "rng": _rng_states(generators),
                      "loss_window": [float(v) for v in window]}, checkpoint_path)
         _write_loss_history(run_dir, history)
+        if cfg.bar_every:
+            _write_bar_history(run_dir, bar_rows)
 
     from tqdm.auto import tqdm
 
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
+    progress_bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
     window = [torch.tensor(v, device=device) for v in state.get("loss_window", [])] if resume else []
     started, start_step = time.perf_counter(), step
 
@@ -358,7 +409,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
         window.append(loss.detach().float())
-        bar.update()
+        progress_bar.update()
         logging = step % cfg.log_every == 0 or step == cfg.steps
         out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
         if logging or step % cfg.checkpoint_every == 0 or step == end or out_of_time:
@@ -366,7 +417,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
             losses = torch.stack(window) if window else torch.zeros(0, device=device)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
-                bar.close()
+                progress_bar.close()
                 first = int(bad[0])
                 raise TrainingError(
                     f"loss became {losses[first].item()} at step {step - len(window) + first + 1}; "
@@ -377,17 +428,25 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
             window = []
             history.append({"step": step, "loss": mean_loss, "lr": learning_rate(cfg, step - 1),
                             "seconds": seconds()})
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
             if on_log is not None:
                 on_log(history)
         if step % cfg.sample_every == 0 or step == cfg.steps:
             sample_grid(ema, schedule, cfg.sample_count, cfg.sample_steps, device,
                         run_dir / "samples" / f"step_{step:06d}.png", title=f"EMA samples, step {step}")
+        if cfg.bar_every and (step % cfg.bar_every == 0 or step == cfg.steps or out_of_time):
+            check_start = time.perf_counter()
+            row = {"step": step, **check_bar(ema, schedule, reference, cfg, device)}
+            check_seconds += time.perf_counter() - check_start
+            bar_rows.append({**row, "seconds": seconds() - check_seconds})
+            progress_bar.write(f"step {step}: boundary fraction {row['boundary_fraction']:.3f}, grains "
+                      f"{row['grains']:.1f}, dangling ends {row['dangling_ends']:.2f} per image; "
+                      f"fidelity bar {'met' if row['met'] else 'not met'}")
         if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
             save_checkpoint()
         if out_of_time:
             break
-    bar.close()
+    progress_bar.close()
     session = time.perf_counter() - started
     if history:
         from .viz import loss_curve

@@ -157,6 +157,49 @@ def test_ddim_with_eta_zero_is_deterministic_given_the_start():
     assert torch.equal(c, d) and not torch.equal(a, c)
 
 
+def velocity_oracle(schedule, x0):
+    """A perfect v-predicting network for a data set of one image x0."""
+    noise_model = noise_oracle(schedule, x0)
+    def model(x_t, t):
+        return diffusion.velocity(schedule, x0, t, noise_model(x_t, t))
+    return model
+
+
+def test_velocity_and_predicted_noise_invert_each_other():
+    schedule = Schedule.create("linear", prediction="v")
+    x0 = torch.rand(6, 1, 8, 8, generator=generator(1)) * 2 - 1
+    noise = torch.randn(x0.shape, generator=generator(2))
+    t = torch.tensor([0, 1, 100, 500, 900, 999])
+    x_t = diffusion.q_sample(schedule, x0, t, noise)
+    v = diffusion.velocity(schedule, x0, t, noise)
+    assert torch.allclose(diffusion.predicted_noise(schedule, x_t, t, v), noise, atol=1e-5)
+    # v is mostly the noise at small t and mostly -x0 at large t
+    assert torch.allclose(v[0], noise[0], atol=0.02) and torch.allclose(v[-1], -x0[-1], atol=0.02)
+    # with an eps schedule the network's output already is the noise estimate
+    assert diffusion.predicted_noise(Schedule.linear(), x_t, t, noise) is noise
+
+
+def test_velocity_loss_and_samplers_use_the_v_target():
+    schedule = Schedule.create("linear", prediction="v")
+    x0 = torch.rand(2, 1, 8, 8, generator=generator(3)) * 2 - 1
+    oracle = velocity_oracle(schedule, x0)
+    assert diffusion.diffusion_loss(oracle, schedule, x0, generator()).item() < 1e-8
+    # the noise oracle is no longer right: its loss is far from zero under the v target
+    assert diffusion.diffusion_loss(noise_oracle(schedule, x0), schedule, x0, generator()).item() > 0.1
+    for out in (diffusion.ddim_sample(oracle, schedule, x0.shape, steps=50, generator=generator()),
+                diffusion.ddpm_sample(oracle, schedule, x0.shape, generator=generator())):
+        assert torch.allclose(out, x0, atol=1e-3)
+
+
+def test_schedule_config_round_trips_the_prediction():
+    schedule = Schedule.create("cosine", 200, prediction="v")
+    assert schedule.config() == {"kind": "cosine", "steps": 200, "prediction": "v"}
+    assert Schedule.create(**schedule.config()).to("cpu").prediction == "v"
+    assert Schedule.create("linear", 10).prediction == "eps"  # checkpoints from before v existed
+    with pytest.raises(ValueError, match="unknown prediction 'x0'; expected one of eps, v"):
+        Schedule.create("linear", prediction="x0")
+
+
 def test_ddim_timesteps():
     assert diffusion.ddim_timesteps(1000, 5) == [999, 749, 500, 250, 0]
     assert diffusion.ddim_timesteps(1000, 1000) == list(range(999, -1, -1))

@@ -43,6 +43,30 @@ def test_thinned_boundaries_move_fraction_and_s2_but_not_grains(reference):
     assert report["descriptors"]["boundary_fraction"]["generated_mean"] < 0.15
 
 
+def test_fidelity_bar_passes_real_data_and_fails_thick_or_open_boundaries(reference):
+    truth = metrics.describe_set(reference)
+    rows = metrics.fidelity_bar(metrics.describe_set(fresh_voronoi(100)), truth)
+    assert [row.name for row in rows[:3]] == ["boundary fraction", "grains per image", "dangling ends per image"]
+    assert [row.met for row in rows] == [True, True, True, None, None] and metrics.meets_bar(rows)
+    assert rows[0].reference == pytest.approx(0.208, abs=0.005)  # the training set's mean
+    thick = np.stack([ndimage.binary_dilation(m) for m in fresh_voronoi(50)])
+    rows = metrics.fidelity_bar(metrics.describe_set(thick), truth)
+    assert rows[0].generated > 0.3 and not rows[0].met and not metrics.meets_bar(rows)
+    opened = fresh_voronoi(50)
+    opened[:, 30:34, :] = False  # a horizontal cut leaves boundary ends on both sides
+    rows = metrics.fidelity_bar(metrics.describe_set(opened), truth)
+    assert rows[2].generated > 1 and rows[2].met is False
+
+
+def test_gray_background_rate_counts_images_with_a_lifted_background():
+    real = data.load_images("voronoi_gb_64", limit=40)
+    assert metrics.gray_background_rate(real) == 0.0
+    lifted = real.clone()
+    lifted[:10] = lifted[:10] * 0.5 + 0.4  # background -1 -> -0.1, boundaries 1 -> 0.9
+    assert metrics.gray_background_rate(lifted) == 0.25
+    assert metrics.gray_background_rate(lifted.numpy()[:, 0]) == 0.25  # (N, H, W) numpy too
+
+
 def test_copies_of_training_images_are_flagged(reference):
     copies = reference[:20]
     memo = metrics.memorisation_check(copies, reference, heldout=fresh_voronoi(50))

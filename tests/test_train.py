@@ -21,8 +21,9 @@ def test_loss_falls_on_a_tiny_dataset(tmp_path):
     assert (tmp_path / "run" / "samples" / "step_000040.png").exists()
 
 
-def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_path):
-    cfg = smoke(steps=12, checkpoint_every=4)
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_path, prediction):
+    cfg = smoke(steps=12, checkpoint_every=4, prediction=prediction)
     train.train(cfg, tmp_path / "straight", device=CPU, progress=False)
     train.train(cfg, tmp_path / "broken", device=CPU, progress=False, stop_after=7)
     assert train.load_checkpoint(tmp_path / "broken" / "checkpoint.pt")["step"] == 7
@@ -33,6 +34,21 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_p
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
     strip = lambda rows: [(r["step"], r["loss"]) for r in rows]  # noqa: E731
     assert strip(train.read_loss_history(tmp_path / "straight")) == strip(train.read_loss_history(tmp_path / "broken"))
+
+
+def test_fidelity_bar_checks_are_logged_and_survive_a_resume(tmp_path, capsys):
+    cfg = smoke(steps=12, checkpoint_every=4, bar_every=4, bar_samples=3, limit=16)
+    train.train(cfg, tmp_path / "straight", device=CPU, progress=False)
+    train.train(cfg, tmp_path / "broken", device=CPU, progress=False, stop_after=6)
+    assert [row["step"] for row in train.read_bar_history(tmp_path / "broken")] == [4]
+    train.train(cfg, tmp_path / "broken", device=CPU, progress=False, resume=True)
+    straight, broken = (train.read_bar_history(tmp_path / name) for name in ("straight", "broken"))
+    assert [row["step"] for row in straight] == [4, 8, 12]
+    measured = ("boundary_fraction", "grains", "dangling_ends", "met")
+    assert [[row[k] for k in measured] for row in straight] == [[row[k] for k in measured] for row in broken]
+    assert 0 < straight[0]["seconds"] < straight[1]["seconds"] < straight[2]["seconds"]
+    assert all(0 <= row["boundary_fraction"] <= 1 and row["met"] == 0 for row in straight)  # 12 steps: noise
+    assert "step 12: boundary fraction" in capsys.readouterr().out
 
 
 def test_a_finished_run_can_be_extended(tmp_path):
@@ -48,7 +64,7 @@ def test_checkpoint_holds_everything_to_resume(tmp_path):
     state = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert {"model", "ema", "optimizer", "scaler", "step", "rng", "model_config", "schedule",
             "train_config"} <= set(state)
-    assert state["model_config"]["name"] == "unet" and state["schedule"] == {"kind": "linear", "steps": 1000}
+    assert state["model_config"]["name"] == "unet" and state["schedule"] == {"kind": "linear", "steps": 1000, "prediction": "eps"}
     assert not any(p.name.startswith(".") for p in (tmp_path / "run").iterdir())  # no temp files left
 
 

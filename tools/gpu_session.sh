@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU session: bench, train the default UNet (gpu profile) for a time budget,
 # export its EMA weights, sample 200 images and evaluate them. Everything lands in $OUT
-# (or ./gpu_out), six files (the device tool brings back at most 8): session.log, bench.json,
-# loss.csv, model.pt (fp16, < 16 MB), samples.tar.gz, evaluation.json.
+# (or ./gpu_out), seven files (the device tool brings back at most 8): session.log, bench.json,
+# loss.csv, bar.csv (the fidelity bar checked every BAR_EVERY steps, with the training time
+# so far: the time to reach the bar), model.pt (fp16, < 16 MB), samples.tar.gz, evaluation.json.
 #
 #   OUT=/tmp/x TRAIN_MINUTES=7 bash tools/gpu_session.sh          # on the GPU machine
 #   OUT=/tmp/x TRAIN_MINUTES=0.2 PROFILE=smoke bash tools/gpu_session.sh   # dry run on a CPU
@@ -17,6 +18,7 @@ PROFILE=${PROFILE:-gpu}
 TRAIN_MINUTES=${TRAIN_MINUTES:-7}
 N_SAMPLES=${N_SAMPLES:-200}
 RUN=${RUN:-/tmp/mddpm_gpu_run}
+BAR_EVERY=${BAR_EVERY:-500}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
@@ -27,10 +29,11 @@ else
   python3 -m helpers bench --quick --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/session.log"
 fi
 
-if [ -f "$RUN/checkpoint.pt" ]; then resume=(--resume); else resume=(--profile "$PROFILE"); fi
+if [ -f "$RUN/checkpoint.pt" ]; then resume=(--resume); else resume=(--profile "$PROFILE" --bar-every "$BAR_EVERY"); fi
 python3 -m helpers train --data voronoi_gb_64 --out "$RUN" "${resume[@]}" --max-minutes "$TRAIN_MINUTES" \
   --quiet 2>&1 | tee -a "$OUT/session.log"
 cp "$RUN/loss.csv" "$OUT/loss.csv"
+cp "$RUN/bar.csv" "$OUT/bar.csv"
 python3 - "$RUN" "$OUT/model.pt" <<'EOF'
 import sys
 from helpers import train

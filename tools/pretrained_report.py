@@ -11,6 +11,7 @@ steps, clipped x0 estimate) on the CPU, seed 0.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,18 +24,48 @@ from helpers import data, metrics, sample, train, viz  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
 
 
-def fidelity_rows(generated: metrics.SetDescriptors, reference: metrics.SetDescriptors) -> list[tuple]:
-    """(descriptor, generated mean, training mean, bar, met?) for the training issue's bar."""
-    g, r = generated.summary(), reference.summary()
-    bf = ("boundary fraction", g["boundary_fraction"][0], r["boundary_fraction"][0], "within ± 0.01",
-          abs(g["boundary_fraction"][0] - r["boundary_fraction"][0]) <= 0.01)
-    grains = ("grains per image", g["grains"][0], r["grains"][0], "within ± 2",
-              abs(g["grains"][0] - r["grains"][0]) <= 2)
-    ends = ("dangling ends per image", g["dangling_ends"][0], r["dangling_ends"][0],
-            "at most training + 0.1", g["dangling_ends"][0] <= r["dangling_ends"][0] + 0.1)
-    rest = [(name, g[key][0], r[key][0], "", None) for key, name in
-            (("lineal_intercept", "mean lineal intercept (px)"), ("junctions", "junctions per image"))]
-    return [bf, grains, ends, *rest]
+PREDICTION_WORDS = {"eps": "the noise (eps)", "v": "the velocity v"}
+
+
+def measure(images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
+    """The fidelity bar's means, the open-end rate and the gray-background rate of samples."""
+    described = metrics.describe_set(metrics.boundary_masks(images))
+    rows = metrics.fidelity_bar(described, reference)
+    return {"boundary_fraction": rows[0].generated, "grains": rows[1].generated,
+            "dangling_ends": rows[2].generated, "bar_met": metrics.meets_bar(rows),
+            "open_end_rate": metrics.defect_rate(described),
+            "gray_background_rate": metrics.gray_background_rate(images)}
+
+
+def comparison_rows(runs: list[Path], n: int, reference: metrics.SetDescriptors) -> list[dict]:
+    """Each run's EMA network sampled like the shipped model (DDIM-50, seed 0) and measured."""
+    rows = []
+    for run in runs:
+        checkpoint = train.load_checkpoint(run / train.CHECKPOINT)
+        model, schedule, _ = sample.load_model(run / train.CHECKPOINT, torch.device("cpu"))
+        images = sample.generate(model, schedule, n, "ddim", 50, seed=0, device=torch.device("cpu"))
+        cfg = checkpoint["train_config"]
+        rows.append({"run": str(run), "prediction": checkpoint["schedule"].get("prediction", "eps"),
+                     "network": checkpoint["model_config"], "step": checkpoint["step"],
+                     "batch_size": cfg["batch_size"], "samples": n, **measure(images, reference)})
+    return rows
+
+
+def comparison_lines(compared: list[dict]) -> list[str]:
+    """The README's comparison table (empty without --compare)."""
+    if not compared:
+        return []
+    lines = ["## Compared with other runs", "",
+             f"The same measurement (DDIM-50, seed 0, {compared[0]['samples']} samples, threshold 0) on "
+             "each run's EMA network (`comparison.json`):", "",
+             "| run | predicts | steps x batch | boundary fraction | grains | dangling ends | "
+             "open-end rate | gray backgrounds | bar |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in compared:
+        lines.append(f"| `{row['run']}` | {row['prediction']} | {row['step']} x {row['batch_size']} | "
+                     f"{row['boundary_fraction']:.3f} | {row['grains']:.1f} | {row['dangling_ends']:.2f} | "
+                     f"{row['open_end_rate']:.0%} | {row['gray_background_rate']:.0%} | "
+                     f"{'met' if row['bar_met'] else 'not met'} |")
+    return lines + [""]
 
 
 def main() -> int:
@@ -45,6 +76,9 @@ def main() -> int:
     parser.add_argument("--machine", required=True, help="where the training ran, in words")
     parser.add_argument("--command", required=True, help="the exact training command(s)")
     parser.add_argument("--note", default="", help="a paragraph for the README (status, caveats)")
+    parser.add_argument("--compare", type=Path, nargs="*", default=[], metavar="RUN",
+                        help="other runs to measure the same way, for a comparison table "
+                             "(written to OUT/comparison.json and the README)")
     args = parser.parse_args()
 
     checkpoint = train.load_checkpoint(args.run / train.CHECKPOINT)
@@ -62,8 +96,11 @@ def main() -> int:
     reference = metrics.describe_set(metrics.boundary_masks(data.load_uint8(checkpoint["train_config"]["data"])))
     history = train.read_loss_history(args.run)
     cfg = checkpoint["train_config"]
-    rows = fidelity_rows(generated, reference)
-    met = all(row[4] for row in rows if row[4] is not None)
+    rows = metrics.fidelity_bar(generated, reference)
+    met = metrics.meets_bar(rows)
+    compared = comparison_rows([args.run, *args.compare], args.n, reference) if args.compare else []
+    if compared:
+        (args.out / "comparison.json").write_text(json.dumps(compared, indent=1) + "\n", encoding="utf-8")
     lines = [
         "# The shipped model",
         "",
@@ -80,7 +117,8 @@ def main() -> int:
         "```",
         "",
         f"| | |\n|---|---|\n| network | `{checkpoint['model_config']}` |\n"
-        f"| schedule | {checkpoint['schedule']['kind']}, T = {checkpoint['schedule']['steps']} |\n"
+        f"| schedule | {checkpoint['schedule']['kind']}, T = {checkpoint['schedule']['steps']}, the network "
+        f"predicts {PREDICTION_WORDS[checkpoint['schedule'].get('prediction', 'eps')]} |\n"
         f"| steps | {checkpoint['step']} of batch {cfg['batch_size']} ({checkpoint['step'] * cfg['batch_size']:,} images) |\n"
         f"| optimiser | AdamW, lr {cfg['lr']:g}, warm-up {cfg['warmup']} steps, clip {cfg['grad_clip']:g}, "
         f"EMA {cfg['ema_decay']:g} |\n"
@@ -105,9 +143,12 @@ def main() -> int:
     lines += [
         "",
         f"Fidelity bar {'met' if met else 'not met'}. Images with any dangling end: "
-        f"{int((generated.per_image['dangling_ends'] > 0).sum())} of {args.n}. "
+        f"{int((generated.per_image['dangling_ends'] > 0).sum())} of {args.n}. Images with a gray "
+        f"background (median pixel above {metrics.GRAY_BACKGROUND:g}; training set: none): "
+        f"{round(metrics.gray_background_rate(images) * args.n)} of {args.n}. "
         f"Sampling 16 images with DDIM-50 on this machine's CPU: {seconds_16:.1f} s.",
         "",
+        *comparison_lines(compared),
         "Rebuild this README (and re-export the weights) with:",
         "",
         "```",
