@@ -71,3 +71,26 @@ def test_an_existing_gif_is_not_replaced_silently(weights, tmp_path):
     assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out",
                  str(tmp_path / "s"), "--gif", str(gif), "--quiet"]) == 2
     assert gif.read_bytes() == b"a user's file"
+
+
+def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    run, out = weights.parent, tmp_path / "pretrained"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrained_report.py"), "--run", str(run),
+                           "--out", str(out), "--n", "4", "--machine", "the test machine",
+                           "--command", "python -m helpers train --profile smoke", "--compare", str(run)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {p.name for p in out.iterdir()} == {"model.pt", "samples.png", "README.md", "comparison.json"}
+    readme = (out / "README.md").read_text()
+    assert "| machine | the test machine |" in readme and "predicts the velocity v" in readme
+    assert "Fidelity bar not met" in readme  # four steps of a tiny network: noise
+    rows = json.loads((out / "comparison.json").read_text())
+    assert len(rows) == 2 and rows[0]["step"] == rows[1]["step"] == 4 and rows[0]["prediction"] == "v"
+    assert rows[0] == rows[1]  # the same run measured twice gives the same numbers
+    assert sample.load_model(out / "model.pt", CPU)[1].prediction == "v"

@@ -64,7 +64,7 @@ def test_checkpoint_holds_everything_to_resume(tmp_path):
     state = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert {"model", "ema", "optimizer", "scaler", "step", "rng", "model_config", "schedule",
             "train_config"} <= set(state)
-    assert state["model_config"]["name"] == "unet" and state["schedule"] == {"kind": "linear", "steps": 1000, "prediction": "eps"}
+    assert state["model_config"]["name"] == "unet" and state["schedule"] == {"kind": "linear", "steps": 1000, "prediction": "v"}
     assert not any(p.name.startswith(".") for p in (tmp_path / "run").iterdir())  # no temp files left
 
 
@@ -119,6 +119,8 @@ def test_profiles_and_settings():
     assert train.profile_config("gpu").model_options == {}
     assert train.profile_config("cpu").model_options["widths"] == [16, 32, 64]
     assert train.profile_config("cpu", model="seed-unet").model_options == {}
+    assert {train.profile_config(p).prediction for p in train.PROFILES} == {"v"}
+    assert train.profile_config("cpu", prediction="eps").prediction == "eps" == train.TrainConfig().prediction
     assert train.default_profile(torch.device("cpu")) == "cpu"
     with pytest.raises(train.TrainingError, match="unknown profile 'huge'"):
         train.profile_config("huge")
