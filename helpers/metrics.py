@@ -352,6 +352,13 @@ def meets_bar(rows: list[BarRow]) -> bool:
     return all(row.met for row in rows if row.met is not None)
 
 
+def bar_summary(generated: SetDescriptors, reference: SetDescriptors) -> dict:
+    """The three means the fidelity bar judges, and whether it is met (for logs and JSON)."""
+    rows = fidelity_bar(generated, reference)
+    return {"boundary_fraction": rows[0].generated, "grains": rows[1].generated,
+            "dangling_ends": rows[2].generated, "met": meets_bar(rows)}
+
+
 GRAY_BACKGROUND = -0.5  # a sample whose median pixel lies above this has a gray, not black, background
 
 

@@ -243,13 +243,17 @@ class TrainResult:
     schedule: Schedule
 
 
-def read_loss_history(run_dir: Path) -> list[dict]:
-    """Rows of loss.csv: step, loss (mean over the logging window), lr, seconds."""
-    path = Path(run_dir) / LOSS_CSV
+def _read_numeric_csv(path: Path) -> list[dict]:
+    """Rows of a run's CSV log as dicts of floats (none if the file is not there yet)."""
     if not path.exists():
         return []
     with open(path, newline="") as fh:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def read_loss_history(run_dir: Path) -> list[dict]:
+    """Rows of loss.csv: step, loss (mean over the logging window), lr, seconds."""
+    return _read_numeric_csv(Path(run_dir) / LOSS_CSV)
 
 
 def _write_loss_history(run_dir: Path, rows: list[dict]) -> None:
@@ -263,11 +267,7 @@ def _write_loss_history(run_dir: Path, rows: list[dict]) -> None:
 
 def read_bar_history(run_dir: Path) -> list[dict]:
     """Rows of bar.csv: step, seconds of training so far (checks excluded), sample means, met (0/1)."""
-    path = Path(run_dir) / BAR_CSV
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return _read_numeric_csv(Path(run_dir) / BAR_CSV)
 
 
 def _write_bar_history(run_dir: Path, rows: list[dict]) -> None:
@@ -288,10 +288,7 @@ def check_bar(ema: torch.nn.Module, schedule: Schedule, reference, cfg: TrainCon
     from .sample import generate
 
     images = generate(ema, schedule, cfg.bar_samples, "ddim", cfg.sample_steps, seed=0, device=device)
-    rows = metrics.fidelity_bar(metrics.describe_set(metrics.boundary_masks(images)), reference)
-    means = {"boundary_fraction": rows[0].generated, "grains": rows[1].generated,
-             "dangling_ends": rows[2].generated}
-    return {**means, "met": metrics.meets_bar(rows)}
+    return metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)), reference)
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] = None,

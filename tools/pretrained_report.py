@@ -30,10 +30,9 @@ PREDICTION_WORDS = {"eps": "the noise (eps)", "v": "the velocity v"}
 def measure(images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
     """The fidelity bar's means, the open-end rate and the gray-background rate of samples."""
     described = metrics.describe_set(metrics.boundary_masks(images))
-    rows = metrics.fidelity_bar(described, reference)
-    return {"boundary_fraction": rows[0].generated, "grains": rows[1].generated,
-            "dangling_ends": rows[2].generated, "bar_met": metrics.meets_bar(rows),
-            "open_end_rate": metrics.defect_rate(described),
+    summary = metrics.bar_summary(described, reference)
+    bar_met = summary.pop("met")
+    return {**summary, "bar_met": bar_met, "open_end_rate": metrics.defect_rate(described),
             "gray_background_rate": metrics.gray_background_rate(images)}
 
 
@@ -41,8 +40,7 @@ def comparison_rows(runs: list[Path], n: int, reference: metrics.SetDescriptors)
     """Each run's EMA network sampled like the shipped model (DDIM-50, seed 0) and measured."""
     rows = []
     for run in runs:
-        checkpoint = train.load_checkpoint(run / train.CHECKPOINT)
-        model, schedule, _ = sample.load_model(run / train.CHECKPOINT, torch.device("cpu"))
+        model, schedule, checkpoint = sample.load_model(run / train.CHECKPOINT, torch.device("cpu"))
         images = sample.generate(model, schedule, n, "ddim", 50, seed=0, device=torch.device("cpu"))
         cfg = checkpoint["train_config"]
         rows.append({"run": str(run), "prediction": checkpoint["schedule"].get("prediction", "eps"),
