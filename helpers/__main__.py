@@ -71,34 +71,43 @@ def _train(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from .data import prepare_output_dir
     from .device import pick_device
-    from .sample import generate, load_model, reverse_process_gif, write_pngs
+    from .sample import (check_sampler, describe_sampler, generate, load_model, recommended_sampler,
+                         reverse_process_gif, write_pngs)
 
     device = pick_device()
     model, schedule, payload = load_model(args.checkpoint, device)
+    try:
+        recommended = recommended_sampler(payload)
+    except ValueError as exc:
+        raise DataError(f"{args.checkpoint}: its recommended sampler is unusable ({exc})") from None
+    given = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta}
+    try:
+        settings = check_sampler({**recommended, **{k: v for k, v in given.items() if v is not None}})
+    except ValueError as exc:
+        raise DataError(f"--sampler/--steps/--eta: {exc}") from None
     prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
     if args.gif and Path(args.gif).exists() and not args.force:
         raise DataError(f"{args.gif} exists; choose another --gif or pass --force to replace it")
     start = time.perf_counter()
     if args.gif:
         first = min(args.n, 16)
-        head, gif = reverse_process_gif(model, schedule, first, args.gif, args.sampler, args.steps,
+        head, gif = reverse_process_gif(model, schedule, first, args.gif, settings["sampler"], settings["steps"],
                                         args.seed, clip=not args.no_clip, variance=args.variance,
-                                        device=device)
-        rest = generate(model, schedule, args.n - first, args.sampler, args.steps, args.eta, args.variance,
-                        not args.no_clip, args.seed + 1, args.batch_size, device, progress=not args.quiet) \
-            if args.n > first else head[:0]
+                                        device=device, eta=settings["eta"])
+        rest = generate(model, schedule, args.n - first, **settings, variance=args.variance,
+                        clip=not args.no_clip, seed=args.seed + 1, batch_size=args.batch_size,
+                        device=device, progress=not args.quiet) if args.n > first else head[:0]
         import torch
 
         images = torch.cat([head, rest])
         print(f"reverse-process GIF of {first} images: {gif}")
     else:
-        images = generate(model, schedule, args.n, args.sampler, args.steps, args.eta, args.variance,
-                          not args.no_clip, args.seed, args.batch_size, device, progress=not args.quiet)
+        images = generate(model, schedule, args.n, **settings, variance=args.variance, clip=not args.no_clip,
+                          seed=args.seed, batch_size=args.batch_size, device=device, progress=not args.quiet)
     seconds = time.perf_counter() - start
     paths = write_pngs(images, Path(args.out), force=args.force)
-    print(f"wrote {len(paths)} samples to {args.out} ({args.sampler}"
-          f"{'' if args.sampler == 'ddpm' else f' {args.steps} steps'}, {seconds:.1f} s on {device}, "
-          f"model from step {payload['step']})")
+    print(f"wrote {len(paths)} samples to {args.out} ({describe_sampler(settings)}, {seconds:.1f} s on "
+          f"{device}, model from step {payload['step']})")
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -203,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="checkpoint or weights file "
                         "(default: the shipped pretrained model)")
     sample.add_argument("--n", type=int, default=16, help="number of samples")
-    sample.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (ignored by ddpm)")
-    sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
+    sample.add_argument("--sampler", choices=["ddpm", "ddim"],
+                        help="default: the model's recommended sampler, else ddim")
+    sample.add_argument("--steps", type=int, help="DDIM steps (ignored by ddpm); default: the model's, else 50")
+    sample.add_argument("--eta", type=float, help="DDIM noise, 0 (deterministic) to 1; default: the "
+                        "model's, else 0")
     sample.add_argument("--variance", choices=["beta", "posterior"], default="beta",
                         help="DDPM step variance: beta_t (the original's) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")

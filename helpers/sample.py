@@ -12,6 +12,39 @@ from .diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample
 from .unet import build_model
 
 SAMPLERS = ("ddpm", "ddim")
+# DDIM-50 without noise (Song et al.'s deterministic sampler), for models that recommend nothing else
+DEFAULT_SAMPLER = {"sampler": "ddim", "steps": 50, "eta": 0.0}
+
+
+def check_sampler(settings: dict) -> dict:
+    """``settings`` ({sampler, steps, eta}) if they describe a sampler; a clear error otherwise."""
+    if set(settings) != set(DEFAULT_SAMPLER):
+        raise ValueError(f"sampler settings {settings!r}: expected exactly the keys "
+                         f"{', '.join(DEFAULT_SAMPLER)}")
+    if settings["sampler"] not in SAMPLERS:
+        raise ValueError(f"unknown sampler {settings['sampler']!r}; expected one of {', '.join(SAMPLERS)}")
+    if isinstance(settings["steps"], bool) or not isinstance(settings["steps"], int) or settings["steps"] < 1:
+        raise ValueError(f"sampler steps must be a positive whole number, got {settings['steps']!r}")
+    if not isinstance(settings["eta"], (int, float)) or not 0 <= settings["eta"] <= 1:
+        raise ValueError(f"eta must be a number from 0 to 1, got {settings['eta']!r}")
+    return {"sampler": settings["sampler"], "steps": settings["steps"], "eta": float(settings["eta"])}
+
+
+def recommended_sampler(payload: dict) -> dict:
+    """The sampler a model file was measured with (stored at export), else ``DEFAULT_SAMPLER``.
+
+    The best sampler depends on the model: an under-trained network can gain more from DDIM's
+    fresh noise (eta > 0) than a well-trained one, so the shipped model says which one its
+    published statistics used, and ``python -m helpers sample`` uses it unless told otherwise.
+    """
+    return check_sampler(payload["sampler"]) if "sampler" in payload else dict(DEFAULT_SAMPLER)
+
+
+def describe_sampler(settings: dict) -> str:
+    """Short words for a sampler setting, e.g. 'DDIM-50, eta 1' or 'DDPM-1000'."""
+    if settings["sampler"] == "ddpm":
+        return "DDPM (every step)"
+    return f"DDIM-{settings['steps']}, eta {settings['eta']:g}"
 
 
 def load_model(path: str | Path, device: Optional[torch.device] = None):
@@ -107,7 +140,7 @@ def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Pat
 
 def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: str = "ddim",
                         steps: int = 50, seed: int = 0, clip: bool = True, max_frames: int = 60,
-                        variance: str = "beta", device=None) -> tuple[torch.Tensor, Path]:
+                        variance: str = "beta", device=None, eta: float = 0.0) -> tuple[torch.Tensor, Path]:
     """Sample ``n`` images and write the reverse process as a GIF; returns (samples, gif path)."""
     from .viz import save_gif, to_frame
 
@@ -118,6 +151,6 @@ def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: 
         if t in keep:
             frames.append(to_frame(x, label=f"{sampler} t = {t}"))
 
-    images = generate(model, schedule, n, sampler, steps, variance=variance, clip=clip, seed=seed,
+    images = generate(model, schedule, n, sampler, steps, eta, variance=variance, clip=clip, seed=seed,
                       batch_size=n, device=device, callback=capture)
     return images, save_gif(frames, path)

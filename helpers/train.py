@@ -185,12 +185,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Write a small sampling-only file: the EMA weights (fp16 by default) and the configs."""
+def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torch.float16,
+                   sampler: Optional[dict] = None) -> Path:
+    """Write a small sampling-only file: the EMA weights (fp16 by default) and the configs.
+
+    ``sampler`` ({sampler, steps, eta}) is stored as the model's recommended sampler, the one its
+    published statistics were measured with; `python -m helpers sample` uses it by default.
+    """
+    from .sample import check_sampler
+
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint["ema"].items()}
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "kind": "weights",
                "model_config": checkpoint["model_config"], "schedule": checkpoint["schedule"],
                "train_config": checkpoint["train_config"], "step": checkpoint["step"], "ema": weights}
+    if sampler is not None:
+        payload["sampler"] = check_sampler(sampler)
     save_atomic(payload, Path(path))
     return Path(path)
 

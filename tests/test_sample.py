@@ -40,6 +40,44 @@ def test_sample_command_writes_pngs_and_a_gif(weights, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(weights), "--n", "2", "--out", str(out)]) == 2  # not empty
 
 
+def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights, tmp_path, capsys):
+    checkpoint = train.load_checkpoint(weights.parent / "checkpoint.pt")
+    assert sample.recommended_sampler(checkpoint) == {"sampler": "ddim", "steps": 50, "eta": 0.0}
+    stored = train.export_weights(checkpoint, tmp_path / "stochastic.pt",
+                                  sampler={"sampler": "ddim", "steps": 3, "eta": 1})
+    assert sample.recommended_sampler(train.load_checkpoint(stored)) == {"sampler": "ddim", "steps": 3, "eta": 1.0}
+    gif = tmp_path / "reverse.gif"
+    assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--out", str(tmp_path / "a"),
+                 "--gif", str(gif), "--quiet"]) == 0
+    with Image.open(gif) as image:
+        assert image.n_frames == 3  # the model's 3 steps, not the command's usual 50
+    assert "(DDIM-3, eta 1," in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--steps", "4", "--eta", "0",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "(DDIM-4, eta 0," in capsys.readouterr().out  # what the command names wins
+    assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--eta", "3",
+                 "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "eta must be a number from 0 to 1, got 3.0" in capsys.readouterr().err
+
+
+def test_sampler_settings_are_checked():
+    for bad, message in (({"sampler": "ddim", "steps": 50}, "expected exactly the keys"),
+                         ({"sampler": "euler", "steps": 50, "eta": 0}, "unknown sampler 'euler'"),
+                         ({"sampler": "ddim", "steps": 0, "eta": 0}, "positive whole number, got 0"),
+                         ({"sampler": "ddim", "steps": 50, "eta": -0.5}, "from 0 to 1, got -0.5")):
+        with pytest.raises(ValueError, match=message):
+            sample.check_sampler(bad)
+    assert sample.describe_sampler({"sampler": "ddim", "steps": 100, "eta": 0.5}) == "DDIM-100, eta 0.5"
+
+
+def test_the_gif_uses_the_requested_eta(weights, tmp_path):
+    model, schedule, _ = sample.load_model(weights, CPU)
+    noisy, _ = sample.reverse_process_gif(model, schedule, 2, tmp_path / "a.gif", "ddim", 4, seed=0, eta=1.0)
+    plain, _ = sample.reverse_process_gif(model, schedule, 2, tmp_path / "b.gif", "ddim", 4, seed=0)
+    assert torch.equal(noisy, sample.generate(model, schedule, 2, "ddim", 4, 1.0, seed=0))
+    assert not torch.equal(noisy, plain)
+
+
 def test_gif_frames_are_crowded_near_the_end_of_sampling():
     schedule = sample.Schedule.linear()
     frames = sample.gif_timesteps(sample.visited_timesteps(schedule, "ddpm", 0), 60)
@@ -83,14 +121,17 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     run, out = weights.parent, tmp_path / "pretrained"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrained_report.py"), "--run", str(run),
                            "--out", str(out), "--n", "4", "--machine", "the test machine",
-                           "--command", "python -m helpers train --profile smoke", "--compare", str(run)],
+                           "--command", "python -m helpers train --profile smoke", "--compare", str(run),
+                           "--steps", "5", "--eta", "1"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert {p.name for p in out.iterdir()} == {"model.pt", "samples.png", "README.md", "comparison.json"}
     readme = (out / "README.md").read_text()
     assert "| machine | the test machine |" in readme and "predicts the velocity v" in readme
     assert "Fidelity bar not met" in readme  # four steps of a tiny network: noise
+    assert "recommended sampler (DDIM-5, eta 1, x0 clipped" in readme and "--steps 5 --eta 1" in readme
     rows = json.loads((out / "comparison.json").read_text())
     assert len(rows) == 2 and rows[0]["step"] == rows[1]["step"] == 4 and rows[0]["prediction"] == "v"
     assert rows[0] == rows[1]  # the same run measured twice gives the same numbers
-    assert sample.load_model(out / "model.pt", CPU)[1].prediction == "v"
+    _, schedule, payload = sample.load_model(out / "model.pt", CPU)
+    assert schedule.prediction == "v" and payload["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 1.0}

@@ -5,14 +5,17 @@
 
 Writes OUT/model.pt (EMA weights, fp16), OUT/samples.png (a grid) and OUT/README.md: how the
 model was trained, and its samples' statistics against the training set's, checked against
-the fidelity bar of the training issue. Sampling uses the model's default sampler (DDIM, 50
-steps, clipped x0 estimate) on the CPU, seed 0.
+the fidelity bar of the training issue. Sampling uses the sampler named here (default DDIM-50,
+eta 0, clipped x0 estimate) on the CPU, seed 0, and stores it in model.pt as the model's
+recommended sampler.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,26 +39,43 @@ def measure(images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
             "gray_background_rate": metrics.gray_background_rate(images)}
 
 
-def comparison_rows(runs: list[Path], n: int, reference: metrics.SetDescriptors) -> list[dict]:
-    """Each run's EMA network sampled like the shipped model (DDIM-50, seed 0) and measured."""
-    rows = []
-    for run in runs:
-        model, schedule, checkpoint = sample.load_model(run / train.CHECKPOINT, torch.device("cpu"))
-        images = sample.generate(model, schedule, n, "ddim", 50, seed=0, device=torch.device("cpu"))
-        cfg = checkpoint["train_config"]
-        rows.append({"run": str(run), "prediction": checkpoint["schedule"].get("prediction", "eps"),
-                     "network": checkpoint["model_config"], "step": checkpoint["step"],
-                     "batch_size": cfg["batch_size"], "samples": n, **measure(images, reference)})
-    return rows
+def comparison_row(run: Path, checkpoint: dict, images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
+    """One line of the comparison: how a run was trained, and its samples measured."""
+    return {"run": str(run), "prediction": checkpoint["schedule"].get("prediction", "eps"),
+            "network": checkpoint["model_config"], "step": checkpoint["step"],
+            "batch_size": checkpoint["train_config"]["batch_size"], "samples": len(images),
+            **measure(images, reference)}
 
 
-def comparison_lines(compared: list[dict]) -> list[str]:
+def sample_run(run: Path, n: int, settings: dict) -> tuple[dict, torch.Tensor]:
+    """A run's checkpoint and ``n`` samples (CPU, seed 0) of its EMA network as exported (fp16
+    weights), so that every compared run is measured exactly as the shipped model is."""
+    checkpoint = train.load_checkpoint(run / train.CHECKPOINT)
+    with tempfile.TemporaryDirectory() as folder:
+        exported = train.export_weights(checkpoint, Path(folder) / "model.pt")
+        model, schedule, _ = sample.load_model(exported, torch.device("cpu"))
+    return checkpoint, sample.generate(model, schedule, n, **settings, seed=0, device=torch.device("cpu"))
+
+
+def median_seconds(model, schedule, settings: dict, n: int = 16, repeats: int = 3) -> float:
+    """Median wall time to sample ``n`` images on the CPU, after a warm-up call."""
+    cpu = torch.device("cpu")
+    sample.generate(model, schedule, 2, **{**settings, "steps": 2}, seed=0, device=cpu)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sample.generate(model, schedule, n, **settings, seed=0, device=cpu)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def comparison_lines(compared: list[dict], sampler_words: str) -> list[str]:
     """The README's comparison table (empty without --compare)."""
     if not compared:
         return []
     lines = ["## Compared with other runs", "",
-             f"The same measurement (DDIM-50, seed 0, {compared[0]['samples']} samples, threshold 0) on "
-             "each run's EMA network (`comparison.json`):", "",
+             f"The same measurement ({sampler_words}, seed 0, {compared[0]['samples']} samples, threshold 0) "
+             "on each run's EMA network (`comparison.json`; the first row is `model.pt` itself):", "",
              "| run | predicts | steps x batch | boundary fraction | grains | dangling ends | "
              "open-end rate | gray backgrounds | bar |", "|---|---|---|---|---|---|---|---|---|"]
     for row in compared:
@@ -77,18 +97,25 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, nargs="*", default=[], metavar="RUN",
                         help="other runs to measure the same way, for a comparison table "
                              "(written to OUT/comparison.json and the README)")
+    parser.add_argument("--sampler", choices=sample.SAMPLERS, default=sample.DEFAULT_SAMPLER["sampler"],
+                        help="the sampler to measure with, stored in model.pt as its recommended one")
+    parser.add_argument("--steps", type=int, default=sample.DEFAULT_SAMPLER["steps"], help="DDIM steps")
+    parser.add_argument("--eta", type=float, default=sample.DEFAULT_SAMPLER["eta"], help="DDIM noise, 0 to 1")
     args = parser.parse_args()
+    try:
+        settings = sample.check_sampler({"sampler": args.sampler, "steps": args.steps, "eta": args.eta})
+    except ValueError as exc:
+        parser.error(str(exc))
+    sampler_words = sample.describe_sampler(settings)
 
     checkpoint = train.load_checkpoint(args.run / train.CHECKPOINT)
     args.out.mkdir(parents=True, exist_ok=True)
-    weights = train.export_weights(checkpoint, args.out / "model.pt")
+    weights = train.export_weights(checkpoint, args.out / "model.pt", sampler=settings)
     cpu = torch.device("cpu")
     model, schedule, _ = sample.load_model(weights, cpu)
-    start = time.perf_counter()
-    sample.generate(model, schedule, 16, "ddim", 50, seed=0, device=cpu)
-    seconds_16 = time.perf_counter() - start
-    images = sample.generate(model, schedule, args.n, "ddim", 50, seed=0, device=cpu, progress=True)
-    viz.image_grid(images[:64], ncols=8, title=f"model.pt: 64 of {args.n} samples (DDIM-50, seed 0)",
+    seconds_16 = median_seconds(model, schedule, settings)
+    images = sample.generate(model, schedule, args.n, **settings, seed=0, device=cpu, progress=True)
+    viz.image_grid(images[:64], ncols=8, title=f"model.pt: 64 of {args.n} samples ({sampler_words}, seed 0)",
                    path=args.out / "samples.png")
     generated = metrics.describe_set(metrics.boundary_masks(images), progress=True)
     reference = metrics.describe_set(metrics.boundary_masks(data.load_uint8(checkpoint["train_config"]["data"])))
@@ -96,8 +123,12 @@ def main() -> int:
     cfg = checkpoint["train_config"]
     rows = metrics.fidelity_bar(generated, reference)
     met = metrics.meets_bar(rows)
-    compared = comparison_rows([args.run, *args.compare], args.n, reference) if args.compare else []
-    if compared:
+    compared = []
+    if args.compare:
+        compared = [comparison_row(args.run, checkpoint, images, reference)]
+        for run in args.compare:
+            other, other_images = sample_run(run, args.n, settings)
+            compared.append(comparison_row(run, other, other_images, reference))
         (args.out / "comparison.json").write_text(json.dumps(compared, indent=1) + "\n", encoding="utf-8")
     lines = [
         "# The shipped model",
@@ -129,7 +160,8 @@ def main() -> int:
         "",
         "![samples](samples.png)",
         "",
-        f"{args.n} samples with the default sampler (DDIM, 50 steps, eta 0, x0 clipped, seed 0), "
+        f"{args.n} samples with the model's recommended sampler ({sampler_words}, x0 clipped, seed 0; "
+        "stored in `model.pt`, so `python -m helpers sample` uses it unless told otherwise), "
         f"thresholded at 0, measured with `helpers.metrics` against all {reference.size} training images. "
         f"The bar is the training issue's fidelity bar.",
         "",
@@ -144,13 +176,15 @@ def main() -> int:
         f"{int((generated.per_image['dangling_ends'] > 0).sum())} of {args.n}. Images with a gray "
         f"background (median pixel above {metrics.GRAY_BACKGROUND:g}; training set: none): "
         f"{round(metrics.gray_background_rate(images) * args.n)} of {args.n}. "
-        f"Sampling 16 images with DDIM-50 on this machine's CPU: {seconds_16:.1f} s.",
+        f"Sampling 16 images with {sampler_words} on this machine's CPU: {seconds_16:.1f} s "
+        "(median of 3, after a warm-up).",
         "",
-        *comparison_lines(compared),
+        *comparison_lines(compared, sampler_words),
         "Rebuild this README (and re-export the weights) with:",
         "",
         "```",
         f"python tools/pretrained_report.py --run RUN_DIR --out {args.out} --n {args.n} "
+        f"--sampler {settings['sampler']} --steps {settings['steps']} --eta {settings['eta']:g} "
         "--machine \"...\" --command \"...\"",
         "```",
         "",
