@@ -122,14 +122,19 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrained_report.py"), "--run", str(run),
                            "--out", str(out), "--n", "4", "--machine", "the test machine",
                            "--command", "python -m helpers train --profile smoke", "--compare", str(run),
-                           "--steps", "5", "--eta", "1"],
+                           "--steps", "5", "--eta", "1", "--also", "ddim:5:0", "ddpm"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert {p.name for p in out.iterdir()} == {"model.pt", "samples.png", "README.md", "comparison.json"}
+    assert {p.name for p in out.iterdir()} == {"model.pt", "samples.png", "README.md", "comparison.json",
+                                               "samplers.json"}
     readme = (out / "README.md").read_text()
     assert "| machine | the test machine |" in readme and "predicts the velocity v" in readme
     assert "Fidelity bar not met" in readme  # four steps of a tiny network: noise
     assert "recommended sampler (DDIM-5, eta 1, x0 clipped" in readme and "--steps 5 --eta 1" in readme
+    others = json.loads((out / "samplers.json").read_text())
+    assert [(r["sampler_words"], r["network_calls"]) for r in others] == [
+        ("DDIM-5, eta 1", 5), ("DDIM-5, eta 0", 5), ("DDPM (every step)", 1000)]
+    assert "| DDIM-5, eta 0 | 5 |" in readme
     rows = json.loads((out / "comparison.json").read_text())
     assert len(rows) == 2 and rows[0]["step"] == rows[1]["step"] == 4 and rows[0]["prediction"] == "v"
     assert rows[0] == rows[1]  # the same run measured twice gives the same numbers

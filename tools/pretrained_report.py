@@ -57,6 +57,35 @@ def sample_run(run: Path, n: int, settings: dict) -> tuple[dict, torch.Tensor]:
     return checkpoint, sample.generate(model, schedule, n, **settings, seed=0, device=torch.device("cpu"))
 
 
+def parse_sampler(spec: str) -> dict:
+    """'ddim:100:1' -> {sampler: ddim, steps: 100, eta: 1.0} ('ddpm' alone for DDPM)."""
+    parts = spec.split(":")
+    try:
+        if parts[0] == "ddpm" and len(parts) == 1:
+            return sample.check_sampler({"sampler": "ddpm", "steps": 1, "eta": 0.0})
+        name, steps, eta = parts
+        return sample.check_sampler({"sampler": name, "steps": int(steps), "eta": float(eta)})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}; expected ddim:STEPS:ETA (e.g. ddim:100:1) "
+                                         "or ddpm") from None
+
+
+def sampler_lines(rows: list[dict]) -> list[str]:
+    """The README's table of other samplers on the same model (empty without --also)."""
+    if not rows:
+        return []
+    lines = ["## Other samplers, same model", "",
+             f"`model.pt` sampled other ways (seed 0, {rows[0]['samples']} samples, threshold 0; "
+             "`samplers.json`), beside its recommended sampler:", "",
+             "| sampler | network calls per image | boundary fraction | grains | dangling ends | "
+             "open-end rate | gray backgrounds | bar |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['sampler_words']} | {row['network_calls']} | {row['boundary_fraction']:.3f} | "
+                     f"{row['grains']:.1f} | {row['dangling_ends']:.2f} | {row['open_end_rate']:.0%} | "
+                     f"{row['gray_background_rate']:.0%} | {'met' if row['bar_met'] else 'not met'} |")
+    return lines + [""]
+
+
 def median_seconds(model, schedule, settings: dict, n: int = 16, repeats: int = 3) -> float:
     """Median wall time to sample ``n`` images on the CPU, after a warm-up call."""
     cpu = torch.device("cpu")
@@ -101,6 +130,9 @@ def main() -> int:
                         help="the sampler to measure with, stored in model.pt as its recommended one")
     parser.add_argument("--steps", type=int, default=sample.DEFAULT_SAMPLER["steps"], help="DDIM steps")
     parser.add_argument("--eta", type=float, default=sample.DEFAULT_SAMPLER["eta"], help="DDIM noise, 0 to 1")
+    parser.add_argument("--also", type=parse_sampler, nargs="*", default=[], metavar="SAMPLER",
+                        help="other samplers to measure model.pt with, as ddim:STEPS:ETA or ddpm "
+                             "(written to OUT/samplers.json and the README)")
     args = parser.parse_args()
     try:
         settings = sample.check_sampler({"sampler": args.sampler, "steps": args.steps, "eta": args.eta})
@@ -130,6 +162,15 @@ def main() -> int:
             other, other_images = sample_run(run, args.n, settings)
             compared.append(comparison_row(run, other, other_images, reference))
         (args.out / "comparison.json").write_text(json.dumps(compared, indent=1) + "\n", encoding="utf-8")
+    others = []
+    for other in [settings, *args.also] if args.also else []:
+        other_images = images if other == settings else sample.generate(model, schedule, args.n, **other,
+                                                                         seed=0, device=cpu)
+        others.append({"sampler_words": sample.describe_sampler(other), **other, "samples": args.n,
+                       "network_calls": schedule.steps if other["sampler"] == "ddpm" else other["steps"],
+                       **measure(other_images, reference)})
+    if others:
+        (args.out / "samplers.json").write_text(json.dumps(others, indent=1) + "\n", encoding="utf-8")
     lines = [
         "# The shipped model",
         "",
@@ -179,6 +220,7 @@ def main() -> int:
         f"Sampling 16 images with {sampler_words} on this machine's CPU: {seconds_16:.1f} s "
         "(median of 3, after a warm-up).",
         "",
+        *sampler_lines(others),
         *comparison_lines(compared, sampler_words),
         "Rebuild this README (and re-export the weights) with:",
         "",
