@@ -41,7 +41,7 @@ def recommended_sampler(payload: dict) -> dict:
 
 
 def describe_sampler(settings: dict) -> str:
-    """Short words for a sampler setting, e.g. 'DDIM-50, eta 1' or 'DDPM-1000'."""
+    """Short words for a sampler setting, e.g. 'DDIM-50, eta 1' or 'DDPM (every step)'."""
     if settings["sampler"] == "ddpm":
         return "DDPM (every step)"
     return f"DDIM-{settings['steps']}, eta {settings['eta']:g}"

@@ -39,12 +39,18 @@ def measure(images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
             "gray_background_rate": metrics.gray_background_rate(images)}
 
 
-def comparison_row(run: Path, checkpoint: dict, images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
+def measured_cells(row: dict) -> str:
+    """The measured columns of the README's tables, from a row holding ``measure``'s keys."""
+    return (f"{row['boundary_fraction']:.3f} | {row['grains']:.1f} | {row['dangling_ends']:.2f} | "
+            f"{row['open_end_rate']:.0%} | {row['gray_background_rate']:.0%} | "
+            f"{'met' if row['bar_met'] else 'not met'}")
+
+
+def comparison_row(run: Path, checkpoint: dict, samples: int, measured: dict) -> dict:
     """One line of the comparison: how a run was trained, and its samples measured."""
     return {"run": str(run), "prediction": checkpoint["schedule"].get("prediction", "eps"),
             "network": checkpoint["model_config"], "step": checkpoint["step"],
-            "batch_size": checkpoint["train_config"]["batch_size"], "samples": len(images),
-            **measure(images, reference)}
+            "batch_size": checkpoint["train_config"]["batch_size"], "samples": samples, **measured}
 
 
 def sample_run(run: Path, n: int, settings: dict) -> tuple[dict, torch.Tensor]:
@@ -80,9 +86,7 @@ def sampler_lines(rows: list[dict]) -> list[str]:
              "| sampler | network calls per image | boundary fraction | grains | dangling ends | "
              "open-end rate | gray backgrounds | bar |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['sampler_words']} | {row['network_calls']} | {row['boundary_fraction']:.3f} | "
-                     f"{row['grains']:.1f} | {row['dangling_ends']:.2f} | {row['open_end_rate']:.0%} | "
-                     f"{row['gray_background_rate']:.0%} | {'met' if row['bar_met'] else 'not met'} |")
+        lines.append(f"| {row['sampler_words']} | {row['network_calls']} | {measured_cells(row)} |")
     return lines + [""]
 
 
@@ -109,9 +113,7 @@ def comparison_lines(compared: list[dict], sampler_words: str) -> list[str]:
              "open-end rate | gray backgrounds | bar |", "|---|---|---|---|---|---|---|---|---|"]
     for row in compared:
         lines.append(f"| `{row['run']}` | {row['prediction']} | {row['step']} x {row['batch_size']} | "
-                     f"{row['boundary_fraction']:.3f} | {row['grains']:.1f} | {row['dangling_ends']:.2f} | "
-                     f"{row['open_end_rate']:.0%} | {row['gray_background_rate']:.0%} | "
-                     f"{'met' if row['bar_met'] else 'not met'} |")
+                     f"{measured_cells(row)} |")
     return lines + [""]
 
 
@@ -155,20 +157,21 @@ def main() -> int:
     cfg = checkpoint["train_config"]
     rows = metrics.fidelity_bar(generated, reference)
     met = metrics.meets_bar(rows)
+    measured = measure(images, reference) if args.compare or args.also else {}
     compared = []
     if args.compare:
-        compared = [comparison_row(args.run, checkpoint, images, reference)]
+        compared = [comparison_row(args.run, checkpoint, args.n, measured)]
         for run in args.compare:
             other, other_images = sample_run(run, args.n, settings)
-            compared.append(comparison_row(run, other, other_images, reference))
+            compared.append(comparison_row(run, other, args.n, measure(other_images, reference)))
         (args.out / "comparison.json").write_text(json.dumps(compared, indent=1) + "\n", encoding="utf-8")
     others = []
     for other in [settings, *args.also] if args.also else []:
-        other_images = images if other == settings else sample.generate(model, schedule, args.n, **other,
-                                                                         seed=0, device=cpu)
+        other_measured = measured if other == settings else measure(  # the recommended one is measured
+            sample.generate(model, schedule, args.n, **other, seed=0, device=cpu), reference)
         others.append({"sampler_words": sample.describe_sampler(other), **other, "samples": args.n,
                        "network_calls": schedule.steps if other["sampler"] == "ddpm" else other["steps"],
-                       **measure(other_images, reference)})
+                       **other_measured})
     if others:
         (args.out / "samplers.json").write_text(json.dumps(others, indent=1) + "\n", encoding="utf-8")
     lines = [
