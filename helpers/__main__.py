@@ -32,25 +32,40 @@ def _data_make(args: argparse.Namespace) -> None:
           f"statistics in {out / 'README.md'}")
 
 
+# train's flags that define a run: stored in its checkpoint, so not to be given with --resume
+RECIPE_FLAGS = ("data", "model", "profile", "batch_size", "lr", "seed", "precision", "limit",
+                "bar_every", "bar_samples", "prediction", "eta", "compile")
+
+
+def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
+    """The run-defining flags given on the command line, as the user typed them."""
+    return ["--" + name.replace("_", "-") for name in RECIPE_FLAGS if getattr(args, name) not in (None, False)]
+
+
 def _train(args: argparse.Namespace) -> None:
     from .data import load_uint8
     from .device import pick_device
-    from .train import default_profile, describe_model, profile_config, train
+    from .train import TrainingError, default_profile, describe_model, profile_config, train
 
     if args.export and Path(args.export).exists():
         raise DataError(f"{args.export} exists; choose another --export path (nothing was trained)")
     device = pick_device()
     resume = args.resume
     if resume:
+        recipe = _recipe_flags_given(args)
+        if recipe:
+            raise TrainingError(f"{', '.join(recipe)}: a resumed run keeps the settings in its "
+                                f"checkpoint ({args.out / 'checkpoint.pt'}); with --resume give only "
+                                "--steps, --stop-after, --max-minutes, --export or --quiet")
         cfg = None
         print(f"resuming the run in {args.out} on {device}")
     else:
         profile = args.profile or default_profile(device)
-        cfg = profile_config(profile, data=str(args.data), model=args.model, steps=args.steps,
+        cfg = profile_config(profile, data=args.data, model=args.model, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              precision=args.precision, limit=args.limit, compile=args.compile or None,
                              prediction=args.prediction, bar_every=args.bar_every,
-                             bar_samples=args.bar_samples)
+                             bar_samples=args.bar_samples, sample_eta=args.eta)
         size = load_uint8(cfg.data, limit=1).shape[-1]
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
@@ -62,10 +77,13 @@ def _train(args: argparse.Namespace) -> None:
     print(f"step {result.step}: loss {result.final_loss:.4f}, {result.seconds:.0f} s in all, "
           f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / 'checkpoint.pt'}")
     if args.export:
-        from .train import export_weights, load_checkpoint
+        from .sample import describe_sampler
+        from .train import TrainConfig, export_weights, load_checkpoint, run_sampler
 
-        path = export_weights(load_checkpoint(result.run_dir / "checkpoint.pt"), args.export)
-        print(f"EMA weights (fp16) exported to {path}")
+        checkpoint = load_checkpoint(result.run_dir / "checkpoint.pt")
+        sampler = run_sampler(TrainConfig(**checkpoint["train_config"]))
+        path = export_weights(checkpoint, args.export, sampler=sampler)
+        print(f"EMA weights (fp16) exported to {path}, recommending {describe_sampler(sampler)}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -179,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a denoiser (headless)",
                                 description="Train a DDPM denoiser on a dataset folder.")
-    train.add_argument("--data", default="voronoi_gb_64", help="dataset name or folder of PNGs")
+    train.add_argument("--data", help="dataset name or folder of PNGs (default: voronoi_gb_64)")
     train.add_argument("--out", required=True, type=Path, help="run folder (new, or the run to --resume)")
-    train.add_argument("--model", choices=["unet", "seed-unet"], default="unet")
+    train.add_argument("--model", choices=["unet", "seed-unet"], help="the network (default: unet)")
     train.add_argument("--profile", choices=["smoke", "cpu", "gpu"],
                        help="settings bundle (default: gpu on CUDA, else cpu)")
     train.add_argument("--steps", type=int, help="training steps (overrides the profile; with "
@@ -196,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bar-samples", type=int, metavar="N", help="samples per fidelity-bar check (200)")
     train.add_argument("--prediction", choices=["eps", "v"], help="what the network learns to output: "
                        "the noise (eps, Ho et al.) or the velocity v (steadier at high noise); "
+                       "default: the profile's")
+    train.add_argument("--eta", type=float, help="DDIM eta of the run's sample grids and fidelity-bar "
+                       "checks, and the sampler --export recommends: 0 (deterministic) to 1; "
                        "default: the profile's")
     train.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; "
                        "falls back to eager where it cannot)")

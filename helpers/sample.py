@@ -111,7 +111,7 @@ def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: in
 
 
 def sample_grid(model, schedule: Schedule, n: int, steps: int, device, path: Path,
-                title: str | None = None, seed: int = 0) -> Path:
+                title: str | None = None, seed: int = 0, eta: float = 0.0) -> Path:
     """A grid of ``n`` DDIM samples saved to ``path`` (the progress pictures of training)."""
     import matplotlib.pyplot as plt
 
@@ -119,7 +119,7 @@ def sample_grid(model, schedule: Schedule, n: int, steps: int, device, path: Pat
 
     was_training = model.training
     model.eval()
-    images = generate(model, schedule, n, "ddim", steps, seed=seed, device=device)
+    images = generate(model, schedule, n, "ddim", steps, seed=seed, device=device, eta=eta)
     model.train(was_training)
     fig = image_grid(images, title=title, path=path)
     plt.close(fig)

@@ -152,3 +152,42 @@ def test_a_time_budget_ends_the_session_with_a_checkpoint(tmp_path):
                          progress=False, max_seconds=0.0)
     assert result.step == 1
     assert train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+
+
+def test_samples_are_judged_with_the_runs_eta(tmp_path, monkeypatch):
+    from helpers import sample
+
+    real_generate, etas = sample.generate, []
+
+    def recording_generate(*args, **kwargs):
+        etas.append(kwargs["eta"])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(sample, "generate", recording_generate)
+    cfg = smoke(steps=4, checkpoint_every=4, sample_every=4, bar_every=4, bar_samples=2, sample_eta=1.0)
+    train.train(cfg, tmp_path / "run", device=CPU, progress=False)
+    assert etas == [1.0, 1.0]  # the step-4 grid and the step-4 fidelity-bar check
+    assert train.run_sampler(cfg) == {"sampler": "ddim", "steps": 5, "eta": 1.0}
+    assert [train.profile_config(p).sample_eta for p in ("smoke", "cpu", "gpu")] == [0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="eta must be a number from 0 to 1, got 1.5"):
+        train.profile_config("smoke", sample_eta=1.5)
+
+
+def test_train_command_exports_weights_that_recommend_the_runs_sampler(tmp_path, capsys):
+    from helpers import sample
+
+    run, weights = tmp_path / "run", tmp_path / "model.pt"
+    assert main(["train", "--profile", "smoke", "--steps", "2", "--eta", "0.5", "--out", str(run),
+                 "--export", str(weights), "--quiet"]) == 0
+    assert sample.recommended_sampler(train.load_checkpoint(weights)) == {"sampler": "ddim", "steps": 5, "eta": 0.5}
+    assert "recommending DDIM-5, eta 0.5" in capsys.readouterr().out
+
+
+def test_a_resumed_run_refuses_flags_that_would_change_its_recipe(tmp_path, capsys):
+    train.train(smoke(steps=2, checkpoint_every=2), tmp_path / "run", device=CPU, progress=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--lr", "0.1", "--eta", "1",
+                 "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr, --eta: a resumed run keeps the settings in its checkpoint" in err and err.count("\n") == 1
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
