@@ -56,7 +56,7 @@ def _train(args: argparse.Namespace) -> None:
         if recipe:
             raise TrainingError(f"{', '.join(recipe)}: a resumed run keeps the settings in its "
                                 f"checkpoint ({args.out / 'checkpoint.pt'}); with --resume give only "
-                                "--steps, --stop-after, --max-minutes, --export or --quiet")
+                                "--steps, --lr-decay, --stop-after, --max-minutes, --export or --quiet")
         cfg = None
         print(f"resuming the run in {args.out} on {device}")
     else:
@@ -65,7 +65,8 @@ def _train(args: argparse.Namespace) -> None:
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              precision=args.precision, limit=args.limit, compile=args.compile or None,
                              prediction=args.prediction, bar_every=args.bar_every,
-                             bar_samples=args.bar_samples, sample_eta=args.eta)
+                             bar_samples=args.bar_samples, sample_eta=args.eta,
+                             lr_decay_steps=args.lr_decay)
         size = load_uint8(cfg.data, limit=1).shape[-1]
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
@@ -73,6 +74,7 @@ def _train(args: argparse.Namespace) -> None:
           f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
     result = train(cfg, args.out, device=device, resume=resume, progress=not args.quiet,
                    stop_after=args.stop_after, extend_to=args.steps if resume else None,
+                   lr_decay_steps=args.lr_decay if resume else None,
                    max_seconds=60 * args.max_minutes if args.max_minutes else None)
     print(f"step {result.step}: loss {result.final_loss:.4f}, {result.seconds:.0f} s in all, "
           f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / 'checkpoint.pt'}")
@@ -206,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "--resume, the new total to train on to)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
+    train.add_argument("--lr-decay", type=int, metavar="N", help="decay the learning rate linearly to 0 "
+                       "over the run's last N steps (default 0: constant); with --resume, anneals a "
+                       "run trained at a constant rate")
     train.add_argument("--seed", type=int)
     train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     train.add_argument("--limit", type=int, help="use only the first N images")

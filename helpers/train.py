@@ -59,6 +59,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-4
     warmup: int = 200
+    lr_decay_steps: int = 0  # decay the learning rate linearly to 0 over the run's last N steps (0: never)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -235,8 +236,11 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``cfg.warmup`` steps, then constant."""
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    """Linear warm-up over ``cfg.warmup`` steps, then constant, then (with ``cfg.lr_decay_steps``)
+    a linear decay to zero over the run's last steps: the weights settle instead of jittering."""
+    warmup = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    decay = min(1.0, (cfg.steps - step) / cfg.lr_decay_steps) if cfg.lr_decay_steps else 1.0
+    return cfg.lr * warmup * decay
 
 
 @torch.no_grad()
@@ -318,14 +322,17 @@ def check_bar(ema: torch.nn.Module, schedule: Schedule, reference, cfg: TrainCon
 def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] = None,
           resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
           on_log: Optional[Callable[[list[dict]], None]] = None,
-          extend_to: Optional[int] = None, max_seconds: Optional[float] = None) -> TrainResult:
+          extend_to: Optional[int] = None, max_seconds: Optional[float] = None,
+          lr_decay_steps: Optional[int] = None) -> TrainResult:
     """Train (or, with ``resume``, continue training) a denoiser into ``run_dir``.
 
     ``run_dir`` gets checkpoint.pt (written atomically every ``checkpoint_every`` steps and at
     the end), loss.csv, loss.png and samples/step_NNNNNN.png grids. ``stop_after`` ends the
     session early at that step, as an interruption would (tests and notebooks use it).
     ``on_log(history)`` is called at every logging step (a notebook's live loss curve).
-    ``extend_to`` (with ``resume``) raises the run's total number of steps, to train on.
+    ``extend_to`` (with ``resume``) raises the run's total number of steps, to train on, and
+    ``lr_decay_steps`` (with ``resume``) sets how many of its last steps decay the learning rate:
+    a run trained at a constant rate can be carried on and annealed.
     ``max_seconds`` ends this session (with a checkpoint) once it has trained that long: for
     time-limited machines, with ``resume`` carrying the run on next time. With ``cfg.bar_every``
     the fidelity bar is checked on EMA samples every that many steps and logged to bar.csv with
@@ -347,9 +354,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
             if extend_to < state["step"]:
                 raise TrainingError(f"--steps {extend_to} is below the checkpoint's step {state['step']}")
             cfg.steps = extend_to
+        if lr_decay_steps is not None:
+            cfg.lr_decay_steps = lr_decay_steps
     elif checkpoint_path.exists():
         raise TrainingError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to "
                             "continue it, or choose another --out")
+    if cfg.lr_decay_steps < 0:
+        raise TrainingError(f"--lr-decay must be 0 (no decay) or a number of steps, got {cfg.lr_decay_steps}")
 
     images = data_module.load_images(cfg.data, limit=cfg.limit).to(device)
     size = images.shape[-1]

@@ -128,6 +128,8 @@ def test_profiles_and_settings():
         train.autocast_dtype("fp16", CPU)
     assert [round(train.learning_rate(train.TrainConfig(lr=1.0, warmup=4), s), 2) for s in range(6)] == \
         [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    annealed = train.TrainConfig(lr=1.0, warmup=1, steps=10, lr_decay_steps=4)
+    assert [train.learning_rate(annealed, s) for s in range(10)] == [1.0] * 7 + [0.75, 0.5, 0.25]
 
 
 def test_compile_falls_back_to_eager_when_it_cannot(tmp_path, monkeypatch):
@@ -191,3 +193,19 @@ def test_a_resumed_run_refuses_flags_that_would_change_its_recipe(tmp_path, caps
     err = capsys.readouterr().err
     assert "--lr, --eta: a resumed run keeps the settings in its checkpoint" in err and err.count("\n") == 1
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_run_carried_on_with_a_decaying_rate_ends_where_one_annealed_from_the_start_ends(tmp_path):
+    annealed = smoke(steps=10, checkpoint_every=5, lr_decay_steps=4)
+    train.train(annealed, tmp_path / "straight", device=CPU, progress=False)
+    train.train(smoke(steps=6, checkpoint_every=3), tmp_path / "carried", device=CPU, progress=False)
+    train.train(None, tmp_path / "carried", device=CPU, progress=False, resume=True, extend_to=10,
+                lr_decay_steps=4)
+    a = train.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = train.load_checkpoint(tmp_path / "carried" / "checkpoint.pt")
+    assert b["train_config"]["lr_decay_steps"] == 4 and b["step"] == 10
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    rates = {row["step"]: row["lr"] for row in train.read_loss_history(tmp_path / "carried")}
+    assert rates[5] == pytest.approx(2e-4) and rates[10] == pytest.approx(0.5e-4)  # smoke lr 2e-4
+    with pytest.raises(train.TrainingError, match="--lr-decay must be 0 .* got -1"):
+        train.train(None, tmp_path / "carried", device=CPU, progress=False, resume=True, lr_decay_steps=-1)
