@@ -129,6 +129,7 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
                                                "samplers.json"}
     readme = (out / "README.md").read_text()
     assert "| machine | the test machine |" in readme and "predicts the velocity v" in readme
+    assert "| optimiser | AdamW, lr 0.0002, warm-up 5 steps, clip 1, EMA 0.9 |" in readme  # no decay
     assert "Fidelity bar not met" in readme  # four steps of a tiny network: noise
     assert "recommended sampler (DDIM-5, eta 1, x0 clipped" in readme and "--steps 5 --eta 1" in readme
     others = json.loads((out / "samplers.json").read_text())
@@ -140,3 +141,16 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     assert rows[0] == rows[1]  # the same run measured twice gives the same numbers
     _, schedule, payload = sample.load_model(out / "model.pt", CPU)
     assert schedule.prediction == "v" and payload["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 1.0}
+
+
+def test_pretrained_report_names_a_learning_rate_decay():
+    import importlib.util
+
+    from helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("pretrained_report", ROOT / "tools" / "pretrained_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.decay_words({"steps": 16500, "lr_decay_steps": 4000}) == \
+        ", then linearly to 0 over the last 4000 steps (from step 12500)"
+    assert report.decay_words({"steps": 10000}) == report.decay_words({"steps": 10000, "lr_decay_steps": 0}) == ""

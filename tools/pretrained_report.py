@@ -30,6 +30,12 @@ from helpers.unet import count_parameters  # noqa: E402
 PREDICTION_WORDS = {"eps": "the noise (eps)", "v": "the velocity v"}
 
 
+def decay_words(cfg: dict) -> str:
+    """The learning rate's decay at the end of a run (train --lr-decay), in words; '' if none."""
+    n = cfg.get("lr_decay_steps", 0)  # absent from checkpoints older than --lr-decay
+    return f", then linearly to 0 over the last {n} steps (from step {cfg['steps'] - n})" if n else ""
+
+
 def measure(images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
     """The fidelity bar's means, the open-end rate and the gray-background rate of samples."""
     described = metrics.describe_set(metrics.boundary_masks(images))
@@ -193,8 +199,8 @@ def main() -> int:
         f"| schedule | {checkpoint['schedule']['kind']}, T = {checkpoint['schedule']['steps']}, the network "
         f"predicts {PREDICTION_WORDS[checkpoint['schedule'].get('prediction', 'eps')]} |\n"
         f"| steps | {checkpoint['step']} of batch {cfg['batch_size']} ({checkpoint['step'] * cfg['batch_size']:,} images) |\n"
-        f"| optimiser | AdamW, lr {cfg['lr']:g}, warm-up {cfg['warmup']} steps, clip {cfg['grad_clip']:g}, "
-        f"EMA {cfg['ema_decay']:g} |\n"
+        f"| optimiser | AdamW, lr {cfg['lr']:g}, warm-up {cfg['warmup']} steps{decay_words(cfg)}, "
+        f"clip {cfg['grad_clip']:g}, EMA {cfg['ema_decay']:g} |\n"
         f"| precision | {cfg['precision']} |\n"
         f"| wall time | {checkpoint['seconds'] / 60:.1f} min |\n"
         f"| machine | {args.machine} |\n"
