@@ -1,59 +1,83 @@
 #!/usr/bin/env bash
-# One prepared GPU session: bench, train the default UNet (gpu profile) for a time budget,
-# export its EMA weights, sample 200 images and evaluate them. Everything lands in $OUT
-# (or ./gpu_out), eight files (the device tool brings back at most 8): session.log, bench.json,
-# loss.csv, bar.csv (the fidelity bar checked every BAR_EVERY steps with the profile's sampler,
-# DDIM-50 eta 1, and the training time so far: the time to reach the bar), model.pt (fp16,
-# < 16 MB, recommending that sampler), samples.tar.gz and evaluation.json (200 samples with it),
-# evaluation_eta0.json (the same model with deterministic DDIM, to check the choice of eta).
+# One prepared GPU session, sized to end within DEADLINE_S seconds: bench, train the default UNet
+# (gpu profile) for the time the bench leaves, ending with the learning rate decaying to zero,
+# export its EMA weights, sample 200 images three ways and evaluate the recommended sampler's.
+# Everything lands in $OUT (or ./gpu_out), seven files (the device tool brings back at most 8):
+#   session.log, bench.json, loss.csv,
+#   bar.csv            the fidelity bar checked every BAR_EVERY steps with the profile's sampler
+#                      (DDIM-50, eta 1) and the training time so far: the time to reach the bar,
+#   model.pt           fp16 EMA weights (< 16 MB) recommending that sampler (train --export),
+#   evaluation.json    200 samples with that sampler against the training set,
+#   samples.tar.gz     samples/ (that sampler), samples_eta0/ (DDIM-50, eta 0),
+#                      samples_ddim100/ (DDIM-100, eta 1), grids/ and loss.png of the run,
+#                      to be evaluated again off the GPU machine.
 #
-#   OUT=/tmp/x TRAIN_MINUTES=7 bash tools/gpu_session.sh          # on the GPU machine
-#   OUT=/tmp/x TRAIN_MINUTES=0.2 PROFILE=smoke bash tools/gpu_session.sh   # dry run on a CPU
+#   OUT=/tmp/x bash tools/gpu_session.sh                                   # on the GPU machine
+#   OUT=/tmp/x PROFILE=smoke TRAIN_MINUTES=0.2 bash tools/gpu_session.sh   # dry run on a CPU
 #
-# The full training checkpoint (model + EMA + optimizer, ~63 MB) stays on the machine; the
-# exported weights are what the repository ships. Python packages needed beyond the GPU image:
-# none (torch, numpy, scipy, scikit-image, matplotlib, imageio, tqdm, pillow are there).
+# Training time: TRAIN_MINUTES if set, else DEADLINE_S less the time spent so far (the bench)
+# less AFTER_S (kept for the training's own setup and for exporting, sampling, evaluating).
+# Its steps are what the bench's measured throughput fits into that time (85% of it: the bench
+# leaves out the EMA update, logging and the bar checks), the last DECAY_SHARE of them with a
+# decaying learning rate; --max-minutes stops the run at that time whatever the estimate.
+# The full training checkpoint (model + EMA + optimizer, ~63 MB) stays on the machine; a second
+# call on the same warm machine resumes it. Python packages needed beyond the GPU image: none
+# (torch, numpy, scipy, scikit-image, matplotlib, imageio, tqdm, pillow, torchvision are there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 PROFILE=${PROFILE:-gpu}
-TRAIN_MINUTES=${TRAIN_MINUTES:-7}
+DEADLINE_S=${DEADLINE_S:-540}
+AFTER_S=${AFTER_S:-110}
+TRAIN_MINUTES=${TRAIN_MINUTES:-}
+LR=${LR:-5e-4}
+DECAY_SHARE=${DECAY_SHARE:-0.3}
 N_SAMPLES=${N_SAMPLES:-200}
 RUN=${RUN:-/tmp/mddpm_gpu_run}
 BAR_EVERY=${BAR_EVERY:-500}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+log() { tee -a "$OUT/session.log"; }
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" 2>&1 | log
 
-if [ "$PROFILE" = gpu ]; then
-  python3 -m helpers bench --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/session.log"
-else
-  python3 -m helpers bench --quick --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/session.log"
+if [ "$PROFILE" = gpu ]; then quick=(); else quick=(--quick); fi
+python3 -m helpers bench "${quick[@]}" --json "$OUT/bench.json" 2>&1 | log
+
+if [ -z "$TRAIN_MINUTES" ]; then
+  TRAIN_MINUTES=$(python3 -c "print(round(max(0.5, ($DEADLINE_S - $SECONDS - $AFTER_S) / 60), 2))")
 fi
+if [ -f "$RUN/checkpoint.pt" ]; then
+  recipe=(--resume)
+else
+  read -r steps decay < <(python3 - "$OUT/bench.json" "$TRAIN_MINUTES" "$DECAY_SHARE" "$PROFILE" <<'PY'
+import json, sys
+from helpers.train import PROFILES
+bench, minutes, share, profile = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+per_second = bench["training"]["unet_fast"]["images_per_second"] / PROFILES[profile]["batch_size"]
+steps = max(100, int(0.85 * per_second * minutes * 60) // 100 * 100)
+print(steps, int(steps * share))
+PY
+  )
+  recipe=(--profile "$PROFILE" --lr "$LR" --steps "$steps" --lr-decay "$decay" --bar-every "$BAR_EVERY")
+fi
+echo "[$SECONDS s] python -m helpers train --data voronoi_gb_64 --out $RUN ${recipe[*]} --max-minutes $TRAIN_MINUTES" | log
+python3 -m helpers train --data voronoi_gb_64 --out "$RUN" "${recipe[@]}" --max-minutes "$TRAIN_MINUTES" \
+  --export "$OUT/model.pt" --quiet 2>&1 | log
+cp "$RUN/loss.csv" "$RUN/bar.csv" "$OUT/"
 
-if [ -f "$RUN/checkpoint.pt" ]; then resume=(--resume); else resume=(--profile "$PROFILE" --bar-every "$BAR_EVERY"); fi
-python3 -m helpers train --data voronoi_gb_64 --out "$RUN" "${resume[@]}" --max-minutes "$TRAIN_MINUTES" \
-  --quiet 2>&1 | tee -a "$OUT/session.log"
-cp "$RUN/loss.csv" "$OUT/loss.csv"
-cp "$RUN/bar.csv" "$OUT/bar.csv"
-python3 - "$RUN" "$OUT/model.pt" <<'EOF'
-import sys
-from helpers import train
-checkpoint = train.load_checkpoint(sys.argv[1] + "/checkpoint.pt")
-sampler = train.run_sampler(train.TrainConfig(**checkpoint["train_config"]))
-print("exported", train.export_weights(checkpoint, sys.argv[2], sampler=sampler), "recommending", sampler)
-EOF
-
-# the run's own sampler (the one its fidelity bar used, stored in model.pt), then deterministic DDIM
-python3 -m helpers sample --checkpoint "$OUT/model.pt" --n "$N_SAMPLES" \
-  --out "$OUT/samples" --force --quiet 2>&1 | tee -a "$OUT/session.log"
-python3 -m helpers evaluate --generated "$OUT/samples" --reference voronoi_gb_64 \
-  --json "$OUT/evaluation.json" 2>&1 | tee -a "$OUT/session.log"
+# the model's own sampler (the one its fidelity bar used, stored in model.pt), then two others
+echo "[$SECONDS s] sampling" | log
+mkdir -p "$OUT/pack"
+python3 -m helpers sample --checkpoint "$OUT/model.pt" --n "$N_SAMPLES" --out "$OUT/pack/samples" --quiet 2>&1 | log
+python3 -m helpers evaluate --generated "$OUT/pack/samples" --reference voronoi_gb_64 \
+  --json "$OUT/evaluation.json" 2>&1 | log
 python3 -m helpers sample --checkpoint "$OUT/model.pt" --n "$N_SAMPLES" --eta 0 \
-  --out "$OUT/samples_eta0" --force --quiet 2>&1 | tee -a "$OUT/session.log"
-python3 -m helpers evaluate --generated "$OUT/samples_eta0" --reference voronoi_gb_64 \
-  --json "$OUT/evaluation_eta0.json" 2>&1 | tee -a "$OUT/session.log"
-rm -r "$OUT/samples_eta0"
-# the samples folder has N PNGs: too many files to bring back; pack them into one archive
-tar -czf "$OUT/samples.tar.gz" -C "$OUT" samples && rm -r "$OUT/samples"
+  --out "$OUT/pack/samples_eta0" --quiet 2>&1 | log
+python3 -m helpers sample --checkpoint "$OUT/model.pt" --n "$N_SAMPLES" --steps 100 --eta 1 \
+  --out "$OUT/pack/samples_ddim100" --quiet 2>&1 | log
+cp -r "$RUN/samples" "$OUT/pack/grids"
+cp "$RUN/loss.png" "$OUT/pack/"
+# hundreds of PNGs are too many files to bring back: one archive
+tar -czf "$OUT/samples.tar.gz" -C "$OUT/pack" . && rm -r "$OUT/pack"
+echo "[$SECONDS s] done" | log
 ls -la "$OUT"
