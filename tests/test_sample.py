@@ -143,7 +143,8 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     assert schedule.prediction == "v" and payload["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 1.0}
 
 
-def test_pretrained_report_names_a_learning_rate_decay():
+def _report_module():
+    """tools/pretrained_report.py, imported (it is a script, not a package module)."""
     import importlib.util
 
     from helpers import ROOT
@@ -151,6 +152,29 @@ def test_pretrained_report_names_a_learning_rate_decay():
     spec = importlib.util.spec_from_file_location("pretrained_report", ROOT / "tools" / "pretrained_report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
+
+
+def test_pretrained_report_reads_a_run_from_its_exported_weights(weights, tmp_path):
+    import shutil
+
+    report = _report_module()
+    run = tmp_path / "gpu_run"  # what a GPU session brings back: model.pt and loss.csv
+    run.mkdir()
+    shutil.copy(weights, run / "model.pt")
+    shutil.copy(weights.parent / "loss.csv", run / "loss.csv")
+    checkpoint = report.load_run(run)
+    history = train.read_loss_history(run)
+    assert checkpoint["kind"] == "weights" and checkpoint["step"] == 4 and history[-1]["step"] == 4
+    assert report.wall_minutes(checkpoint, history) == history[-1]["seconds"] / 60
+    full = report.load_run(weights.parent)  # a checkpoint.pt, where there is one, is read first
+    assert full["kind"] == "training" and report.wall_minutes(full, history) == full["seconds"] / 60
+    with pytest.raises(SystemExit, match="neither checkpoint.pt nor model.pt"):
+        report.load_run(tmp_path)
+
+
+def test_pretrained_report_names_a_learning_rate_decay():
+    report = _report_module()
     assert report.decay_words({"steps": 16500, "lr_decay_steps": 4000}) == \
         ", then linearly to 0 over the last 4000 steps (from step 12500)"
     assert report.decay_words({"steps": 10000}) == report.decay_words({"steps": 10000, "lr_decay_steps": 0}) == ""

@@ -59,10 +59,25 @@ def comparison_row(run: Path, checkpoint: dict, samples: int, measured: dict) ->
             "batch_size": checkpoint["train_config"]["batch_size"], "samples": samples, **measured}
 
 
+def load_run(run: Path) -> dict:
+    """A run folder's checkpoint.pt, or else the weights its ``train --export`` wrote (model.pt):
+    a GPU session brings back only those and loss.csv (the full checkpoint is too big to fetch)."""
+    for name in (train.CHECKPOINT, "model.pt"):
+        if (run / name).is_file():
+            return train.load_checkpoint(run / name)
+    raise SystemExit(f"{run}: holds neither {train.CHECKPOINT} nor model.pt (weights from train --export)")
+
+
+def wall_minutes(checkpoint: dict, history: list[dict]) -> float:
+    """The run's wall time: its checkpoint's, or for weights alone that of loss.csv's last row."""
+    seconds = checkpoint["seconds"] if "seconds" in checkpoint else history[-1]["seconds"]
+    return seconds / 60
+
+
 def sample_run(run: Path, n: int, settings: dict) -> tuple[dict, torch.Tensor]:
     """A run's checkpoint and ``n`` samples (CPU, seed 0) of its EMA network as exported (fp16
     weights), so that every compared run is measured exactly as the shipped model is."""
-    checkpoint = train.load_checkpoint(run / train.CHECKPOINT)
+    checkpoint = load_run(run)
     with tempfile.TemporaryDirectory() as folder:
         exported = train.export_weights(checkpoint, Path(folder) / "model.pt")
         model, schedule, _ = sample.load_model(exported, torch.device("cpu"))
@@ -125,7 +140,8 @@ def comparison_lines(compared: list[dict], sampler_words: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="training run folder (checkpoint.pt)")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="training run folder: checkpoint.pt (or model.pt from train --export) and loss.csv")
     parser.add_argument("--out", type=Path, default=Path("data/pretrained"))
     parser.add_argument("--n", type=int, default=200, help="samples for the statistics")
     parser.add_argument("--machine", required=True, help="where the training ran, in words")
@@ -148,7 +164,7 @@ def main() -> int:
         parser.error(str(exc))
     sampler_words = sample.describe_sampler(settings)
 
-    checkpoint = train.load_checkpoint(args.run / train.CHECKPOINT)
+    checkpoint = load_run(args.run)
     args.out.mkdir(parents=True, exist_ok=True)
     weights = train.export_weights(checkpoint, args.out / "model.pt", sampler=settings)
     cpu = torch.device("cpu")
@@ -202,7 +218,7 @@ def main() -> int:
         f"| optimiser | AdamW, lr {cfg['lr']:g}, warm-up {cfg['warmup']} steps{decay_words(cfg)}, "
         f"clip {cfg['grad_clip']:g}, EMA {cfg['ema_decay']:g} |\n"
         f"| precision | {cfg['precision']} |\n"
-        f"| wall time | {checkpoint['seconds'] / 60:.1f} min |\n"
+        f"| wall time | {wall_minutes(checkpoint, history):.1f} min |\n"
         f"| machine | {args.machine} |\n"
         f"| final loss | {history[-1]['loss']:.4f} (mean of the last {cfg['log_every']} steps) |",
         "",
