@@ -18,8 +18,9 @@
 # Training time: TRAIN_MINUTES if set, else DEADLINE_S less the time spent so far (the bench)
 # less AFTER_S (kept for the training's own setup and for exporting, sampling, evaluating).
 # Its steps are what the bench's measured throughput fits into that time (85% of it: the bench
-# leaves out the EMA update, logging and the bar checks), the last DECAY_SHARE of them with a
-# decaying learning rate; --max-minutes stops the run at that time whatever the estimate.
+# leaves out the EMA update, logging and the bar checks), the profile's share of them (gpu: the
+# last 30%) with a decaying learning rate, the profile's rate otherwise; --max-minutes stops the
+# run at that time whatever the estimate.
 # The full training checkpoint (model + EMA + optimizer, ~63 MB) stays on the machine; a second
 # call on the same warm machine resumes it. Python packages needed beyond the GPU image: none
 # (torch, numpy, scipy, scikit-image, matplotlib, imageio, tqdm, pillow, torchvision are there).
@@ -30,8 +31,6 @@ PROFILE=${PROFILE:-gpu}
 DEADLINE_S=${DEADLINE_S:-540}
 AFTER_S=${AFTER_S:-110}
 TRAIN_MINUTES=${TRAIN_MINUTES:-}
-LR=${LR:-5e-4}
-DECAY_SHARE=${DECAY_SHARE:-0.3}
 N_SAMPLES=${N_SAMPLES:-200}
 RUN=${RUN:-/tmp/mddpm_gpu_run}
 BAR_EVERY=${BAR_EVERY:-500}
@@ -49,16 +48,16 @@ fi
 if [ -f "$RUN/checkpoint.pt" ]; then
   recipe=(--resume)
 else
-  read -r steps decay < <(python3 - "$OUT/bench.json" "$TRAIN_MINUTES" "$DECAY_SHARE" "$PROFILE" <<'PY'
+  read -r steps decay < <(python3 - "$OUT/bench.json" "$TRAIN_MINUTES" "$PROFILE" <<'PY'
 import json, sys
-from helpers.train import PROFILES
-bench, minutes, share, profile = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-per_second = bench["training"]["unet_fast"]["images_per_second"] / PROFILES[profile]["batch_size"]
+from helpers.train import profile_config
+bench, minutes, cfg = json.load(open(sys.argv[1])), float(sys.argv[2]), profile_config(sys.argv[3])
+per_second = bench["training"]["unet_fast"]["images_per_second"] / cfg.batch_size
 steps = max(100, int(0.85 * per_second * minutes * 60) // 100 * 100)
-print(steps, int(steps * share))
+print(steps, steps * cfg.lr_decay_steps // cfg.steps)  # the profile's decay, scaled to these steps
 PY
   )
-  recipe=(--profile "$PROFILE" --lr "$LR" --steps "$steps" --lr-decay "$decay" --bar-every "$BAR_EVERY")
+  recipe=(--profile "$PROFILE" --steps "$steps" --lr-decay "$decay" --bar-every "$BAR_EVERY")
 fi
 echo "[$SECONDS s] python -m helpers train --data voronoi_gb_64 --out $RUN ${recipe[*]} --max-minutes $TRAIN_MINUTES" | log
 python3 -m helpers train --data voronoi_gb_64 --out "$RUN" "${recipe[@]}" --max-minutes "$TRAIN_MINUTES" \
