@@ -6,7 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+from .bench import BENCH_MODELS, SAMPLING_PRECISIONS
+from .sample import SAMPLERS
 from .data import DATA_ROOT, KINDS, DataError
+from .device import COMPILE_MODES, MEMORY_FORMATS
 
 DEFAULT_MODEL = DATA_ROOT / "pretrained" / "model.pt"
 
@@ -34,7 +37,18 @@ def _data_make(args: argparse.Namespace) -> None:
 
 # train's flags that define a run: stored in its checkpoint, so not to be given with --resume
 RECIPE_FLAGS = ("data", "model", "profile", "batch_size", "lr", "seed", "precision", "limit",
-                "bar_every", "bar_samples", "prediction", "eta", "compile")
+                "bar_every", "bar_samples", "prediction", "eta", "compile", "memory_format")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
@@ -63,7 +77,8 @@ def _train(args: argparse.Namespace) -> None:
         profile = args.profile or default_profile(device)
         cfg = profile_config(profile, data=args.data, model=args.model, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             precision=args.precision, limit=args.limit, compile=args.compile or None,
+                             precision=args.precision, limit=args.limit, compile=args.compile,
+                             memory_format=args.memory_format,
                              prediction=args.prediction, bar_every=args.bar_every,
                              bar_samples=args.bar_samples, sample_eta=args.eta,
                              lr_decay_steps=args.lr_decay)
@@ -158,7 +173,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from .bench import format_bench, run_bench
 
-    report = run_bench(quick=args.quick, compile_model=args.compile,
+    report = run_bench(quick=args.quick, models=args.model, batch_sizes=args.batch_size,
+                       memory_formats=args.memory_format, compile_modes=args.compile,
+                       sample_n=args.sample_n, sample_batch=args.sample_batch,
+                       sample_precisions=args.sample_precision, profile=args.profile,
                        progress=(lambda line: None) if args.quiet else print)
     print(format_bench(report))
     _write_json(args.json, report)
@@ -223,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eta", type=float, help="DDIM eta of the run's sample grids and fidelity-bar "
                        "checks, and the sampler --export recommends: 0 (deterministic) to 1; "
                        "default: the profile's")
-    train.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; "
-                       "falls back to eager where it cannot)")
+    train.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
+                       help="torch.compile the network: default, or reduce-overhead (adds CUDA "
+                       "graphs); GPU; falls back to eager where it cannot")
+    train.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of images and weights "
+                       "(default: contiguous, NCHW)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--stop-after", type=int, help="stop this session at that step (resumable)")
     train.add_argument("--max-minutes", type=float, help="end this session (with a checkpoint) after "
@@ -238,11 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="checkpoint or weights file "
                         "(default: the shipped pretrained model)")
     sample.add_argument("--n", type=int, default=16, help="number of samples")
-    sample.add_argument("--sampler", choices=["ddpm", "ddim"],
-                        help="default: the model's recommended sampler, else ddim")
-    sample.add_argument("--steps", type=int, help="DDIM steps (ignored by ddpm); default: the model's, else 50")
-    sample.add_argument("--eta", type=float, help="DDIM noise, 0 (deterministic) to 1; default: the "
-                        "model's, else 0")
+    sample.add_argument("--sampler", choices=SAMPLERS,
+                        help="default: the model's recommended sampler, else ddim (dpm++2m: "
+                        "DPM-Solver++(2M), good in 10-25 steps)")
+    sample.add_argument("--steps", type=int, help="DDIM or DPM-Solver steps (ignored by ddpm); default: "
+                        "the model's, else 50")
+    sample.add_argument("--eta", type=float, help="fresh noise per step for ddim and dpm++2m, 0 "
+                        "(deterministic) to 1; default: the model's, else 0")
     sample.add_argument("--variance", choices=["beta", "posterior"], default="beta",
                         help="DDPM step variance: beta_t (the original's) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
@@ -273,7 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Measure the original recipe against our fast path, "
                                             "in one process, on the current device.")
     bench.add_argument("--quick", action="store_true", help="small settings (under a minute on a CPU)")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the fast-path models")
+    bench.add_argument("--model", nargs="+", choices=BENCH_MODELS, default=list(BENCH_MODELS),
+                       help="networks to time (default: both)")
+    bench.add_argument("--batch-size", nargs="+", type=_positive_int, metavar="N",
+                       help="training batch sizes (default: 128 on CUDA, 32 on a CPU, 8 with --quick)")
+    bench.add_argument("--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["contiguous"],
+                       help="layouts of images and weights (default: contiguous, NCHW)")
+    bench.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
+                       help="torch.compile modes (none: eager; compile time is reported apart)")
+    bench.add_argument("--sample-n", type=_positive_int, metavar="N", help="images per sampling run "
+                       "(default 64, 4 with --quick)")
+    bench.add_argument("--sample-batch", type=_positive_int, metavar="N",
+                       help="sampling batch (default: all the images, at most 256)")
+    bench.add_argument("--sample-precision", nargs="+", choices=SAMPLING_PRECISIONS, default=["fp32"],
+                       help="weights of the sampling network (bf16: network in bf16, sampler in fp32)")
+    bench.add_argument("--profile", action="store_true", help="add a profiler summary to every row "
+                       "(kernel launches, GPU-busy share, top kernels)")
     bench.add_argument("--json", type=Path, help="also write the numbers as JSON")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=_bench)

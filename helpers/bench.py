@@ -1,25 +1,40 @@
-"""Throughput, measured side by side in one process: the original recipe against our fast path.
+"""Throughput, measured side by side in one process: the original recipe against our training
+step, and the samplers, with each speed lever (batch, memory format, torch.compile mode, sampling
+precision) as an option, so one run gives every ratio on one machine.
 
-(a) the original tutorial's recipe: SeedUNet, batch 9, a DataLoader that opens every PNG with
-PIL and converts it per item, fp32, Adam 1e-3; (b) SeedUNet on our fast path; (c) our default
-UNet on our fast path. The fast path keeps the dataset on the device as one tensor, uses large
-batches, bf16 autocast and fused AdamW on CUDA, channels_last on CUDA, and optionally
-torch.compile. Also sampling time for a batch with DDPM-1000 and DDIM-50. Warm-up steps are
-excluded, the device is synchronised before each clock read, and each figure is the median of
-several repeats.
+(a) The original tutorial's recipe: SeedUNet, batch 9, a DataLoader that opens every PNG with
+PIL and converts it per item, fp32, Adam 1e-3. Every other training row times ``Trainer.step``,
+the step ``python -m helpers train`` runs (data on the device, bf16 autocast and fused AdamW on
+CUDA, gradient clipping, EMA), for either network and any combination of the levers. Sampling
+rows time whole DDIM runs of ``n`` images. Warm-up calls (compilation among them) are excluded
+and timed apart, the device is synchronised before each clock read, and each figure is the
+median of several repeats. A profile summary (``profile=True``) adds the kernel launches per
+step, the share of the wall time the GPU is busy, and the kernels that take the most time.
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import statistics
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import data as data_module
-from .diffusion import Schedule, diffusion_loss, q_sample
-from .unet import SeedUNet, UNet, count_parameters, gflops_per_image
+from .device import (COMPILE_MODES, MEMORY_FORMATS, compile_network, configure_backends, device_name,
+                     memory_format, pick_device)
+from .diffusion import Schedule, q_sample
+from .sample import generate
+from .train import Trainer, TrainConfig
+from .unet import SeedUNet, UNet, build_model, count_parameters, gflops_per_image
+
+BENCH_MODELS = ("seed-unet", "unet")
+SAMPLING_PRECISIONS = ("fp32", "bf16")
+# A training step costs about three forward passes (forward, and backward through activations
+# and weights): the achieved TFLOP/s below use that, with the forward counted by PyTorch.
+TRAINING_FLOP_FACTOR = 3
 
 
 def _sync(device: torch.device) -> None:
@@ -41,6 +56,46 @@ def median_seconds(run: Callable[[], None], device: torch.device, warmup: int, r
     return statistics.median(times)
 
 
+def profile_summary(run: Callable[[], None], device: torch.device, calls: int, seconds_per_call: float,
+                    top: int = 5) -> dict:
+    """What one call of ``run`` launches, from torch.profiler over ``calls`` calls.
+
+    On CUDA: kernel launches per call, GPU-busy share (kernel time over the unprofiled median wall
+    time ``seconds_per_call``: how much of the step the card computes rather than waits for the
+    host), and the ``top`` kernels by time. On a CPU: operator calls per call and the top
+    operators by their own time (there is no busy share to speak of).
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            run()
+        _sync(device)
+    events = prof.key_averages()
+
+    def own_time(event) -> float:  # microseconds; the attribute's name changed across torch versions
+        if cuda:
+            return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        return event.self_cpu_time_total
+
+    if cuda:
+        chosen = [e for e in events if e.device_type == DeviceType.CUDA]
+    else:
+        chosen = [e for e in events if e.key.startswith("aten::")]
+    busy = sum(own_time(e) for e in chosen) / calls / 1e6
+    ranked = sorted(chosen, key=own_time, reverse=True)[:top]
+    summary = {"calls_profiled": calls, ("kernels" if cuda else "operators") + "_per_call":
+               sum(e.count for e in chosen) / calls,
+               "top": [{"name": e.key[:90], "share": own_time(e) / calls / 1e6 / seconds_per_call,
+                        "count_per_call": e.count / calls} for e in ranked]}
+    if cuda:
+        summary["gpu_busy_share"] = busy / seconds_per_call
+    return summary
+
+
 class PngDataset(torch.utils.data.Dataset):
     """The original's data path: open a PNG with PIL and convert it, every time an item is read."""
 
@@ -60,12 +115,12 @@ class PngDataset(torch.utils.data.Dataset):
             return self.transform(image.convert("L"))
 
 
-def original_recipe(device: torch.device, schedule: Schedule, steps: int, warmup: int,
-                    repeats: int) -> dict:
+def original_recipe(device: torch.device, steps: int, warmup: int, repeats: int) -> dict:
     """(a): SeedUNet, batch 9 from a PIL-decoding DataLoader, fp32, Adam 1e-3."""
     files = data_module.list_images(data_module.resolve_dataset("voronoi_gb_64"))
     loader = torch.utils.data.DataLoader(PngDataset(files), batch_size=9, shuffle=True)
     model = SeedUNet(64).to(device)
+    schedule = Schedule.linear().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = iter(loader)
 
@@ -86,114 +141,142 @@ def original_recipe(device: torch.device, schedule: Schedule, steps: int, warmup
             optimizer.step()
 
     seconds = median_seconds(run, device, warmup, repeats)
-    return {"images_per_second": steps * 9 / seconds, "batch_size": 9, "precision": "fp32"}
+    return {"name": "original", "model": "seed-unet", "batch_size": 9, "precision": "fp32",
+            "memory_format": "contiguous", "compile": "eager", "compile_seconds": 0.0,
+            "images_per_second": steps * 9 / seconds, "parameters": count_parameters(model)}
 
 
-def maybe_compile(model: torch.nn.Module, compile_model: bool,
-                  example: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.nn.Module, str]:
-    """torch.compile the model if asked and it works here (tried on ``example``); else eager.
-
-    Compilation is lazy, so a missing compiler or an unsupported device shows only at the first
-    call: that call is made here, and any failure falls back to the plain model, saying why.
-    """
-    if not compile_model:
-        return model, "eager"
-    try:
-        compiled = torch.compile(model)
-        with torch.no_grad():
-            compiled(*example)
-        return compiled, "compiled"
-    except Exception as exc:  # no C++ compiler or Triton, old GPU, unsupported op: stay eager
-        return model, f"eager (torch.compile unavailable: {exc.__class__.__name__})"
-
-
-def fast_path(model: torch.nn.Module, device: torch.device, schedule: Schedule, batch_size: int,
-              steps: int, warmup: int, repeats: int, compile_model: bool = False) -> dict:
-    """(b), (c): data resident on the device, bf16 + fused AdamW + channels_last on CUDA."""
-    images = data_module.load_images("voronoi_gb_64").to(device)
-    cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    images = images.contiguous(memory_format=memory_format)
-    t = torch.zeros(batch_size, dtype=torch.long, device=device)
-    model, mode = maybe_compile(model, compile_model, (images[:batch_size], t))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=cuda or None)
-    generator = torch.Generator().manual_seed(0)
+def training_row(model: str, device: torch.device, batch_size: int, memory_format_name: str = "contiguous",
+                 compile_mode: str = "none", precision: str = "auto", steps: int = 10, warmup: int = 3,
+                 repeats: int = 5, profile: bool = False, images: Optional[torch.Tensor] = None) -> dict:
+    """Images per second of ``Trainer.step`` (train's own step) for one network and one setting."""
+    if model not in BENCH_MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(BENCH_MODELS)}")
+    images = data_module.load_images("voronoi_gb_64") if images is None else images
+    cfg = TrainConfig(model=model, batch_size=batch_size, precision=precision, compile=compile_mode,
+                      memory_format=memory_format_name, prediction="v", lr=2e-4, warmup=10)
+    trainer = Trainer(cfg, images, device)
+    counter = itertools.count()
 
     def run() -> None:
         for _ in range(steps):
-            x0 = images[torch.randint(0, len(images), (batch_size,), generator=generator).to(device)]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = diffusion_loss(model, schedule, x0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            trainer.step(next(counter))
 
     seconds = median_seconds(run, device, warmup, repeats)
-    return {"images_per_second": steps * batch_size / seconds, "batch_size": batch_size,
-            "precision": "bf16" if cuda else "fp32", "mode": mode}
+    gflop = gflops_per_image(build_model(trainer.model.config()), trainer.size)
+    per_second = steps * batch_size / seconds
+    row = {"name": model, "model": model, "batch_size": batch_size,
+           "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.dtype],
+           "memory_format": "channels_last" if trainer.memory_format == torch.channels_last else "contiguous",
+           "compile": trainer.compile_mode, "compile_seconds": trainer.compile_seconds,
+           "images_per_second": per_second, "parameters": count_parameters(trainer.model),
+           "gflop_per_image": gflop, "tflops": TRAINING_FLOP_FACTOR * gflop * per_second / 1000}
+    if profile:
+        row["profile"] = _try_profile(lambda: trainer.step(next(counter)), device, 3, seconds / steps)
+    return row
 
 
-def sampling_times(model: torch.nn.Module, schedule: Schedule, device: torch.device, n: int,
-                   quick: bool) -> dict:
-    """Seconds to sample ``n`` images with DDIM-50 and DDPM-1000 (estimated from DDIM in quick mode)."""
-    from .sample import generate
+def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.device, n: int, batch_size: int,
+                 precision: str = "fp32", memory_format_name: str = "contiguous", compile_mode: str = "none",
+                 steps: int = 50, eta: float = 1.0, repeats: int = 3, profile: bool = False) -> dict:
+    """Seconds to sample ``n`` images with DDIM-``steps`` in batches of ``batch_size``.
 
-    model = model.to(device).eval()
-    generate(model, schedule, n, "ddim", 2, device=device)  # warm-up
-    ddim = median_seconds(lambda: generate(model, schedule, n, "ddim", 50, device=device), device, 0,
-                          1 if quick else 3)
-    if quick:  # one network call per step either way: 1000 steps cost 20 times 50
-        ddpm, how = ddim * schedule.steps / 50, "estimated from DDIM-50 (--quick)"
-    else:
-        ddpm = median_seconds(lambda: generate(model, schedule, n, "ddpm", device=device), device, 0, 1)
-        how = "measured"
-    return {"images": n, "ddim50_seconds": ddim, "ddpm1000_seconds": ddpm, "ddpm_timing": how,
-            "ddpm_over_ddim": ddpm / ddim}
+    ``precision`` bf16 runs the network with bf16 weights (the sampler's arithmetic stays
+    float32). Compiled shapes are static: make ``n`` a multiple of ``batch_size``, or the last,
+    smaller batch compiles again inside the timed runs.
+    """
+    if precision not in SAMPLING_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(SAMPLING_PRECISIONS)}")
+    configure_backends(device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    network = copy.deepcopy(model).to(device, dtype=dtype,
+                                      memory_format=memory_format(memory_format_name, device)).eval()
+
+    def sample(net, count: int, sampler_steps: int) -> torch.Tensor:
+        return generate(net, schedule, count, "ddim", sampler_steps, eta, batch_size=batch_size, device=device)
+
+    network, mode, compile_seconds = compile_network(network, compile_mode,
+                                                     lambda net: sample(net, min(batch_size, n), 3))
+    sample(network, min(batch_size, n), 2)  # warm-up: cuDNN's algorithm search, allocations
+    seconds = median_seconds(lambda: sample(network, n, steps), device, 0, repeats)
+    row = {"images": n, "batch_size": batch_size, "sampler": f"DDIM-{steps}, eta {eta:g}", "precision": precision,
+           "memory_format": memory_format_name, "compile": mode, "compile_seconds": compile_seconds, "seconds": seconds,
+           "images_per_second": n / seconds}
+    if profile:
+        row["profile"] = _try_profile(lambda: sample(network, min(batch_size, n), 5), device, 1,
+                                      seconds * min(batch_size, n) / n * 5 / steps)
+    return row
 
 
-def run_bench(quick: bool = False, device: Optional[torch.device] = None, compile_model: bool = False,
+def _try_profile(run: Callable[[], None], device: torch.device, calls: int, seconds_per_call: float) -> dict:
+    """``profile_summary``, or what went wrong: a profiler that fails must not lose the timing."""
+    try:
+        return profile_summary(run, device, calls, seconds_per_call)
+    except Exception as exc:
+        return {"error": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+
+
+def run_bench(quick: bool = False, device: Optional[torch.device] = None,
+              models: Iterable[str] = BENCH_MODELS, batch_sizes: Optional[Iterable[int]] = None,
+              memory_formats: Iterable[str] = ("contiguous",), compile_modes: Iterable[str] = ("none",),
+              sample_n: Optional[int] = None, sample_batch: Optional[int] = None,
+              sample_precisions: Iterable[str] = ("fp32",), profile: bool = False,
               progress: Callable[[str], None] = print) -> dict:
-    """Run every measurement; returns a JSON-ready dict (also printed by ``format_bench``)."""
-    from .device import pick_device
-
+    """Every measurement: the original recipe, then a training row for each combination of
+    model x batch x memory format x compile mode, then a sampling row per precision (with each
+    memory format and compile mode). Returns a JSON-ready dict (``format_bench`` prints it)."""
     device = device or pick_device()
     torch.manual_seed(0)
-    schedule = Schedule.linear().to(device)
     cuda = device.type == "cuda"
-    batch = 128 if cuda else (8 if quick else 32)
+    batch_sizes = list(batch_sizes or [128 if cuda else (8 if quick else 32)])
     steps, warmup, repeats = (2, 1, 3) if quick else (10 if cuda else 4, 3, 5)
-    report = {"device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "quick": quick, "training": {}}
+    report = {"device": device_name(device), "torch": torch.__version__, "quick": quick, "training": [],
+              "sampling": []}
+    images = data_module.load_images("voronoi_gb_64")
     progress("(a) original recipe ...")
-    report["training"]["original"] = original_recipe(device, schedule, steps * 3, warmup, repeats)
-    for key, make in (("seed_unet_fast", lambda: SeedUNet(64)), ("unet_fast", lambda: UNet())):
-        progress(f"({'b' if key.startswith('seed') else 'c'}) {key} ...")
-        model = make()
-        row = fast_path(model, device, schedule, batch, steps, warmup, repeats, compile_model)
-        row.update(parameters=count_parameters(model), gflop_per_image=gflops_per_image(make(), 64))
-        report["training"][key] = row
-    original = report["training"]["original"]["images_per_second"]
-    for row in report["training"].values():
+    report["training"].append(original_recipe(device, steps * 3, warmup, repeats))
+    for model, batch, fmt, mode in itertools.product(models, batch_sizes, memory_formats, compile_modes):
+        progress(f"training {model}, batch {batch}, {fmt}, compile {mode} ...")
+        report["training"].append(training_row(model, device, batch, fmt, mode, "auto", steps, warmup, repeats,
+                                               profile, images))
+    original = report["training"][0]["images_per_second"]
+    for row in report["training"]:
         row["ratio_to_original"] = row["images_per_second"] / original
-    progress("sampling ...")
-    report["sampling"] = sampling_times(UNet(), schedule, device, 64 if not quick else 4, quick)
+    n = sample_n or (4 if quick else 64)
+    schedule = Schedule.linear().to(device)
+    for precision, fmt, mode in itertools.product(sample_precisions, memory_formats, compile_modes):
+        progress(f"sampling {n} images, {precision}, {fmt}, compile {mode} ...")
+        report["sampling"].append(sampling_row(UNet(), schedule, device, n, sample_batch or min(n, 256),
+                                               precision, fmt, mode, 50, 1.0, 1 if quick else 3, profile))
     return report
 
 
 def format_bench(report: dict) -> str:
-    """The bench report as a plain-text table."""
-    names = {"original": "(a) original recipe (SeedUNet, PIL loader)", "seed_unet_fast": "(b) SeedUNet, fast path",
-             "unet_fast": "(c) UNet (default), fast path"}
+    """The bench report as plain-text tables."""
     lines = [f"device: {report['device']}, torch {report['torch']}{', --quick' if report['quick'] else ''}",
-             f"{'training':<44} {'batch':>5} {'img/s':>9} {'x (a)':>7}  mode"]
-    for key, row in report["training"].items():
-        lines.append(f"{names[key]:<44} {row['batch_size']:>5} {row['images_per_second']:>9.1f} "
-                     f"{row['ratio_to_original']:>7.2f}  {row.get('mode', 'eager')}, {row['precision']}")
-    s = report["sampling"]
-    lines.append(f"sampling {s['images']} images with the default UNet: DDIM-50 {s['ddim50_seconds']:.2f} s, "
-                 f"DDPM-1000 {s['ddpm1000_seconds']:.2f} s ({s['ddpm_timing']}), ratio {s['ddpm_over_ddim']:.1f}")
-    for key in ("seed_unet_fast", "unet_fast"):
-        row = report["training"][key]
-        lines.append(f"{names[key][4:]}: {row['parameters']:,} parameters, {row['gflop_per_image']:.2f} GFLOP per image")
+             f"{'training':<12} {'batch':>5} {'format':<14} {'precision':<9} {'mode':<26} "
+             f"{'img/s':>9} {'x (a)':>7} {'TFLOP/s':>8} {'compile s':>9}"]
+    for row in report["training"]:
+        name = "(a) original" if row["name"] == "original" else row["name"]
+        lines.append(f"{name:<12} {row['batch_size']:>5} {row['memory_format']:<14} {row['precision']:<9} "
+                     f"{row['compile'][:26]:<26} {row['images_per_second']:>9.1f} {row['ratio_to_original']:>7.2f} "
+                     f"{row.get('tflops', float('nan')):>8.2f} {row['compile_seconds']:>9.1f}")
+        if "profile" in row:
+            lines.append("    " + _profile_line(row["profile"]))
+    for row in report["sampling"]:
+        lines.append(f"sampling {row['images']} images, {row['sampler']}, batch {row['batch_size']}, "
+                     f"{row['precision']}, {row['memory_format']}, {row['compile']}: {row['seconds']:.2f} s "
+                     f"({row['images_per_second']:.0f} img/s; compile {row['compile_seconds']:.0f} s)")
+        if "profile" in row:
+            lines.append("    " + _profile_line(row["profile"]))
     return "\n".join(lines)
+
+
+def _profile_line(summary: dict) -> str:
+    if "error" in summary:
+        return f"profiler failed: {summary['error']}"
+    key = "kernels_per_call" if "kernels_per_call" in summary else "operators_per_call"
+    busy = f", GPU busy {summary['gpu_busy_share']:.0%}" if "gpu_busy_share" in summary else ""
+    top = "; ".join(f"{t['name'][:40]} {t['share']:.0%}" for t in summary["top"][:3])
+    return f"{summary[key]:.0f} {key.split('_')[0]} per call{busy}; top: {top}"
+

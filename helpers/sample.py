@@ -8,10 +8,12 @@ import numpy as np
 import torch
 
 from . import data as data_module
-from .diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample
+from .diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample
 from .unet import build_model
 
-SAMPLERS = ("ddpm", "ddim")
+# ddpm: every step (steps ignored); ddim: any steps, eta 0..1; dpm++2m: DPM-Solver++(2M), any
+# steps (10-25 is its range), eta 0 (the ODE) to 1 (its SDE variant, fresh noise every step)
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 # DDIM-50 without noise (Song et al.'s deterministic sampler), for models that recommend nothing else
 DEFAULT_SAMPLER = {"sampler": "ddim", "steps": 50, "eta": 0.0}
 
@@ -44,7 +46,8 @@ def describe_sampler(settings: dict) -> str:
     """Short words for a sampler setting, e.g. 'DDIM-50, eta 1' or 'DDPM (every step)'."""
     if settings["sampler"] == "ddpm":
         return "DDPM (every step)"
-    return f"DDIM-{settings['steps']}, eta {settings['eta']:g}"
+    name = "DDIM" if settings["sampler"] == "ddim" else "DPM-Solver++(2M)"
+    return f"{name}-{settings['steps']}, eta {settings['eta']:g}"
 
 
 def load_model(path: str | Path, device: Optional[torch.device] = None):
@@ -64,7 +67,7 @@ def visited_timesteps(schedule: Schedule, sampler: str, steps: int) -> list[int]
     """The timesteps a sampler passes through, in order (T-1 down to 0)."""
     if sampler == "ddpm":
         return list(range(schedule.steps - 1, -1, -1))
-    if sampler == "ddim":
+    if sampler in ("ddim", "dpm++2m"):
         return ddim_timesteps(schedule.steps, steps)
     raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
 
@@ -80,6 +83,16 @@ def gif_timesteps(visited: list[int], max_frames: int = 60) -> list[int]:
     return sorted({ascending[i] for i in picks}, reverse=True)
 
 
+def reduced_precision(model: torch.nn.Module, dtype: torch.dtype):
+    """A network whose weights are in ``dtype`` (bf16, fp16) as a float32 function: the sampler's
+    arithmetic stays in float32, only the network runs in the smaller type."""
+
+    def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x.to(dtype), t).float()
+
+    return network
+
+
 @torch.no_grad()
 def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: int = 50,
              eta: float = 0.0, variance: str = "beta", clip: bool = True, seed: int = 0,
@@ -88,25 +101,41 @@ def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: in
     """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
 
     Seeded through one generator, so the same arguments give the same images. ``callback`` is
-    passed to the sampler for the first batch only (GIF frames).
+    passed to the sampler for the first batch only (GIF frames). A network whose weights are
+    bf16 or fp16 runs in that type, the sampler's own arithmetic in float32.
     """
     from tqdm.auto import tqdm
 
     if n <= 0:
         raise ValueError(f"--n must be a positive whole number, got {n}")
-    visited_timesteps(schedule, sampler, steps)  # validates sampler and steps
-    device = device or next(model.parameters()).device
+    per_batch = len(visited_timesteps(schedule, sampler, steps))  # also validates sampler and steps
+    weights = next(model.parameters())
+    device = device or weights.device
     size = model.config()["size"]
+    network = model if weights.dtype == torch.float32 else reduced_precision(model, weights.dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
+    starts = range(0, n, batch_size)
+    # the bar counts network calls (denoising steps), so a single large batch still shows progress
+    bar = tqdm(total=len(starts) * per_batch, desc=f"sampling {n} ({sampler})", unit="step",
+               disable=not progress)
     batches = []
-    for start in tqdm(range(0, n, batch_size), desc=f"sampling ({sampler})", disable=not progress):
+    for start in starts:
         shape = (min(batch_size, n - start), 1, size, size)
-        hook = callback if start == 0 else None
+        first = callback if start == 0 else None
+
+        def hook(step, t, x, x0_hat, first=first):
+            bar.update()
+            if first is not None:
+                first(step, t, x, x0_hat)
+
         if sampler == "ddpm":
-            x = ddpm_sample(model, schedule, shape, device, generator, variance, clip, hook)
+            x = ddpm_sample(network, schedule, shape, device, generator, variance, clip, hook)
+        elif sampler == "ddim":
+            x = ddim_sample(network, schedule, shape, steps, eta, device, generator, clip, hook)
         else:
-            x = ddim_sample(model, schedule, shape, steps, eta, device, generator, clip, hook)
+            x = dpm_solver_sample(network, schedule, shape, steps, eta, device, generator, clip, hook)
         batches.append(x.float().cpu())
+    bar.close()
     return torch.cat(batches)
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from . import data as data_module
+from .device import (MEMORY_FORMATS, check_compile_mode, compile_network, configure_backends,
+                     memory_format, pick_device)
 from .diffusion import Schedule, diffusion_loss
 from .unet import build_model, count_parameters
 
@@ -74,7 +76,17 @@ class TrainConfig:
     checkpoint_every: int = 500
     bar_every: int = 0  # check the fidelity bar every N steps (0: never); rows go to bar.csv
     bar_samples: int = 200  # EMA samples (DDIM, sample_steps, sample_eta) per fidelity-bar check
-    compile: bool = False  # torch.compile the network (falls back to eager where unavailable)
+    compile: str = "none"  # torch.compile mode (device.COMPILE_MODES); eager where unavailable
+    memory_format: str = "contiguous"  # layout of images and weights (device.MEMORY_FORMATS)
+
+    def __post_init__(self) -> None:
+        # checkpoints written before compile modes existed stored a bool
+        if isinstance(self.compile, bool):
+            self.compile = "default" if self.compile else "none"
+        check_compile_mode(self.compile)
+        if self.memory_format not in MEMORY_FORMATS:
+            raise TrainingError(f"unknown memory format {self.memory_format!r}; expected one of "
+                                f"{', '.join(MEMORY_FORMATS)}")
 
 
 # Every profile trains the network to predict the velocity v rather than the noise: with the
@@ -246,11 +258,95 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * model, for every parameter in one fused call.
+
+    ``_foreach_lerp_`` updates all the tensors in a few kernel launches instead of one per
+    parameter (the default UNet has 246).
+    """
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
+
+
+def ema_decay(cfg: TrainConfig, step: int) -> float:
+    """The EMA's decay at a step: short memory early (the weights move fast), cfg.ema_decay later."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step))
+
+
+class Trainer:
+    """A run's network, EMA copy, optimiser, schedule, data and generators on one device, and its
+    training step: what ``train`` loops over and what ``python -m helpers bench`` times.
+
+    The step never waits for the device (no ``.item()``, no host-side index, no timestep check
+    on the loss path), so on a GPU the host queues step after step while the kernels run; the
+    loss comes back as a device tensor, read only when the loop logs.
+    """
+
+    def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device):
+        self.cfg, self.device = cfg, device
+        configure_backends(device)
+        self.memory_format = memory_format(cfg.memory_format, device)
+        self.images = images.to(device).contiguous(memory_format=self.memory_format)
+        self.size = images.shape[-1]
+        seed_everything(cfg.seed)
+        self.model = build_model(model_config(cfg, self.size)).to(device, memory_format=self.memory_format)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps, cfg.prediction).to(device)
+        self.dtype = autocast_dtype(cfg.precision, device)
+        # fused AdamW: one kernel for all parameters, and no host read of the step count
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           fused=True if device.type in ("cuda", "cpu") else None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        # data indices are drawn on the device: a host-side index would be copied over and wait
+        self.generators = {"data": torch.Generator(device=device).manual_seed(cfg.seed),
+                           "noise": torch.Generator(device=device).manual_seed(cfg.seed + 1)}
+        self.network, self.compile_mode, self.compile_seconds = compile_network(
+            self.model, cfg.compile, self._warm_up)
+
+    def autocast(self):
+        """The precision context of a forward pass (bf16 or fp16 autocast, or none for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                              enabled=self.dtype is not None)
+
+    def _warm_up(self, network: torch.nn.Module) -> None:
+        """Forward and backward passes at the real batch (compiles; records CUDA graphs), no update."""
+        index = torch.arange(self.cfg.batch_size, device=self.device) % len(self.images)
+        x, t = self.images[index], torch.zeros(self.cfg.batch_size, dtype=torch.long, device=self.device)
+        for _ in range(3):  # reduce-overhead records its CUDA graphs on the later calls
+            self._mark_step()
+            with self.autocast():
+                loss = network(x, t).float().square().mean()
+            # fresh gradients each time, as in a step: under CUDA graphs a gradient is a graph
+            # output, overwritten by the next replay, so it must not be accumulated into
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _mark_step(self) -> None:
+        """Tell CUDA graphs (compile mode reduce-overhead) that a new step begins."""
+        if self.cfg.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def step(self, step: int) -> torch.Tensor:
+        """One optimisation step (``step`` counts from 0: it sets the learning rate and EMA decay);
+        returns the loss as a device tensor."""
+        cfg = self.cfg
+        index = torch.randint(0, len(self.images), (cfg.batch_size,), generator=self.generators["data"],
+                              device=self.device)
+        x0 = self.images[index]
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        self._mark_step()
+        with self.autocast():
+            loss = diffusion_loss(self.network, self.schedule, x0, self.generators["noise"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        update_ema(self.ema, self.model, ema_decay(cfg, step))
+        return loss.detach()
 
 
 @dataclass
@@ -340,7 +436,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     the training time so far (the checks' own time left out): how long the recipe takes to
     reach the bar.
     """
-    from .device import pick_device
     from .sample import sample_grid
 
     device = device or pick_device()
@@ -363,30 +458,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     if cfg.lr_decay_steps < 0:
         raise TrainingError(f"--lr-decay must be 0 (no decay) or a number of steps, got {cfg.lr_decay_steps}")
 
-    images = data_module.load_images(cfg.data, limit=cfg.limit).to(device)
-    size = images.shape[-1]
-    seed_everything(cfg.seed)
-    model = build_model(model_config(cfg, size)).to(device)
-    if device.type == "cuda":  # convolutions run faster in NHWC layout on tensor cores
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    network, compile_mode = model, "eager"
-    if cfg.compile:
-        from .bench import maybe_compile
-
-        example = (images[:2], torch.zeros(2, dtype=torch.long, device=device))
-        network, compile_mode = maybe_compile(model, True, example)
-        if progress:
-            print(f"network: {compile_mode}")
-    schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps, cfg.prediction).to(device)
-    dtype = autocast_dtype(cfg.precision, device)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=fused or None)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    generators = {"data": torch.Generator().manual_seed(cfg.seed),
-                  "noise": torch.Generator(device=device).manual_seed(cfg.seed + 1)}
+    images = data_module.load_images(cfg.data, limit=cfg.limit)
+    run = Trainer(cfg, images, device)
+    model, ema, schedule, optimizer, scaler = run.model, run.ema, run.schedule, run.optimizer, run.scaler
+    size, generators = run.size, run.generators
+    if progress and cfg.compile != "none":
+        print(f"network: {run.compile_mode}, {run.compile_seconds:.0f} s to compile")
     step, history, base_seconds, bar_rows, check_seconds = 0, [], 0.0, [], 0.0
     if resume:
         model.load_state_dict(state["model"])
@@ -402,7 +479,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     if cfg.bar_every:
         from .metrics import boundary_masks, describe_set
 
-        reference = describe_set(boundary_masks(images.float().cpu()))
+        reference = describe_set(boundary_masks(images))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "samples").mkdir(exist_ok=True)
 
@@ -431,21 +508,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
 
     model.train()
     while step < end:
-        index = torch.randint(0, len(images), (cfg.batch_size,), generator=generators["data"])
-        x0 = images[index.to(device)]
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = diffusion_loss(network, schedule, x0, generators["noise"])
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        window.append(run.step(step).float())
         step += 1
-        window.append(loss.detach().float())
         progress_bar.update()
         logging = step % cfg.log_every == 0 or step == cfg.steps
         out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds

@@ -242,7 +242,8 @@ class UNet(nn.Module):
         return {"name": "unet", **self.settings}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_mlp(sinusoidal_embedding(t, self.embed_dim))
+        # in the input's type, so the network also runs with bf16 or fp16 weights (sampling)
+        emb = self.time_mlp(sinusoidal_embedding(t, self.embed_dim).to(x.dtype))
         h = self.stem(x)
         skips = [h]
         for i, level in enumerate(self.down):

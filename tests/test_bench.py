@@ -1,19 +1,41 @@
-"""python -m helpers bench --quick: runs on the CPU in well under a minute and reports every figure."""
+"""python -m helpers bench: runs on the CPU in well under a minute and reports every lever it was given."""
 import json
 
+import pytest
+import torch
+
+from helpers import bench
 from helpers.__main__ import main
 
 
 def test_bench_quick(tmp_path, capsys):
-    assert main(["bench", "--quick", "--quiet", "--json", str(tmp_path / "bench.json")]) == 0
+    assert main(["bench", "--quick", "--quiet", "--model", "seed-unet", "--memory-format", "contiguous",
+                 "channels_last", "--sample-precision", "fp32", "bf16", "--profile",
+                 "--json", str(tmp_path / "bench.json")]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     training = report["training"]
-    assert set(training) == {"original", "seed_unet_fast", "unet_fast"}
-    assert training["original"]["batch_size"] == 9 and training["original"]["ratio_to_original"] == 1.0
-    assert all(row["images_per_second"] > 0 for row in training.values())
-    assert training["seed_unet_fast"]["parameters"] == 1_141_476
-    assert round(training["unet_fast"]["gflop_per_image"], 2) == 4.46
+    assert [(row["name"], row["memory_format"]) for row in training] == \
+        [("original", "contiguous"), ("seed-unet", "contiguous"), ("seed-unet", "channels_last")]
+    assert training[0]["batch_size"] == 9 and training[0]["ratio_to_original"] == 1.0
+    assert all(row["images_per_second"] > 0 and row["compile"] == "eager" for row in training)
+    assert training[1]["parameters"] == 1_141_476 and training[1]["batch_size"] == 8
+    # train's own step: fp32 on a CPU, and a profile of what it calls
+    assert training[1]["precision"] == "fp32" and training[1]["profile"]["operators_per_call"] > 100
+    assert {"aten::convolution_backward"} & {t["name"] for t in training[1]["profile"]["top"]}
     sampling = report["sampling"]
-    assert sampling["ddim50_seconds"] > 0 and round(sampling["ddpm_over_ddim"]) == 20
+    assert [(row["precision"], row["memory_format"]) for row in sampling] == \
+        [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]
+    assert all(row["images"] == 4 and row["seconds"] > 0 for row in sampling)
     out = capsys.readouterr().out
-    assert "(a) original recipe" in out and "DDIM-50" in out
+    assert "(a) original" in out and "DDIM-50, eta 1" in out
+
+
+def test_bench_refuses_a_bad_lever(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--compile", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--batch-size", "0"])
+    assert "expected a positive whole number, got '0'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        bench.sampling_row(torch.nn.Conv2d(1, 1, 1), None, torch.device("cpu"), 1, 1, "int8")

@@ -93,8 +93,8 @@ def parse_sampler(spec: str) -> dict:
         name, steps, eta = parts
         return sample.check_sampler({"sampler": name, "steps": int(steps), "eta": float(eta)})
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}; expected ddim:STEPS:ETA (e.g. ddim:100:1) "
-                                         "or ddpm") from None
+        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}; expected ddim:STEPS:ETA (e.g. ddim:100:1), "
+                                         "dpm++2m:STEPS:ETA or ddpm") from None
 
 
 def sampler_lines(rows: list[dict]) -> list[str]:

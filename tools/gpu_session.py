@@ -1,0 +1,279 @@
+"""One prepared GPU session: measure every speed lever, then train the fastest setting to the bar.
+
+Runs in one process, in phases, each with its own time limit; session.json is rewritten after
+every phase, so a session cut short still brings back what it measured.
+
+  env       the card, torch, CUDA
+  eager     the original recipe, then train's own step for both networks, batch 128 and 512,
+            NCHW and channels_last (bf16 autocast), with a profiler summary of the default UNet
+  compiled  torch.compile default and reduce-overhead for both networks at batch 128 (compile
+            time reported apart)
+  sampling  1000 images with DDIM-50 eta 1 from the shipped model three ways: today's path (fp32,
+            NCHW, batches of 256), bf16 channels_last in one batch, and that compiled
+  train     the default UNet with the fastest measured batch-128 setting (this process has
+            compiled it already), for the time left: the gpu profile's recipe with its steps
+            sized to the measured throughput, the last 30% decaying; the fidelity bar checked
+            every --bar-every steps on 200 EMA samples
+  samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
+            several samplers, packed for evaluation off the GPU machine
+
+Files in --out (the device tool brings back at most 8): session.json, session.log (what was
+printed), model.pt, loss.csv, bar.csv, samples.tar.gz (sample folders, progress grids, loss.png).
+
+  OUT=/tmp/x python3 tools/gpu_session.py                  # on the GPU machine (~9 minutes)
+  python3 tools/gpu_session.py --out /tmp/x --smoke        # dry run on a CPU (small settings)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from helpers import bench, data, train  # noqa: E402
+from helpers.device import MEMORY_FORMATS, device_name, pick_device  # noqa: E402
+from helpers.sample import describe_sampler, generate, load_model, write_pngs  # noqa: E402
+
+PHASES = ["env", "eager", "compiled", "sampling", "train", "samples"]
+PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "model.pt"
+
+
+class Session:
+    """The clock, the report and the log of one session."""
+
+    def __init__(self, out: Path, deadline: float):
+        self.out, self.deadline, self.start = out, deadline, time.perf_counter()
+        self.report: dict = {"deadline_s": deadline, "phases": {}}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.deadline - self.elapsed()
+
+    def log(self, text: str) -> None:
+        line = f"[{self.elapsed():6.1f} s] {text}"
+        print(line, flush=True)
+        with open(self.out / "session.log", "a") as fh:
+            fh.write(line + "\n")
+
+    def save(self) -> None:
+        (self.out / "session.json").write_text(json.dumps(self.report, indent=2) + "\n")
+
+    def attempt(self, label: str, rows: list, make) -> None:
+        """Append ``make()`` to ``rows``; a failure is logged and recorded, and the phase goes on."""
+        try:
+            rows.append(make())
+        except Exception as exc:
+            rows.append({"label": label, "error": f"{exc.__class__.__name__}: {str(exc)[:300]}"})
+            self.log(f"{label} failed:\n{traceback.format_exc()}")
+        self.save()
+
+    def phase(self, name: str, budget: float, run) -> None:
+        """Run ``run(until)`` with ``until`` the session time at which it must stop starting work."""
+        until = min(self.elapsed() + budget, self.deadline)
+        started = self.elapsed()
+        self.log(f"phase {name}: {budget:.0f} s budget, {self.left():.0f} s left in the session")
+        record = self.report["phases"].setdefault(name, {})
+        try:
+            run(until, record)
+            record["status"] = "done"
+        except Exception as exc:  # record it and go on: the next phase may still work
+            record["status"] = f"failed: {exc.__class__.__name__}: {str(exc)[:300]}"
+            self.log(traceback.format_exc())
+        record["seconds"] = self.elapsed() - started
+        self.save()
+        self.log(f"phase {name}: {record['status']} in {record['seconds']:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
+    parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
+    parser.add_argument("--after", type=float, default=45, help="seconds kept after training (export, samples)")
+    parser.add_argument("--bar-every", type=int, default=500)
+    parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES, help="phases to run")
+    parser.add_argument("--compile-modes", nargs="+", default=["default", "reduce-overhead"])
+    parser.add_argument("--no-512", action="store_true", help="no compiled batch-512 row")
+    parser.add_argument("--models", nargs="+", default=["unet", "seed-unet"])
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
+                        "eager phase's fastest, else auto)")
+    parser.add_argument("--smoke", action="store_true", help="small settings for a dry run on a CPU")
+    args = parser.parse_args()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
+    device = pick_device()
+    s = Session(args.out, args.deadline)
+    smoke = args.smoke
+    batches = (8,) if smoke else (128, 512)
+    base_batch = batches[0]
+    steps, warmup, repeats = (2, 1, 2) if smoke else (5, 2, 3)
+    images = data.load_images("voronoi_gb_64")
+
+    def env(until, record):
+        record.update(device=device_name(device), torch=torch.__version__, cuda=torch.version.cuda,
+                      cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None)
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            record.update(memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count)
+        s.log(f"{record}")
+
+    def eager(until, record):
+        rows = record.setdefault("rows", [])
+        rows.append(bench.original_recipe(device, 3 if smoke else 30, 1, repeats))
+        s.log(f"original recipe: {rows[-1]['images_per_second']:.0f} img/s")
+        for model in ("unet", "seed-unet"):
+            for batch in batches:
+                for fmt in ("contiguous", "channels_last"):
+                    if s.elapsed() > until:
+                        s.log(f"skipped {model} {batch} {fmt}: phase out of time")
+                        continue
+                    profile = model == "unet" and batch == base_batch
+                    s.attempt(f"eager {model} {batch} {fmt}", rows, lambda: bench.training_row(
+                        model, device, batch, fmt, "none", "auto", steps, warmup, repeats, profile, images))
+                    row = rows[-1]
+                    if "error" not in row:
+                        s.log(f"eager {model} batch {batch} {fmt}: {row['images_per_second']:.0f} img/s, "
+                              f"{row['tflops']:.1f} TFLOP/s" + (f"; {bench._profile_line(row['profile'])}"
+                                                                 if profile else ""))
+
+    def best_format(model: str) -> str:
+        if args.memory_format:
+            return args.memory_format
+        rows = [r for r in s.report["phases"].get("eager", {}).get("rows", [])
+                if "error" not in r and r["name"] == model and r["batch_size"] == base_batch]
+        return max(rows, key=lambda r: r["images_per_second"])["memory_format"] if rows else "contiguous"
+
+    def compiled(until, record):
+        rows = record.setdefault("rows", [])
+        models = ("seed-unet",) if smoke else args.models
+        settings = [(model, base_batch, mode) for model in models for mode in args.compile_modes]
+        if not smoke and not args.no_512 and "unet" in models and "reduce-overhead" in args.compile_modes:
+            settings.append(("unet", batches[-1], "reduce-overhead"))  # if time is left
+        for model, batch, mode in settings:
+            if s.elapsed() > until:
+                s.log(f"skipped {model} {batch} {mode}: phase out of time")
+                continue
+            s.attempt(f"compiled {model} {batch} {mode}", rows, lambda: bench.training_row(
+                model, device, batch, best_format(model), mode, "auto", steps, warmup, repeats,
+                model == "unet" and batch == base_batch, images))
+            row = rows[-1]
+            if "error" not in row:
+                s.log(f"{row['compile']} {model} batch {batch} {row['memory_format']}: "
+                      f"{row['images_per_second']:.0f} img/s, {row['tflops']:.1f} TFLOP/s, "
+                      f"compile {row['compile_seconds']:.0f} s" +
+                      (f"; {bench._profile_line(row['profile'])}" if "profile" in row else ""))
+
+    def sampling(until, record):
+        rows = record.setdefault("rows", [])
+        model, schedule, _ = load_model(PRETRAINED, device)
+        n = 8 if smoke else 1000
+        ways = [("fp32", "contiguous", "none", min(n, 256)), ("bf16", "channels_last", "none", n),
+                ("bf16", "channels_last", "default" if smoke else "reduce-overhead", n)]
+        for precision, fmt, mode, batch in ways:
+            if s.elapsed() > until:
+                s.log(f"skipped sampling {precision} {fmt} {mode}: phase out of time")
+                continue
+            s.attempt(f"sampling {precision} {fmt} {mode}", rows, lambda: bench.sampling_row(
+                model, schedule, device, n, batch, precision, fmt, mode, 5 if smoke else 50, 1.0,
+                2 if smoke else 3, profile=mode == "none" and precision == "bf16"))
+            row = rows[-1]
+            if "error" not in row:
+                s.log(f"sampling {n} {row['sampler']}, {precision} {fmt} {row['compile']} batch {batch}: "
+                      f"{row['seconds']:.2f} s (compile {row['compile_seconds']:.0f} s)")
+
+    def fastest_training() -> dict:
+        rows = [r for phase in ("eager", "compiled") for r in s.report["phases"].get(phase, {}).get("rows", [])
+                if "error" not in r and r["name"] == "unet" and not r["compile"].startswith("eager (") and r["batch_size"] == base_batch]
+        return max(rows, key=lambda r: r["images_per_second"]) if rows else {}
+
+    run_dir = Path("/tmp/mddpm_gpu_run") if not smoke else args.out / "run"
+
+    def train_phase(until, record):
+        best = fastest_training()
+        mode = best.get("compile", "eager")
+        mode = mode.split("(")[1].rstrip(")") if mode.startswith("compiled (") else "none"
+        fmt = args.memory_format or best.get("memory_format", "contiguous")
+        per_second = best.get("images_per_second", 1000.0) / base_batch
+        # the run's clock starts after its setup, which compiles the network again (from the cache)
+        seconds = max(30.0, until - s.elapsed() - best.get("compile_seconds", 0.0))
+        checks = max(1, int(per_second * seconds) // args.bar_every)
+        # 90% of what the throughput fits, less ~2 s per fidelity-bar check (200 samples + metrics)
+        total = max(100, int(0.9 * per_second * (seconds - 2.0 * checks)) // 100 * 100)
+        overrides = dict(steps=total, lr_decay_steps=int(0.3 * total), bar_every=args.bar_every,
+                         compile=mode, memory_format=fmt)
+        profile = "gpu"
+        if smoke:
+            profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
+        cfg = train.profile_config(profile, **overrides)
+        record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
+                      chosen_from=best, planned_seconds=seconds)
+        s.log(f"training {cfg.steps} steps of {cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
+              f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s")
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        wall = time.perf_counter()
+        result = train.train(cfg, run_dir, device, progress=False, max_seconds=seconds)
+        record.update(step=result.step, final_loss=result.final_loss, training_seconds=result.seconds,
+                      wall_seconds=time.perf_counter() - wall, images_per_second=result.images_per_second,
+                      bar=train.read_bar_history(run_dir))
+        met = [row for row in record["bar"] if row["met"]]
+        record["first_met"] = met[0] if met else None
+        s.log(f"trained to step {result.step}: loss {result.final_loss:.4f}, {result.images_per_second:.0f} img/s, "
+              f"{result.seconds:.0f} s of training; bar first met: {record['first_met']}")
+        checkpoint = train.load_checkpoint(run_dir / train.CHECKPOINT)
+        sampler = train.run_sampler(train.TrainConfig(**checkpoint["train_config"]))
+        train.export_weights(checkpoint, s.out / "model.pt", sampler=sampler)
+        for name in (train.LOSS_CSV, train.BAR_CSV):
+            shutil.copy(run_dir / name, s.out / name)
+        s.log(f"exported {s.out / 'model.pt'} recommending {describe_sampler(sampler)}")
+
+    def samples(until, record):
+        pack = s.out / "pack"
+        model, schedule, _ = load_model(s.out / "model.pt", device)
+        n = 8 if smoke else 200
+        samplers = [("samples", 50, 1.0, 0), ("samples_seed1", 50, 1.0, 1), ("samples_eta0", 50, 0.0, 0),
+                    ("samples_ddim25", 25, 1.0, 0), ("samples_ddim100", 100, 1.0, 0)]
+        for folder, sampler_steps, eta, seed in samplers:
+            if s.elapsed() > until:
+                s.log(f"skipped {folder}: phase out of time")
+                continue
+            start = time.perf_counter()
+            images = generate(model, schedule, n, "ddim", sampler_steps, eta, seed=seed, device=device)
+            write_pngs(images, pack / folder)
+            record[folder] = {"steps": sampler_steps, "eta": eta, "seed": seed, "seconds": time.perf_counter() - start}
+            s.log(f"{folder}: {n} images, DDIM-{sampler_steps} eta {eta:g} seed {seed}")
+        if (run_dir / "samples").exists():
+            shutil.copytree(run_dir / "samples", pack / "grids")
+        if (run_dir / "loss.png").exists():
+            shutil.copy(run_dir / "loss.png", pack / "loss.png")
+        with tarfile.open(s.out / "samples.tar.gz", "w:gz") as tar:
+            tar.add(pack, arcname=".")
+        shutil.rmtree(pack)
+
+    budgets = {"env": (30, env), "eager": (50 if smoke else 75, eager),
+               "compiled": (200 if smoke else 170, compiled), "sampling": (200 if smoke else 90, sampling)}
+    for name in ("env", "eager", "compiled", "sampling"):
+        if name in args.phases:
+            s.phase(name, budgets[name][0], budgets[name][1])
+    if "train" in args.phases:
+        s.phase("train", max(30.0, s.left() - args.after), train_phase)
+    if "samples" in args.phases:
+        s.phase("samples", max(10.0, s.left()), samples)
+    s.report["total_seconds"] = s.elapsed()
+    s.save()
+    s.log("done")
+
+
+if __name__ == "__main__":
+    main()
