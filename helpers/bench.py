@@ -26,12 +26,12 @@ from . import data as data_module
 from .device import (COMPILE_MODES, MEMORY_FORMATS, compile_network, configure_backends, device_name,
                      memory_format, pick_device)
 from .diffusion import Schedule, q_sample
-from .sample import generate
+from .sample import PRECISIONS, generate
 from .train import Trainer, TrainConfig
 from .unet import SeedUNet, UNet, build_model, count_parameters, gflops_per_image
 
 BENCH_MODELS = ("seed-unet", "unet")
-SAMPLING_PRECISIONS = ("fp32", "bf16")
+SAMPLING_PRECISIONS = tuple(PRECISIONS)
 # A training step costs about three forward passes (forward, and backward through activations
 # and weights): the achieved TFLOP/s below use that, with the forward counted by PyTorch.
 TRAINING_FLOP_FACTOR = 3

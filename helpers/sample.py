@@ -50,17 +50,31 @@ def describe_sampler(settings: dict) -> str:
     return f"{name}-{settings['steps']}, eta {settings['eta']:g}"
 
 
-def load_model(path: str | Path, device: Optional[torch.device] = None):
-    """The EMA network of a checkpoint or weights file, in float32 eval mode, and its schedule."""
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32"):
+    """The EMA network of a checkpoint or weights file, in eval mode, and its schedule.
+
+    ``precision`` bf16 keeps the weights in bfloat16: ``generate`` then runs the network in bf16
+    and its own arithmetic in float32 (faster where the processor computes bf16 natively).
+    """
     from .device import pick_device
     from .train import load_checkpoint
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     device = device or pick_device()
     payload = load_checkpoint(path, map_location="cpu")
     model = build_model(payload["model_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()})
     schedule = Schedule.create(**payload["schedule"])
-    return model.to(device).eval(), schedule, payload
+    # bf16 on a CPU runs its convolutions 1.26x faster on NHWC tensors (2-core EPYC, 16 images;
+    # README, Performance). fp32 stays NCHW, where an image does not depend on the batch it was
+    # drawn in (bit for bit; NHWC kernels differ by ~1e-5 between batch sizes); GPUs train NCHW.
+    nhwc = precision == "bf16" and torch.device(device).type == "cpu"
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    return model.to(device, dtype=PRECISIONS[precision], memory_format=layout).eval(), schedule, payload
 
 
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int) -> list[int]:

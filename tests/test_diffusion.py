@@ -213,11 +213,15 @@ def test_ddim_with_eta_one_over_all_steps_is_ddpm_with_posterior_variance():
     expected = schedule.posterior_variance().flip(0).sqrt()
     # 1 - abar_t / abar_{t-1} recovers beta_t (1e-4 at t = 0) from float32 alpha-bars: ~1e-3 relative
     assert torch.allclose(sigmas, expected, rtol=3e-3, atol=1e-7)
-    model = tiny_model()
-    shape = (2, 1, 8, 8)
-    ddim = diffusion.ddim_sample(model, schedule, shape, steps=1000, eta=1.0, generator=generator(9))
-    ddpm = diffusion.ddpm_sample(model, schedule, shape, generator=generator(9), variance="posterior")
-    assert torch.allclose(ddim, ddpm, atol=1e-3)
+    # Both 1000-step chains with the exact network for Gaussian data, in float64: they stay O(1)
+    # (a stand-in network that drives them to hundreds makes the comparison depend on the
+    # machine's rounding). What differs is the recovered beta above: ~2e-5 at the end.
+    model = gaussian_oracle(schedule, 0.25)
+    x_T = torch.randn(2, 1, 8, 8, generator=generator(3), dtype=torch.float64)
+    ddim = diffusion.ddim_sample(model, schedule, x_T.shape, steps=1000, eta=1.0, generator=generator(9), x_T=x_T)
+    ddpm = diffusion.ddpm_sample(model, schedule, x_T.shape, generator=generator(9), variance="posterior", x_T=x_T)
+    assert ddim.abs().max() < 3 and ddim.std() > 0.4  # a sample of N(0, 0.25), not a blow-up
+    assert torch.allclose(ddim, ddpm, atol=1e-4, rtol=0)
 
 
 def test_samplers_call_back_once_per_step():

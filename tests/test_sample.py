@@ -178,3 +178,20 @@ def test_pretrained_report_names_a_learning_rate_decay():
     assert report.decay_words({"steps": 16500, "lr_decay_steps": 4000}) == \
         ", then linearly to 0 over the last 4000 steps (from step 12500)"
     assert report.decay_words({"steps": 10000}) == report.decay_words({"steps": 10000, "lr_decay_steps": 0}) == ""
+
+
+def test_bf16_weights_and_the_dpm_solver_through_the_command(weights, tmp_path, capsys):
+    """sample --precision bf16 --sampler dpm++2m: bf16 NHWC weights on the CPU, float32 images,
+    and a progress bar that counts denoising steps (2 batches x 4 steps), not batches."""
+    model, schedule, _ = sample.load_model(weights, CPU, "bf16")
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.dtype == torch.bfloat16 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images = sample.generate(model, schedule, 3, "dpm++2m", 4, eta=1.0, batch_size=2, progress=True)
+    assert images.dtype == torch.float32 and images.shape == (3, 1, 64, 64)
+    assert "8/8" in capsys.readouterr().err
+    assert sample.describe_sampler({"sampler": "dpm++2m", "steps": 15, "eta": 1.0}) == "DPM-Solver++(2M)-15, eta 1"
+    assert main(["sample", "--checkpoint", str(weights), "--n", "2", "--sampler", "dpm++2m", "--steps", "3",
+                 "--precision", "bf16", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert "DPM-Solver++(2M)-3, eta 0, bf16" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        sample.load_model(weights, CPU, "int8")

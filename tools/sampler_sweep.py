@@ -29,8 +29,8 @@ from pretrained_report import measure, measured_cells, median_seconds, parse_sam
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 
 
-def key(settings: dict) -> str:
-    return f"{settings['sampler']}:{settings['steps']}:{settings['eta']:g}"
+def key(settings: dict, precision: str) -> str:
+    return f"{settings['sampler']}:{settings['steps']}:{settings['eta']:g}:{precision}"
 
 
 def main() -> None:
@@ -39,20 +39,21 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", type=parse_sampler, required=True,
                         help="as ddim:STEPS:ETA, dpm++2m:STEPS:ETA or ddpm")
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--precision", choices=sample.PRECISIONS, default="fp32", help="network weights")
     parser.add_argument("--timing", action="store_true", help="also time 16 images (median of 3)")
     parser.add_argument("--timing-only", action="store_true", help="only time 16 images")
     parser.add_argument("--json", type=Path, help="rows are merged into this file")
     args = parser.parse_args()
     cpu = torch.device("cpu")
-    model, schedule, payload = sample.load_model(args.model, cpu)
+    model, schedule, payload = sample.load_model(args.model, cpu, args.precision)
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     print(f"{args.model} (step {payload['step']}), on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print("| sampler | boundary fraction | grains | dangling ends | open-end rate | gray backgrounds | bar | 16 images (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for settings in args.samplers:
-        row = dict(rows.get(key(settings), {}))
-        row.update(sampler_words=sample.describe_sampler(settings), **settings)
+        row = dict(rows.get(key(settings, args.precision), {}))
+        row.update(sampler_words=sample.describe_sampler(settings), precision=args.precision, **settings)
         if not args.timing_only:
             start = time.perf_counter()
             images = sample.generate(model, schedule, args.n, **settings, seed=0, device=cpu)
@@ -60,9 +61,9 @@ def main() -> None:
         if args.timing or args.timing_only:
             row["seconds_16"] = median_seconds(model, schedule, settings)
             row["threads"] = torch.get_num_threads()
-        rows[key(settings)] = row
+        rows[key(settings, args.precision)] = row
         cells = measured_cells(row) if "dangling_ends" in row else "| | | | | "
-        print(f"| {row['sampler_words']} | {cells} | {row.get('seconds_16', float('nan')):.1f} |", flush=True)
+        print(f"| {row['sampler_words']}, {args.precision} | {cells} | {row.get('seconds_16', float('nan')):.1f} |", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -1,0 +1,27 @@
+"""tools/gpu_session.py: its dry run on a CPU writes every phase's record and the files it promises."""
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
+                           "--phases", "env", "train", "samples", "--deadline", "600"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "session.json").read_text())
+    assert list(report["phases"]) == ["env", "train", "samples"]
+    assert all(phase["status"] == "done" for phase in report["phases"].values()), report["phases"]
+    assert report["phases"]["env"]["device"].startswith("cpu")
+    assert report["phases"]["train"]["step"] == 20 and len(report["phases"]["train"]["bar"]) == 2
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == \
+        ["bar.csv", "loss.csv", "model.pt", "samples.tar.gz", "session.json", "session.log"]
+    with tarfile.open(out / "samples.tar.gz") as tar:
+        names = tar.getnames()
+    assert "./samples/00007.png" in names and "./samples_eta0/manifest.csv" in names
