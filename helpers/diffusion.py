@@ -286,18 +286,22 @@ def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], steps: 
                       device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None,
                       clip: bool = False, callback: Optional[StepCallback] = None,
                       x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022): a second-order multistep solver, good in 10-25 steps.
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095): second-order multistep, good in 10-25 steps.
 
     Written with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t /
     sigma_t) and h = lambda_next - lambda_t > 0. The network's clean-image estimate x0_hat
     (clipped with ``clip``) is extrapolated from the last two steps,
-        D = x0_hat + (x0_hat - x0_hat_prev) / (2 r),   r = h_prev / h   (D = x0_hat at the first step),
-    and the step solves the diffusion ODE exactly for a D held fixed over it:
+        D = x0_hat + (x0_hat - x0_hat_prev) / (2 r),   r = h_prev / h,
+    and the step is
         x_next = (sigma_next / sigma_t) e^{-eta h} x_t + alpha_next (1 - e^{-(1 + eta) h}) D
                  + sigma_next sqrt(1 - e^{-2 eta h}) z.
-    eta = 0 is the deterministic solver (Lu et al.'s Algorithm 2); eta = 1 its SDE variant, which,
-    like DDIM's eta, puts fresh noise back at every step. The timesteps are DDIM's; the last one,
-    t = 0, returns its x0_hat, as DDIM's last step does. ``steps`` network calls in all.
+    eta = 0 is the ODE solver (the paper's Algorithm 2: the exact solution for D held fixed over
+    the step); eta = 1 its SDE variant, fresh noise at every step (with D = x0_hat it is then
+    DDIM with eta 1; in between the two etas weigh the noise differently). First order (D =
+    x0_hat) at the first step, which has no history, and into t = 0, whose step in lambda is four
+    times the one before (extrapolating over it overshoots; diffusers' ``lower_order_final``). The
+    timesteps are DDIM's; the last one, t = 0, returns its x0_hat, as DDIM's last step does.
+    ``steps`` network calls in all.
     """
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be a number from 0 to 1, got {eta!r}")
@@ -318,8 +322,6 @@ def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], steps: 
             t_next = timesteps[step + 1]
             h = lam[t_next] - lam[t]
             alpha_next, sigma_next = math.sqrt(abars[t_next]), math.sqrt(1 - abars[t_next])
-            # first order at the first step (no history) and into t = 0, whose step in lambda is
-            # several times the one before: extrapolating over it overshoots
             second_order = x0_prev is not None and t_next != timesteps[-1]
             d = x0_hat + (x0_hat - x0_prev) * (h / (2 * h_prev)) if second_order else x0_hat
             x = (sigma_next / math.sqrt(1 - abars[t]) * math.exp(-eta * h)) * x \
