@@ -3,7 +3,7 @@
     python tools/sampler_sweep.py --samplers dpm++2m:15:1 ddim:20:1 --json benchmarks/cpu_samplers.json
     python tools/sampler_sweep.py --samplers dpm++2m:15:1 --timing-only   # on a quiet machine
 
-Each sampler draws --n samples (seed 0) from --model on the CPU and is judged against the
+Each sampler draws --n samples (--seed, default 0) from --model on the CPU and is judged against the
 training set with the fidelity bar (boundary fraction within 0.01, grains within 2, dangling
 ends at most 0.1 per image above the training set's), the open-end rate and the gray-background
 rate; --timing adds the median wall time of 16 images over 3 runs after a warm-up (run it with
@@ -29,8 +29,8 @@ from pretrained_report import measure, measured_cells, median_seconds, parse_sam
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 
 
-def key(settings: dict, precision: str) -> str:
-    return f"{settings['sampler']}:{settings['steps']}:{settings['eta']:g}:{precision}"
+def key(settings: dict, precision: str, seed: int) -> str:
+    return f"{settings['sampler']}:{settings['steps']}:{settings['eta']:g}:{precision}" + (f":seed{seed}" if seed else "")
 
 
 def main() -> None:
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", type=parse_sampler, required=True,
                         help="as ddim:STEPS:ETA, dpm++2m:STEPS:ETA or ddpm")
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fidelity-bar samples")
     parser.add_argument("--precision", choices=sample.PRECISIONS, default="fp32", help="network weights")
     parser.add_argument("--timing", action="store_true", help="also time 16 images (median of 3)")
     parser.add_argument("--timing-only", action="store_true", help="only time 16 images")
@@ -52,16 +53,17 @@ def main() -> None:
     print("| sampler | boundary fraction | grains | dangling ends | open-end rate | gray backgrounds | bar | 16 images (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for settings in args.samplers:
-        row = dict(rows.get(key(settings, args.precision), {}))
+        row = dict(rows.get(key(settings, args.precision, args.seed), {}))
         row.update(sampler_words=sample.describe_sampler(settings), precision=args.precision, **settings)
         if not args.timing_only:
             start = time.perf_counter()
-            images = sample.generate(model, schedule, args.n, **settings, seed=0, device=cpu)
-            row.update(measure(images, reference), samples=args.n, seconds=time.perf_counter() - start)
+            images = sample.generate(model, schedule, args.n, **settings, seed=args.seed, device=cpu)
+            row.update(measure(images, reference), samples=args.n, seed=args.seed,
+                       seconds=time.perf_counter() - start)
         if args.timing or args.timing_only:
             row["seconds_16"] = median_seconds(model, schedule, settings)
             row["threads"] = torch.get_num_threads()
-        rows[key(settings, args.precision)] = row
+        rows[key(settings, args.precision, args.seed)] = row
         cells = measured_cells(row) if "dangling_ends" in row else "| | | | | "
         print(f"| {row['sampler_words']}, {args.precision} | {cells} | {row.get('seconds_16', float('nan')):.1f} |", flush=True)
         if args.json:
