@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_module
-from .device import (COMPILE_MODES, MEMORY_FORMATS, compile_network, configure_backends, device_name,
-                     memory_format, pick_device)
+from .device import compile_network, configure_backends, device_name, memory_format, pick_device
 from .diffusion import Schedule, q_sample
 from .sample import PRECISIONS, generate
 from .train import Trainer, TrainConfig

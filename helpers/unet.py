@@ -6,7 +6,6 @@ the same shape as ``x_t``. ``build_model(config)`` rebuilds either from the plai
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
