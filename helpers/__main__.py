@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .bench import BENCH_MODELS, SAMPLING_PRECISIONS
 from .sample import SAMPLERS
+from .train import PRECISIONS
 from .data import DATA_ROOT, KINDS, DataError
 from .device import COMPILE_MODES, MEMORY_FORMATS
 
@@ -230,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "over the run's last N steps (default 0: constant); with --resume, anneals a "
                        "run trained at a constant rate")
     train.add_argument("--seed", type=int)
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    train.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 on GPUs that "
+                       "compute it natively (A100, H100, RTX 30xx on), fp16 with loss scaling on older "
+                       "ones (T4, V100), fp32 on a CPU or MPS")
     train.add_argument("--limit", type=int, help="use only the first N images")
     train.add_argument("--bar-every", type=int, metavar="N", help="check the fidelity bar on EMA "
                        "samples every N steps, logged to bar.csv with the training time so far")

@@ -65,7 +65,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    precision: str = "auto"  # auto (bf16 on CUDA, else fp32), fp32, bf16, fp16
+    precision: str = "auto"  # auto (bf16 or fp16 on CUDA by the GPU, else fp32), fp32, bf16, fp16
     seed: int = 0
     limit: Optional[int] = None  # use only the first images of the dataset
     log_every: int = 20
@@ -237,12 +237,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for a precision setting on a device (None: plain fp32)."""
+    """The autocast dtype for a precision setting on a device (None: plain fp32).
+
+    ``auto``: bf16 on GPUs that compute it natively (compute capability 8.0 and up: A100, H100,
+    RTX 30xx and later); fp16 with a GradScaler on older ones (Colab's T4 and the V100, where
+    bf16 is emulated, slowly, or refused); fp32 on CPUs and Apple's MPS, where mixed precision
+    buys little for these small networks and fp32 is always right.
+    """
+    if precision not in PRECISIONS:
+        raise TrainingError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise TrainingError(f"unknown precision {precision!r}; expected auto, fp32, bf16 or fp16")
+        if device.type != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
     if precision == "fp16" and device.type != "cuda":
         raise TrainingError("fp16 with a GradScaler needs a CUDA device; use fp32 or bf16")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -250,3 +250,22 @@ def test_a_run_carried_on_with_a_decaying_rate_ends_where_one_annealed_from_the_
     assert rates[5] == pytest.approx(2e-4) and rates[10] == pytest.approx(0.5e-4)  # smoke lr 2e-4
     with pytest.raises(train.TrainingError, match="--lr-decay must be 0 .* got -1"):
         train.train(None, tmp_path / "carried", device=CPU, progress=False, resume=True, lr_decay_steps=-1)
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
+                                                  ((7, 5), torch.float16), ((7, 0), torch.float16)])
+def test_auto_precision_follows_the_gpu(monkeypatch, capability, expected):
+    """bf16 where the GPU computes it natively (Ampere on), fp16 + GradScaler on a T4 or V100;
+    the capability query is stubbed, as CI has no GPU."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert train.autocast_dtype("auto", torch.device("cuda")) is expected
+    assert train.autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16  # asked for, given
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_auto_precision_is_fp32_off_cuda(device):
+    assert train.autocast_dtype("auto", torch.device(device)) is None
+    with pytest.raises(train.TrainingError, match="fp16 with a GradScaler needs a CUDA device"):
+        train.autocast_dtype("fp16", torch.device(device))
+    with pytest.raises(train.TrainingError, match="unknown precision 'fp8'"):
+        train.autocast_dtype("fp8", torch.device(device))
