@@ -187,9 +187,8 @@ def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.devic
     if precision not in SAMPLING_PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(SAMPLING_PRECISIONS)}")
     configure_backends(device)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    network = copy.deepcopy(model).to(device, dtype=dtype,
-                                      memory_format=memory_format(memory_format_name, device)).eval()
+    network = copy.deepcopy(model).to(device, dtype=PRECISIONS[precision],
+                                      memory_format=memory_format(memory_format_name)).eval()
 
     def sample(net, count: int, sampler_steps: int) -> torch.Tensor:
         return generate(net, schedule, count, "ddim", sampler_steps, eta, batch_size=batch_size, device=device)

@@ -62,7 +62,7 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def memory_format(name: str, device: torch.device | None = None) -> torch.memory_format:
+def memory_format(name: str) -> torch.memory_format:
     """The torch memory format for a MEMORY_FORMATS name."""
     if name not in MEMORY_FORMATS:
         raise ValueError(f"unknown memory format {name!r}; expected one of {', '.join(MEMORY_FORMATS)}")

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from . import data as data_module
-from .device import (MEMORY_FORMATS, check_compile_mode, compile_network, configure_backends,
-                     memory_format, pick_device)
+from .device import check_compile_mode, compile_network, configure_backends, memory_format, pick_device
 from .diffusion import Schedule, diffusion_loss
 from .unet import build_model, count_parameters
 
@@ -84,9 +83,7 @@ class TrainConfig:
         if isinstance(self.compile, bool):
             self.compile = "default" if self.compile else "none"
         check_compile_mode(self.compile)
-        if self.memory_format not in MEMORY_FORMATS:
-            raise TrainingError(f"unknown memory format {self.memory_format!r}; expected one of "
-                                f"{', '.join(MEMORY_FORMATS)}")
+        memory_format(self.memory_format)  # a clear error for a name outside MEMORY_FORMATS
 
 
 # Every profile trains the network to predict the velocity v rather than the noise: with the
@@ -297,7 +294,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device):
         self.cfg, self.device = cfg, device
         configure_backends(device)
-        self.memory_format = memory_format(cfg.memory_format, device)
+        self.memory_format = memory_format(cfg.memory_format)
         self.images = images.to(device).contiguous(memory_format=self.memory_format)
         self.size = images.shape[-1]
         seed_everything(cfg.seed)
