@@ -188,7 +188,8 @@ def _tutorial(args: argparse.Namespace) -> None:
 
     from papermill.exceptions import PapermillExecutionError
 
-    for path in notebook_paths(args.only):
+    paths, first = notebook_paths(args.only), time.perf_counter()
+    for path in paths:
         start = time.perf_counter()
         print(f"running {path.name} ...", flush=True)
         try:
@@ -197,6 +198,7 @@ def _tutorial(args: argparse.Namespace) -> None:
             raise LessonError(f"{path.name} failed in cell {exc.exec_count}: {exc.ename}: "
                               f"{exc.evalue} (executed copy in {args.out})") from None
         print(f"  -> {executed} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"{len(paths)} lesson(s) in {(time.perf_counter() - first) / 60:.1f} min", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,9 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=256)
-    sample.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
+    sample.add_argument("--precision", choices=("auto", *SAMPLING_PRECISIONS), default="fp32",
                         help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
-                        "float32 (faster on processors with bf16 arithmetic; measured in the README)")
+                        "float32 (faster on processors with bf16 arithmetic; measured in the README); "
+                        "auto picks bf16 where the processor computes it natively, else fp32")
     sample.add_argument("--out", required=True, type=Path, help="folder for the PNGs (new or empty)")
     sample.add_argument("--force", action="store_true",
                         help="write into a non-empty folder, replace an existing GIF")

@@ -9,7 +9,7 @@ noise floor) consume.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -306,6 +306,48 @@ def compare_sets(generated: SetDescriptors, reference: SetDescriptors, splits: i
             distances[name].append(value)
     return Comparison({k: np.array(v) for k, v in distances.items()},
                       {k: np.array(v) for k, v in floor.items()}, m)
+
+
+def ratios_by_size(generated: SetDescriptors, reference: SetDescriptors, sizes: Sequence[int],
+                   splits: int = 20, seed: int = 0) -> dict[str, list[float]]:
+    """Each descriptor's ratio to the floor, measured with the first m generated images, per m.
+
+    A ratio is a test statistic: a real difference between the sets grows it with m (the floor
+    shrinks like 1/sqrt(m), a true distance does not), while a generator no test can tell from
+    real data stays near 1 at every m. So compare ratios only at equal m.
+    """
+    ratios: dict[str, list[float]] = {name: [] for name in SET_DISTANCES}
+    for m in sizes:
+        if not 2 <= m <= min(generated.size, reference.size // 2):
+            raise ValueError(f"m = {m}: needs 2 <= m <= {min(generated.size, reference.size // 2)} "
+                             f"({generated.size} generated, {reference.size} reference images)")
+        comparison = compare_sets(generated.subset(np.arange(m)), reference, splits, seed)
+        for name in SET_DISTANCES:
+            ratios[name].append(comparison.ratio(name))
+    return ratios
+
+
+def bootstrap_ratios(generated: SetDescriptors, reference: SetDescriptors, resamples: int = 200,
+                     level: float = 0.9, splits: int = 5, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """A bootstrap interval of each descriptor's ratio over the generated images.
+
+    Draws the generated set again with replacement, ``resamples`` times, and measures each draw's
+    ratio (``splits`` floor splits apiece); the central ``level`` of those ratios is how much the
+    ratio would move with another set of as many generated images.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie between 0 and 1, got {level}")
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in SET_DISTANCES}
+    for i in range(resamples):
+        resampled = generated.subset(rng.integers(0, generated.size, generated.size))
+        comparison = compare_sets(resampled, reference, splits, seed=seed + 1 + i)
+        for name in SET_DISTANCES:
+            draws[name].append(comparison.ratio(name))
+    tails = [(1 - level) / 2, (1 + level) / 2]
+    # "nearest": no interpolation, so a ratio that is infinite (a floor of 0) stays a clean inf
+    return {name: tuple(float(q) for q in np.quantile(values, tails, method="nearest"))
+            for name, values in draws.items()}
 
 
 def defect_rate(stats: SetDescriptors) -> float:

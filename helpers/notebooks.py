@@ -19,21 +19,44 @@ def notebook_paths(prefixes: list[str] | None = None) -> list[Path]:
     return paths
 
 
-def run_notebook(path: Path, out_dir: Path, smoke: bool = False, timeout_s: int = 3600) -> Path:
+def exercise_cells(notebook) -> list:
+    """The notebook's exercise cells (tag ``exercise``), each naming its exercise in metadata."""
+    return [c for c in notebook.cells if "exercise" in c.metadata.get("tags", [])]
+
+
+def with_solutions(path: Path, out: Path) -> Path:
+    """A copy of a lesson at ``out`` whose exercise cells hold their solutions (solutions/<name>.py)."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in exercise_cells(notebook):
+        name = cell.metadata.get("exercise")
+        solution = ROOT / "solutions" / f"{name}.py"
+        if not solution.is_file():
+            raise FileNotFoundError(f"{path.name}: exercise cell names {name!r}, but {solution} does not exist")
+        cell.source = solution.read_text(encoding="utf-8").rstrip("\n")
+    nbformat.write(notebook, out)
+    return out
+
+
+def run_notebook(path: Path, out_dir: Path, smoke: bool = False, timeout_s: int = 3600,
+                 solutions: bool = False) -> Path:
     """Execute one notebook into ``out_dir`` (kernel python3, working directory notebooks/).
 
-    The pictures it writes go to ``out_dir/<notebook name>/`` (through $MDDPM_OUTPUTS). Returns
-    the executed copy's path; a failing cell raises papermill's error naming the cell.
+    The pictures it writes go to ``out_dir/<notebook name>/`` (through $MDDPM_OUTPUTS). With
+    ``solutions`` the exercise cells run their solutions instead of the student's placeholders.
+    Returns the executed copy's path; a failing cell raises papermill's error naming the cell.
     """
     import papermill
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / path.name
+    source = with_solutions(path, out_dir / f"solved_{path.name}") if solutions else path
     previous = os.environ.get("MDDPM_OUTPUTS")
     os.environ["MDDPM_OUTPUTS"] = str(out_dir)
     try:
-        papermill.execute_notebook(str(path), str(executed), parameters={"SMOKE": smoke},
+        papermill.execute_notebook(str(source), str(executed), parameters={"SMOKE": smoke},
                                    kernel_name="python3", cwd=str(path.parent),
                                    progress_bar=False, execution_timeout=timeout_s)
     finally:

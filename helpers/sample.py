@@ -53,28 +53,52 @@ def describe_sampler(settings: dict) -> str:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the processor computes it natively (device.native_bf16), else fp32."""
+    from .device import native_bf16
+
+    if precision == "auto":
+        return "bf16" if native_bf16(torch.device(device)) else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected auto or one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def at_precision(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
+    """The network on ``device`` with its weights in ``precision`` (``auto``, fp32 or bf16), in eval mode.
+
+    fp32 returns the network itself; bf16 a copy: ``generate`` then runs the network in bf16 and
+    its own arithmetic in float32. bf16 on a CPU runs its convolutions 1.26x faster on NHWC
+    tensors (2-core EPYC, 16 images; README, Performance). fp32 stays NCHW, where an image does
+    not depend on the batch it was drawn in (bit for bit; NHWC kernels differ by ~1e-5 between
+    batch sizes); GPUs train NCHW.
+    """
+    import copy
+
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return model.to(device).eval()
+    nhwc = torch.device(device).type == "cpu"
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    return copy.deepcopy(model).to(device, dtype=PRECISIONS[precision], memory_format=layout).eval()
+
+
 def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32"):
     """The EMA network of a checkpoint or weights file, in eval mode, and its schedule.
 
-    ``precision`` bf16 keeps the weights in bfloat16: ``generate`` then runs the network in bf16
-    and its own arithmetic in float32 (faster where the processor computes bf16 natively).
+    ``precision`` bf16 (or ``auto`` where bf16 is native) keeps the weights in bfloat16
+    (``at_precision``).
     """
     from .device import pick_device
     from .train import load_checkpoint
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     device = device or pick_device()
+    resolve_precision(precision, device)  # a clear error before the file is read
     payload = load_checkpoint(path, map_location="cpu")
     model = build_model(payload["model_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()})
     schedule = Schedule.create(**payload["schedule"])
-    # bf16 on a CPU runs its convolutions 1.26x faster on NHWC tensors (2-core EPYC, 16 images;
-    # README, Performance). fp32 stays NCHW, where an image does not depend on the batch it was
-    # drawn in (bit for bit; NHWC kernels differ by ~1e-5 between batch sizes); GPUs train NCHW.
-    nhwc = precision == "bf16" and torch.device(device).type == "cpu"
-    layout = torch.channels_last if nhwc else torch.contiguous_format
-    return model.to(device, dtype=PRECISIONS[precision], memory_format=layout).eval(), schedule, payload
+    return at_precision(model, precision, device), schedule, payload
 
 
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int) -> list[int]:
@@ -183,8 +207,13 @@ def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Pat
 
 def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: str = "ddim",
                         steps: int = 50, seed: int = 0, clip: bool = True, max_frames: int = 60,
-                        variance: str = "beta", device=None, eta: float = 0.0) -> tuple[torch.Tensor, Path]:
-    """Sample ``n`` images and write the reverse process as a GIF; returns (samples, gif path)."""
+                        variance: str = "beta", device=None, eta: float = 0.0,
+                        show_x0: bool = True) -> tuple[torch.Tensor, Path]:
+    """Sample ``n`` images and write the reverse process as a GIF; returns (samples, gif path).
+
+    Each frame shows the batch after the step and, with ``show_x0``, beside it the step's estimate
+    of the clean image: the estimate sharpens long before the noisy images show structure.
+    """
     from .viz import save_gif, to_frame
 
     keep = set(gif_timesteps(visited_timesteps(schedule, sampler, steps), max_frames))
@@ -192,7 +221,10 @@ def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: 
 
     def capture(step, t, x, x0_hat):
         if t in keep:
-            frames.append(to_frame(x, label=f"{sampler} t = {t}"))
+            frame = to_frame(x, label=f"{sampler}: x after t = {t}")
+            if show_x0:
+                frame = np.concatenate([frame, to_frame(x0_hat, label="estimate of x0")], axis=1)
+            frames.append(frame)
 
     images = generate(model, schedule, n, sampler, steps, eta, variance=variance, clip=clip, seed=seed,
                       batch_size=n, device=device, callback=capture)

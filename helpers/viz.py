@@ -169,6 +169,28 @@ def s2_curves(sets: Mapping[str, SetDescriptors], path: str | Path | None = None
     return _save(fig, path)
 
 
+def ratios_by_size_plot(sizes: Sequence[int], series: Mapping[str, Mapping[str, Sequence[float]]],
+                        names: Sequence[str], path: str | Path | None = None) -> plt.Figure:
+    """Ratio to the noise floor against the number of images m, one panel per descriptor.
+
+    ``series`` maps a set's label (e.g. "generated", "held-out real") to ``metrics.ratios_by_size``.
+    """
+    from .metrics import DISTANCE_LABELS
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for label, ratios in series.items():
+            ax.plot(sizes, ratios[name], marker="o", label=label)
+        ax.axhline(1.0, color="gray", ls=":", lw=1)
+        ax.set(xscale="log", xlabel="images m", title=DISTANCE_LABELS[name])
+        ax.set_xticks(list(sizes), [str(m) for m in sizes])
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("ratio to the floor")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # GIFs of the forward and reverse processes
 # ---------------------------------------------------------------------------------------------

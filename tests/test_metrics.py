@@ -129,3 +129,32 @@ def test_describe_set_gathers_every_descriptor():
     assert stats.diameters.shape == (8,) and stats.s2.shape == (2, 33)
     assert stats.summary()["grains"] == (4.0, 0.0)
     assert stats.subset([1]).size == 1 and stats.subset([1]).diameters.shape == (4,)
+
+
+def test_a_ratio_grows_with_m_for_a_real_difference_and_not_for_real_data():
+    """The ratio is a test statistic: thicker boundaries (a real difference) score higher with more
+    images; held-out real images stay near 1 at every m."""
+    from scipy import ndimage
+
+    real = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=0, index=i).image for i in range(400)]) >= 128)
+    heldout_masks = np.stack([data.make_voronoi_gb(seed=1, index=i).image for i in range(100)]) >= 128
+    thick = np.stack([m | ndimage.binary_dilation(m) & (np.random.default_rng(i).random(m.shape) < 0.05)
+                      for i, m in enumerate(heldout_masks)])
+    sizes = [10, 25, 100]
+    real_ratios = metrics.ratios_by_size(metrics.describe_set(heldout_masks), real, sizes)
+    thick_ratios = metrics.ratios_by_size(metrics.describe_set(thick), real, sizes)
+    assert max(real_ratios["boundary_fraction"]) < 2.5
+    grows = thick_ratios["boundary_fraction"]
+    assert grows[0] < grows[1] < grows[2] and grows[2] > 4
+    with pytest.raises(ValueError, match="m = 300: needs 2 <= m <= 100"):
+        metrics.ratios_by_size(metrics.describe_set(thick), real, [300])
+
+
+def test_the_bootstrap_interval_brackets_the_ratio():
+    real = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=0, index=i).image for i in range(200)]) >= 128)
+    generated = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=2, index=i).image for i in range(50)]) >= 128)
+    point = metrics.compare_sets(generated, real).ratio("grains")
+    low, high = metrics.bootstrap_ratios(generated, real, resamples=60)["grains"]
+    assert low < point < high and high - low > 0.2
+    with pytest.raises(ValueError, match="level must lie between 0 and 1"):
+        metrics.bootstrap_ratios(generated, real, level=1.5)

@@ -8,7 +8,8 @@ import nbformat
 import pytest
 
 from helpers import ROOT
-from helpers.notebooks import badge_markdown, notebook_paths, run_notebook, setup_source
+from helpers.exercises import EXERCISES
+from helpers.notebooks import badge_markdown, exercise_cells, notebook_paths, run_notebook, setup_source
 
 sys.path.insert(0, str(ROOT / "tools"))
 from sync_notebooks import synced_notebook, synced_readme  # noqa: E402
@@ -64,10 +65,36 @@ def test_readme_lists_every_notebook_with_its_badge():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
-def test_notebook_runs_in_smoke_mode(path, tmp_path):
-    executed = run_notebook(path, tmp_path, smoke=True)
+def test_exercises(path):
+    """Two or more per lesson, each a registered exercise of this lesson, each checked by the next cell."""
+    notebook = nbformat.read(path, as_version=4)
+    cells = exercise_cells(notebook)
+    assert len(cells) >= 2, "every lesson has at least two exercises"
+    for cell in cells:
+        name = cell.metadata.get("exercise")
+        assert name in EXERCISES and name.startswith(path.name[:3]), name
+        assert f"def {EXERCISES[name].function}(" in cell.source and "NotImplementedError" in cell.source
+        after = notebook.cells[notebook.cells.index(cell) + 1]
+        assert f'exercises.check("{name}", {EXERCISES[name].function})' in after.source
+    names = [c.metadata["exercise"] for c in cells]
+    assert len(set(names)) == len(names)
+
+
+def test_every_exercise_is_in_a_lesson():
+    used = [c.metadata["exercise"] for p in NOTEBOOKS for c in exercise_cells(nbformat.read(p, as_version=4))]
+    assert sorted(used) == sorted(EXERCISES)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_runs_in_smoke_mode_with_its_solutions(path, tmp_path):
+    """Every cell runs, and with the solutions in place every exercise's check says right.
+    (nbval runs the lessons as committed, placeholders and all.)"""
+    executed = run_notebook(path, tmp_path, smoke=True, solutions=True)
     notebook = nbformat.read(executed, as_version=4)
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors
     assert any(Path(tmp_path, path.stem).glob("*.png")), "the lesson saves its pictures"
+    printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    for cell in exercise_cells(notebook):
+        assert f"[exercise {cell.metadata['exercise']}] right: " in printed, cell.metadata["exercise"]

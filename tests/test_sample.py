@@ -195,3 +195,41 @@ def test_bf16_weights_and_the_dpm_solver_through_the_command(weights, tmp_path, 
     assert "DPM-Solver++(2M)-3, eta 0, bf16" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
         sample.load_model(weights, CPU, "int8")
+
+
+@pytest.mark.parametrize("device, flags, capability, expected", [
+    ("cpu", {"avx512f", "avx512_bf16"}, None, "bf16"), ("cpu", {"amx_bf16"}, None, "bf16"),
+    ("cpu", {"avx512f", "avx2"}, None, "fp32"), ("cpu", set(), None, "fp32"),
+    ("cuda", set(), (8, 0), "bf16"), ("cuda", set(), (7, 5), "fp32"), ("mps", {"avx512_bf16"}, None, "fp32")])
+def test_auto_sampling_precision_is_bf16_only_where_it_is_native(monkeypatch, device, flags, capability, expected):
+    """The CPU flags and the GPU capability are stubbed: CI has neither a T4 nor an H100."""
+    from helpers import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert sample.resolve_precision("auto", torch.device(device)) == expected
+    assert sample.resolve_precision("fp32", torch.device(device)) == "fp32"  # asked for, given
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; expected auto or one of fp32, bf16"):
+        sample.resolve_precision("fp16", torch.device(device))
+
+
+def test_at_precision_copies_into_bf16_and_leaves_the_fp32_network_alone(weights):
+    model, schedule, _ = sample.load_model(weights, CPU)
+    assert sample.at_precision(model, "fp32", CPU) is model
+    fast = sample.at_precision(model, "bf16", CPU)
+    assert next(fast.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    plain = sample.generate(model, schedule, 2, "ddim", 4, seed=0)
+    rounded = sample.generate(fast, schedule, 2, "ddim", 4, seed=0)
+    assert 0 < (plain - rounded).abs().max() < 0.2  # the same network, rounded weights
+
+
+def test_gif_frames_show_the_x0_estimate_beside_the_images(weights, tmp_path):
+    model, schedule, _ = sample.load_model(weights, CPU)
+    widths = {}
+    for show in (True, False):
+        images, gif = sample.reverse_process_gif(model, schedule, 4, tmp_path / f"{show}.gif", "ddim", 3,
+                                                 seed=0, show_x0=show)
+        with Image.open(gif) as image:
+            widths[show] = image.size[0]
+            assert image.n_frames == 3
+    assert widths[True] == 2 * widths[False]
