@@ -327,27 +327,45 @@ def ratios_by_size(generated: SetDescriptors, reference: SetDescriptors, sizes: 
     return ratios
 
 
-def bootstrap_ratios(generated: SetDescriptors, reference: SetDescriptors, resamples: int = 200,
-                     level: float = 0.9, splits: int = 5, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """A bootstrap interval of each descriptor's ratio over the generated images.
+def bootstrap_means(stats: SetDescriptors, resamples: int = 2000, level: float = 0.9,
+                    seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Each per-image descriptor's mean over a set, with a percentile bootstrap interval.
 
-    Draws the generated set again with replacement, ``resamples`` times, and measures each draw's
-    ratio (``splits`` floor splits apiece); the central ``level`` of those ratios is how much the
-    ratio would move with another set of as many generated images.
+    Draws the set's images again with replacement, ``resamples`` times: the central ``level`` of
+    the resampled means is how far the mean would move with another set of as many images.
+    (Ratios to the floor are not bootstrapped: a distance near 0 is biased upward by resampling,
+    which repeats images; ``null_band`` is the yardstick for them.)
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie between 0 and 1, got {level}")
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {name: [] for name in SET_DISTANCES}
-    for i in range(resamples):
-        resampled = generated.subset(rng.integers(0, generated.size, generated.size))
-        comparison = compare_sets(resampled, reference, splits, seed=seed + 1 + i)
+    draws = rng.integers(0, stats.size, (resamples, stats.size))
+    intervals = {}
+    for name in DESCRIPTORS:
+        values = stats.per_image[name]
+        low, high = np.quantile(values[draws].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
+        intervals[name] = (float(values.mean()), float(low), float(high))
+    return intervals
+
+
+def null_band(real_sets: Sequence[SetDescriptors], reference: SetDescriptors, level: float = 0.9,
+              splits: int = 20, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """The central ``level`` range of the ratios that sets of real images score, per descriptor.
+
+    Each set in ``real_sets`` (images the reference never held, as many as the generated set) is
+    scored like a generated set. A generator whose ratio lies above this band differs from the
+    data by more than chance at that m; one inside it differs by nothing detectable with m images.
+    """
+    if len(real_sets) < 2:
+        raise ValueError(f"a band needs at least 2 real sets, got {len(real_sets)}")
+    ratios = {name: [] for name in SET_DISTANCES}
+    for i, real in enumerate(real_sets):
+        comparison = compare_sets(real, reference, splits, seed + i)
         for name in SET_DISTANCES:
-            draws[name].append(comparison.ratio(name))
+            ratios[name].append(comparison.ratio(name))
     tails = [(1 - level) / 2, (1 + level) / 2]
-    # "nearest": no interpolation, so a ratio that is infinite (a floor of 0) stays a clean inf
     return {name: tuple(float(q) for q in np.quantile(values, tails, method="nearest"))
-            for name, values in draws.items()}
+            for name, values in ratios.items()}
 
 
 def defect_rate(stats: SetDescriptors) -> float:

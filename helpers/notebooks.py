@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from . import ROOT
@@ -114,11 +115,30 @@ def notebook_title(path: Path) -> tuple[str, str]:
     raise ValueError(f"{path} has no '# ' title in a markdown cell")
 
 
+# The run-time line of a lesson's title cell, e.g. "**Run time**, full settings: 25 s on the 2-core
+# CPU machine ...; on a GPU: ...". The README's lesson table shows the CPU time it names.
+RUN_TIME = re.compile(r"^\*\*Run time\*\*, full settings: (?P<cpu>[^;]+?) on the 2-core CPU machine[^;]*; "
+                      r"on a GPU: (?P<gpu>.+)$", re.M)
+
+
+def notebook_run_time(path: Path) -> tuple[str, str]:
+    """The lesson's measured run times as its title cell states them: (2-core CPU, GPU)."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    title_cell = next(c for c in notebook.cells if c.cell_type == "markdown" and c.source.startswith("# "))
+    match = RUN_TIME.search(title_cell.source)
+    if not match:
+        raise ValueError(f"{path}: the title cell needs a line '**Run time**, full settings: <time> on the "
+                         "2-core CPU machine ...; on a GPU: <time or 'not measured yet'>'")
+    return match["cpu"], match["gpu"].rstrip(".")
+
+
 def readme_table() -> str:
     """The README's notebook table (between its notebooks markers)."""
-    rows = ["| # | notebook | what it teaches | open |", "|---|---|---|---|"]
+    rows = ["| # | notebook | what it teaches | run time, 2-core CPU | open |", "|---|---|---|---|---|"]
     for path in notebook_paths():
         title, summary = notebook_title(path)
         rows.append(f"| {path.name[:2]} | [{title}](notebooks/{path.name}) | {summary} "
-                    f"| {badge_markdown(path)} |")
+                    f"| {notebook_run_time(path)[0]} | {badge_markdown(path)} |")
     return "\n".join(rows)

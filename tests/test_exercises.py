@@ -70,6 +70,45 @@ MISTAKES = {
 }
 
 
+def _posterior_float64_with_x0_at_zero(schedule, x0, x_t, t):
+    betas = schedule.betas.double()
+    abar = torch.cumprod(1 - betas, 0)
+    if t == 0:
+        return x0, 0.0
+    mean = (abar[t - 1].sqrt() * betas[t] / (1 - abar[t])) * x0 + ((1 - betas[t]).sqrt() * (1 - abar[t - 1]) / (1 - abar[t])) * x_t
+    return mean, (1 - abar[t - 1]) / (1 - abar[t]) * betas[t]
+
+
+def _ddpm_through_x0_hat(schedule, x_t, t, eps_hat, z):
+    beta, abar = schedule.betas[t], schedule.alpha_bars[t]
+    abar_prev = schedule.alpha_bars[t - 1] if t > 0 else torch.tensor(1.0)
+    x0_hat = (x_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
+    mean = abar_prev.sqrt() * beta / (1 - abar) * x0_hat + (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar) * x_t
+    return mean if t == 0 else mean + ((1 - abar_prev) / (1 - abar) * beta).sqrt() * z
+
+
+def _sigma_float64_other_form(schedule, t, s, eta):
+    abar = torch.cumprod(1 - schedule.betas.double(), 0)
+    return eta * ((1 - abar[s]) / (1 - abar[t]) * (abar[s] - abar[t]) / abar[s]).sqrt()
+
+
+# correct answers written unlike the solutions: a check must not reject them
+OTHER_RIGHT_ANSWERS = {
+    "02_posterior": _posterior_float64_with_x0_at_zero,
+    "05_ddpm_step": _ddpm_through_x0_hat,
+    "05_ddim_sigma": _sigma_float64_other_form,
+    "06_wasserstein": lambda a, b: float(np.abs(np.sort(a) - np.sort(b)).sum() / len(a)),
+    "03_embedding": lambda t, dim: torch.stack([torch.sin(t.float()[:, None] * 1e4 ** (-torch.arange(dim // 2) / (dim // 2))),
+                                                torch.cos(t.float()[:, None] * 1e4 ** (-torch.arange(dim // 2) / (dim // 2)))],
+                                               -1).reshape(len(t), dim),  # float32 angles
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_RIGHT_ANSWERS))
+def test_a_right_answer_written_another_way_is_right(name, capsys):
+    assert exercises.check(name, OTHER_RIGHT_ANSWERS[name]) is True, capsys.readouterr().out
+
+
 def test_every_exercise_has_a_solution_and_a_mistake():
     assert sorted(p.stem for p in SOLUTIONS.glob("*.py")) == sorted(EXERCISES) == sorted(MISTAKES)
 

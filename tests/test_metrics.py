@@ -150,11 +150,29 @@ def test_a_ratio_grows_with_m_for_a_real_difference_and_not_for_real_data():
         metrics.ratios_by_size(metrics.describe_set(thick), real, [300])
 
 
-def test_the_bootstrap_interval_brackets_the_ratio():
-    real = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=0, index=i).image for i in range(200)]) >= 128)
-    generated = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=2, index=i).image for i in range(50)]) >= 128)
-    point = metrics.compare_sets(generated, real).ratio("grains")
-    low, high = metrics.bootstrap_ratios(generated, real, resamples=60)["grains"]
-    assert low < point < high and high - low > 0.2
+def test_bootstrap_intervals_of_means_have_the_width_theory_gives():
+    stats = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=2, index=i).image for i in range(200)]) >= 128)
+    intervals = metrics.bootstrap_means(stats, level=0.9)
+    for name in ("boundary_fraction", "grains", "lineal_intercept"):
+        values = stats.per_image[name]
+        mean, low, high = intervals[name]
+        half = 1.645 * values.std() / np.sqrt(len(values))  # the normal approximation for a mean
+        assert low < mean < high and mean == pytest.approx(values.mean())
+        assert (high - low) / (2 * half) == pytest.approx(1.0, abs=0.15)
+    assert intervals["dangling_ends"] == (0.0, 0.0, 0.0)  # real images have none, in every resample
     with pytest.raises(ValueError, match="level must lie between 0 and 1"):
-        metrics.bootstrap_ratios(generated, real, level=1.5)
+        metrics.bootstrap_means(stats, level=1.5)
+
+
+def test_the_null_band_holds_real_sets_and_not_a_different_one():
+    real = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=0, index=i).image for i in range(400)]) >= 128)
+    sets = [metrics.describe_set(np.stack([data.make_voronoi_gb(seed=10 + k, index=i).image for i in range(40)]) >= 128)
+            for k in range(12)]
+    band = metrics.null_band(sets, real)
+    low, high = band["boundary_fraction"]
+    assert 0 < low < 1 < high < 3
+    other = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=99, index=i, n_seeds=20).image
+                                           for i in range(40)]) >= 128)  # smaller grains: a real difference
+    assert metrics.compare_sets(other, real).ratio("grains") > band["grains"][1]
+    with pytest.raises(ValueError, match="at least 2 real sets"):
+        metrics.null_band(sets[:1], real)

@@ -9,7 +9,8 @@ import pytest
 
 from helpers import ROOT
 from helpers.exercises import EXERCISES
-from helpers.notebooks import badge_markdown, exercise_cells, notebook_paths, run_notebook, setup_source
+from helpers.notebooks import (badge_markdown, exercise_cells, notebook_paths, notebook_run_time, run_notebook,
+                               setup_source)
 
 sys.path.insert(0, str(ROOT / "tools"))
 from sync_notebooks import synced_notebook, synced_readme  # noqa: E402
@@ -48,6 +49,8 @@ def test_conventions(path):
     after = cells[cells.index(parameters[0]) + 1].source
     assert 'SMOKE = SMOKE or os.environ.get("MDDPM_SMOKE") == "1"' in after
     assert cells.index(setup[0]) < cells.index(parameters[0])
+    cpu, gpu = notebook_run_time(path)  # measured times in the title cell, which the README table shows
+    assert re.search(r"\d+ (s|min)", cpu) and gpu
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
@@ -98,3 +101,12 @@ def test_notebook_runs_in_smoke_mode_with_its_solutions(path, tmp_path):
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     for cell in exercise_cells(notebook):
         assert f"[exercise {cell.metadata['exercise']}] right: " in printed, cell.metadata["exercise"]
+
+
+def test_the_tutorial_command_runs_lessons_and_says_how_long_they_took(tmp_path, capsys):
+    from helpers.__main__ import main
+
+    assert main(["tutorial", "--only", "02", "--smoke", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "running 02_forward_diffusion.ipynb" in out and re.search(r"1 lesson\(s\) in \d+\.\d min", out)
+    assert (tmp_path / "02_forward_diffusion.ipynb").exists()
