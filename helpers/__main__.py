@@ -52,6 +52,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0 (seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number above 0 (learning rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def _new_file(path: Path | None, flag: str) -> None:
+    """Refuse, before any work, to write ``flag``'s file over an existing file or into a folder."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise DataError(f"{flag} {path} is a folder; expected the path of a new file")
+    if Path(path).exists():
+        raise DataError(f"{path} exists; choose another {flag} path (nothing was replaced)")
+
+
 def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
     """The run-defining flags given on the command line, as the user typed them."""
     return ["--" + name.replace("_", "-") for name in RECIPE_FLAGS if getattr(args, name) not in (None, False)]
@@ -147,7 +179,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: Path | None, report: dict) -> None:
-    """Write a report as indented JSON when a path was given, and say where."""
+    """Write a report as indented JSON when a path was given (checked by ``_new_file`` first), and say where."""
     if path:
         import json
 
@@ -160,6 +192,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .data import load_uint8
     from .metrics import boundary_masks, evaluation_report, format_report
 
+    _new_file(args.json, "--json")
     generated = boundary_masks(load_uint8(args.generated))
     reference = boundary_masks(load_uint8(args.reference, column=args.reference_column))
     heldout = boundary_masks(load_uint8(args.heldout)) if args.heldout else None
@@ -174,6 +207,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from .bench import format_bench, run_bench
 
+    _new_file(args.json, "--json")
     report = run_bench(quick=args.quick, models=args.model, batch_sizes=args.batch_size,
                        memory_formats=args.memory_format, compile_modes=args.compile,
                        sample_n=args.sample_n, sample_batch=args.sample_batch,
@@ -225,21 +259,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=["unet", "seed-unet"], help="the network (default: unet)")
     train.add_argument("--profile", choices=["smoke", "cpu", "gpu"],
                        help="settings bundle (default: gpu on CUDA, else cpu)")
-    train.add_argument("--steps", type=int, help="training steps (overrides the profile; with "
+    train.add_argument("--steps", type=_positive_int, help="training steps (overrides the profile; with "
                        "--resume, the new total to train on to)")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", type=_positive_int)
+    train.add_argument("--lr", type=_positive_float)
     train.add_argument("--lr-decay", type=int, metavar="N", help="decay the learning rate linearly to 0 "
                        "over the run's last N steps (default 0: constant); with --resume, anneals a "
                        "run trained at a constant rate")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=_non_negative_int)
     train.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 on GPUs that "
                        "compute it natively (A100, H100, RTX 30xx on), fp16 with loss scaling on older "
                        "ones (T4, V100), fp32 on a CPU or MPS")
-    train.add_argument("--limit", type=int, help="use only the first N images")
+    train.add_argument("--limit", type=_positive_int, help="use only the first N images")
     train.add_argument("--bar-every", type=int, metavar="N", help="check the fidelity bar on EMA "
                        "samples every N steps, logged to bar.csv with the training time so far")
-    train.add_argument("--bar-samples", type=int, metavar="N", help="samples per fidelity-bar check (200)")
+    train.add_argument("--bar-samples", type=_positive_int, metavar="N", help="samples per fidelity-bar check (200)")
     train.add_argument("--prediction", choices=["eps", "v"], help="what the network learns to output: "
                        "the noise (eps, Ho et al.) or the velocity v (steadier at high noise); "
                        "default: the profile's")
@@ -263,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Sample PNGs (and optionally a GIF) from a checkpoint.")
     sample.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="checkpoint or weights file "
                         "(default: the shipped pretrained model)")
-    sample.add_argument("--n", type=int, default=16, help="number of samples")
+    sample.add_argument("--n", type=_positive_int, default=16, help="number of samples")
     sample.add_argument("--sampler", choices=SAMPLERS,
                         help="default: the model's recommended sampler, else ddim (dpm++2m: "
                         "DPM-Solver++(2M), good in 10-25 steps)")
@@ -274,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--variance", choices=["beta", "posterior"], default="beta",
                         help="DDPM step variance: beta_t (the original's) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=256)
+    sample.add_argument("--seed", type=_non_negative_int, default=0)
+    sample.add_argument("--batch-size", type=_positive_int, default=256)
     sample.add_argument("--precision", choices=("auto", *SAMPLING_PRECISIONS), default="fp32",
                         help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
                         "float32 (faster on processors with bf16 arithmetic; measured in the README); "
@@ -296,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="manifest column of the reference (grain_growth_64: boundary)")
     evaluate.add_argument("--heldout", type=Path, help="real images the model never saw "
                           "(for the memorisation baseline; default: leave-one-out on the reference)")
-    evaluate.add_argument("--splits", type=int, default=20, help="random splits for the noise floor")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--splits", type=_positive_int, default=20, help="random splits for the noise floor")
+    evaluate.add_argument("--seed", type=_non_negative_int, default=0)
     evaluate.add_argument("--json", type=Path, help="also write the report as JSON")
     evaluate.set_defaults(run=_evaluate)
 

@@ -146,6 +146,8 @@ def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: in
 
     if n <= 0:
         raise ValueError(f"--n must be a positive whole number, got {n}")
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be a positive whole number, got {batch_size}")
     per_batch = len(visited_timesteps(schedule, sampler, steps))  # also validates sampler and steps
     weights = next(model.parameters())
     device = device or weights.device

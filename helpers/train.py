@@ -82,6 +82,14 @@ class TrainConfig:
         # checkpoints written before compile modes existed stored a bool
         if isinstance(self.compile, bool):
             self.compile = "default" if self.compile else "none"
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+        if not self.lr > 0:
+            raise TrainingError(f"--lr must be a number above 0, got {self.lr!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise TrainingError(f"--seed must be a whole number of 0 or more, got {self.seed!r}")
         check_compile_mode(self.compile)
         memory_format(self.memory_format)  # a clear error for a name outside MEMORY_FORMATS
 
@@ -464,6 +472,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     elif checkpoint_path.exists():
         raise TrainingError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to "
                             "continue it, or choose another --out")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise TrainingError(f"{run_dir} is not empty and holds no run ({CHECKPOINT}); choose a new or "
+                            "empty --out (nothing in it was changed)")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out {run_dir} is a file; expected a folder for the run")
     if cfg.lr_decay_steps < 0:
         raise TrainingError(f"--lr-decay must be 0 (no decay) or a number of steps, got {cfg.lr_decay_steps}")
 
