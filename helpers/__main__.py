@@ -183,8 +183,10 @@ def _write_json(path: Path | None, report: dict) -> None:
     if path:
         import json
 
+        from .metrics import json_safe
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        Path(path).write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
         print(f"wrote {path}")
 
 

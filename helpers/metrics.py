@@ -81,13 +81,17 @@ def mean_lineal_intercept(mask: np.ndarray) -> float:
     grid). Each run of boundary pixels along a line is one intercept; a run touching an end of
     the line counts one half per end it touches, as ASTM counts a line that ends on a boundary.
     That makes the estimate fair for images that do not tile as well as for those that do.
-    Returns total line length / intercepts, or the line length when no boundary is met.
+    Returns total line length / intercepts. When no line meets a boundary the intercept is
+    longer than any line, and the longest line (the image's larger side) is returned as its
+    lower bound; an image that is all boundary has intercepts of 0 length.
     """
+    if mask.all():
+        return 0.0
     intercepts = 0.0
     for lines in (mask, mask.T):
         intercepts += _runs(lines) - 0.5 * (lines[:, 0].sum() + lines[:, -1].sum())
     length = 2 * mask.shape[0] * mask.shape[1]
-    return float(length / intercepts) if intercepts > 0 else float(length)
+    return float(length / intercepts) if intercepts > 0 else float(max(mask.shape))
 
 
 def skeleton(mask: np.ndarray, pad: int = SKELETON_PAD) -> np.ndarray:
@@ -125,6 +129,8 @@ def skeleton_features(mask: np.ndarray, margin: int = BORDER_MARGIN) -> Skeleton
     An end is an open boundary, the typical defect of a generated microstructure. Ends within
     ``margin`` px of the border are skipped: there the image edge cuts boundaries off.
     """
+    if mask.all():  # all boundary: no network to thin, and thinning would invent a line with two ends
+        return SkeletonFeatures(junctions=0, dangling_ends=0, ends=np.zeros((0, 2), dtype=np.int64))
     skel = skeleton(mask)
     counts = skeleton_neighbours(skel)
     _, n_junctions = ndimage.label(counts >= 3, structure=_EIGHT_CONNECTED)
@@ -500,8 +506,9 @@ def evaluation_report(generated_masks: np.ndarray, reference_masks: np.ndarray, 
     memo = memorisation_check(generated_masks, reference_masks, heldout_masks)
     means_g = {k: float(v.mean()) for k, v in generated.per_image.items()}
     means_r = {k: float(v.mean()) for k, v in reference.per_image.items()}
-    means_g.update(grain_diameters=float(generated.diameters.mean()), s2=None)  # a curve: no one mean
-    means_r.update(grain_diameters=float(reference.diameters.mean()), s2=None)
+    # a set without grains has no mean diameter; S2 is a curve, with no one mean
+    means_g.update(grain_diameters=float(generated.diameters.mean()) if generated.diameters.size else None, s2=None)
+    means_r.update(grain_diameters=float(reference.diameters.mean()) if reference.diameters.size else None, s2=None)
     descriptors = {}
     for name in SET_DISTANCES:
         floor, ratio = comparison.floor[name], comparison.ratio(name)
@@ -513,6 +520,7 @@ def evaluation_report(generated_masks: np.ndarray, reference_masks: np.ndarray, 
             "ratio": ratio if np.isfinite(ratio) else None,
         }
     return {
+        "warnings": degenerate_set_warnings(generated_masks, reference_masks),
         "n_generated": generated.size, "n_reference": reference.size,
         "splits": splits, "subset_size": comparison.subset_size,
         "descriptors": descriptors,
@@ -532,20 +540,45 @@ DISTANCE_LABELS = {
 }
 
 
+def degenerate_set_warnings(generated_masks: np.ndarray, reference_masks: np.ndarray) -> list[str]:
+    """Say when images are all grain or all boundary: no network to describe, and, in the
+    reference set, a floor that makes every ratio meaningless."""
+    warnings = []
+    for label, masks in (("generated", generated_masks), ("reference", reference_masks)):
+        flat = np.asarray(masks).reshape(len(masks), -1)
+        empty = int((~flat.any(axis=1)).sum() + flat.all(axis=1).sum())
+        if empty:
+            consequence = "; the noise floor and the ratios mean little" if label == "reference" else ""
+            warnings.append(f"{empty} of {len(masks)} {label} images are all grain or all boundary "
+                            f"(no boundary network){consequence}")
+    return warnings
+
+
+def json_safe(value):
+    """A report with NaN and infinite numbers replaced by None, so that it is valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def format_report(report: dict) -> str:
     """The evaluation report as a plain-text table."""
     def number(value):
-        return "-" if value is None else f"{value:.4g}"
+        return "-" if value is None or not np.isfinite(value) else f"{value:.4g}"
 
     lines = [f"{report['n_generated']} generated vs {report['n_reference']} reference images; "
              f"{report['splits']} splits of {report['subset_size']} images each",
              f"{'descriptor':<30} {'generated':>10} {'reference':>10} {'distance':>10} "
              f"{'floor':>10} {'floor p10-p90':>17} {'ratio':>7}"]
     for name, row in report["descriptors"].items():
-        spread = f"{row['floor_p10']:.3g}-{row['floor_p90']:.3g}"
+        spread = "-" if not np.isfinite(row["floor_p10"]) else f"{row['floor_p10']:.3g}-{row['floor_p90']:.3g}"
         lines.append(f"{DISTANCE_LABELS[name]:<30} {number(row['generated_mean']):>10} "
-                     f"{number(row['reference_mean']):>10} {row['distance']:>10.4g} "
-                     f"{row['floor_median']:>10.4g} {spread:>17} "
+                     f"{number(row['reference_mean']):>10} {number(row['distance']):>10} "
+                     f"{number(row['floor_median']):>10} {spread:>17} "
                      f"{'inf' if row['ratio'] is None else format(row['ratio'], '.2f'):>7}")
     defects, memo = report["defect_rate"], report["memorisation"]
     lines.append(f"images with a dangling end: generated {defects['generated']:.1%}, "
@@ -554,4 +587,5 @@ def format_report(report: dict) -> str:
                  f"{memo['generated_nearest_iou_median']:.3f}, held-out real median "
                  f"{memo['heldout_nearest_iou_median']:.3f} ({memo['heldout']}); near-copies "
                  f"(IoU > {memo['threshold']:.3f}): {len(memo['flagged'])}")
+    lines += [f"warning: {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)

@@ -90,13 +90,18 @@ def load_model(path: str | Path, device: Optional[torch.device] = None, precisio
     (``at_precision``).
     """
     from .device import pick_device
-    from .train import load_checkpoint
+    from .train import CheckpointError, load_checkpoint, load_weights
 
     device = device or pick_device()
     resolve_precision(precision, device)  # a clear error before the file is read
     payload = load_checkpoint(path, map_location="cpu")
-    model = build_model(payload["model_config"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()})
+    try:
+        model = build_model(payload["model_config"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its network config {payload['model_config']!r} builds no network "
+                              f"({exc}); the file is damaged or was edited") from None
+    load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()},
+                 Path(path))
     schedule = Schedule.create(**payload["schedule"])
     return at_precision(model, precision, device), schedule, payload
 

@@ -193,6 +193,26 @@ def save_atomic(payload: dict, path: Path) -> None:
             temporary.unlink()
 
 
+# what every file written by this package holds, whatever its kind (training or weights)
+REQUIRED_KEYS = ("model_config", "schedule", "ema", "step")
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch could not read a file, in words a user can act on (torch's own text is long)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "the file is empty"
+    if "central directory" in str(exc) or "PytorchStreamReader" in str(exc):
+        return "the file is damaged or cut short (an incomplete archive)"
+    if head != b"PK\x03\x04":
+        return "it is not a PyTorch file"
+    if "Weights only load failed" in str(exc):
+        return ("it holds Python objects besides tensors and plain values, which are not loaded "
+                "because loading them could run code")
+    return exc.__class__.__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A checkpoint or weights file written by this package, loaded with weights_only=True."""
     path = Path(path)
@@ -201,16 +221,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many kinds for truncated or foreign files
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); expected a file "
-                              "written by `python -m helpers train`") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_unreadable_reason(path, exc)}); "
+                              "expected a file written by `python -m helpers train`") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a microstructure-ddpm checkpoint (no '{FORMAT}' format "
                               "marker); expected a file written by `python -m helpers train`")
     if payload.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer version (format {payload['version']}); "
                               "update this repository")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: has no {', '.join(missing)}; the file is damaged or was edited")
     return payload
+
+
+def load_weights(network: torch.nn.Module, state: dict, path: Path, which: str = "ema") -> None:
+    """Load ``state`` into ``network``, or say in one line how the file's weights do not fit it."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {word} (first: {v[0]})" for v, word in
+                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if v]
+        raise CheckpointError(f"{path}: its {which} weights do not fit the network its config describes: "
+                              f"{'; '.join(parts)}; the file is damaged or was edited")
+    network.load_state_dict(state)
 
 
 def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torch.float16,
@@ -488,8 +524,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         print(f"network: {run.compile_mode}, {run.compile_seconds:.0f} s to compile")
     step, history, base_seconds, bar_rows, check_seconds = 0, [], 0.0, [], 0.0
     if resume:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        load_weights(model, state["model"], checkpoint_path, "model")
+        load_weights(ema, state["ema"], checkpoint_path, "EMA")
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         _restore_rng_states(state["rng"], generators)

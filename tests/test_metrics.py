@@ -61,7 +61,9 @@ def test_lineal_intercept_counts_half_an_intercept_where_a_line_ends_on_a_bounda
     mask[:, 0] = True  # every row starts on a boundary: 8 half intercepts
     mask[:, 4] = True  # and crosses one more: 8 whole ones; columns 0 and 4 lie along them
     assert metrics.mean_lineal_intercept(mask) == pytest.approx(2 * 64 / 12)
-    assert metrics.mean_lineal_intercept(blank(8)) == 2 * 64
+    # no boundary met: the intercept is longer than any line, reported as the image side, its lower bound
+    assert metrics.mean_lineal_intercept(blank(8)) == 8.0
+    assert metrics.mean_lineal_intercept(~blank(8)) == 0.0  # all boundary
 
 
 def test_a_closed_network_has_junctions_and_no_ends():

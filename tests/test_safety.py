@@ -1,7 +1,8 @@
 """Nothing a user made is overwritten, and bad numbers are refused in one line before any work."""
 import pytest
+import torch
 
-from helpers import sample, train
+from helpers import ROOT, sample, train
 from helpers.diffusion import Schedule
 from helpers.__main__ import main
 
@@ -67,3 +68,79 @@ def test_generate_refuses_a_batch_of_zero():
     net = UNet(widths=(8, 16, 16), blocks=1, attention_at=()).eval()
     with pytest.raises(ValueError, match="--batch-size must be a positive whole number, got 0"):
         sample.generate(net, Schedule.linear(10), 2, "ddim", 2, batch_size=0)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never print",))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return torch.load(ROOT / "data" / "pretrained" / "model.pt", weights_only=True)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_with_the_reason(tmp_path, capsys):
+    torch.save({"format": "microstructure-ddpm", "x": _RunsCode()}, tmp_path / "code.pt")
+    with pytest.raises(train.CheckpointError, match="holds Python objects besides tensors and plain values"):
+        train.load_checkpoint(tmp_path / "code.pt")
+    assert "this must never print" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_its_config_is_one_line_not_a_key_error(tmp_path, shipped):
+    damaged = {k: v for k, v in shipped.items() if k != "model_config"}
+    torch.save(damaged, tmp_path / "no_config.pt")
+    with pytest.raises(train.CheckpointError, match="no_config.pt: has no model_config; the file is damaged"):
+        sample.load_model(tmp_path / "no_config.pt", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda ema: ema.pop(next(iter(ema))), "1 missing"),
+    (lambda ema: ema.update(extra=torch.zeros(3)), "1 unexpected (first: extra)"),
+    (lambda ema: ema.update({next(iter(ema)): torch.zeros(1)}), "1 of another shape")])
+def test_weights_that_do_not_fit_their_network_are_one_line(tmp_path, capsys, shipped, edit, words):
+    damaged = dict(shipped, ema=dict(shipped["ema"]))
+    edit(damaged["ema"])
+    torch.save(damaged, tmp_path / "edited.pt")
+    with pytest.raises(train.CheckpointError, match="do not fit the network its config describes") as caught:
+        sample.load_model(tmp_path / "edited.pt", torch.device("cpu"))
+    assert words in str(caught.value) and len(str(caught.value)) < 400
+    assert main(["sample", "--checkpoint", str(tmp_path / "edited.pt"), "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_config_that_builds_no_network_is_one_line(tmp_path, shipped):
+    torch.save(dict(shipped, model_config={"name": "transformer"}), tmp_path / "odd.pt")
+    with pytest.raises(train.CheckpointError, match="odd.pt: its network config .* builds no network"):
+        sample.load_model(tmp_path / "odd.pt", torch.device("cpu"))
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@pytest.mark.parametrize("fill", [0, 255])
+def test_evaluate_on_a_degenerate_set_warns_and_writes_valid_json_without_numpy_warnings(tmp_path, capsys, fill):
+    import json
+    import warnings
+
+    import numpy as np
+
+    from helpers import data, metrics
+
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    image = np.full((64, 64), fill, np.uint8)
+    for i in range(6):
+        data.save_png(image, folder / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy or scikit-image warning may leak
+        assert main(["evaluate", "--generated", str(folder), "--reference", "voronoi_gb_64",
+                     "--json", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text(), parse_constant=_reject_constant)
+    assert report["warnings"] == ["6 of 6 generated images are all grain or all boundary (no boundary network)"]
+    assert "warning: 6 of 6 generated images" in capsys.readouterr().out
+    one = metrics.describe(image >= 128)
+    # all grain: no line meets a boundary, so the intercept is at least the image side (not 2 x 64 x 64)
+    assert one["lineal_intercept"] == (64.0 if fill == 0 else 0.0)
+    assert one["dangling_ends"] == 0 and one["junctions"] == 0

@@ -91,8 +91,9 @@ def test_a_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "not a readable checkpoint"),
-    (b"PK\x03\x04 truncated zip", "not a readable checkpoint"),
+    (b"", r"not a readable checkpoint \(the file is empty\)"),
+    (b"PK\x03\x04 truncated zip", r"not a readable checkpoint \(the file is damaged or cut short"),
+    (bytes(range(256)) * 20, r"not a readable checkpoint \(it is not a PyTorch file\)"),
 ])
 def test_unreadable_checkpoints_give_a_one_line_error(tmp_path, content, message):
     path = tmp_path / "bad.pt"
