@@ -469,6 +469,48 @@ def check_bar(ema: torch.nn.Module, schedule: Schedule, reference, cfg: TrainCon
     return metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)), reference)
 
 
+LOCK = ".lock"  # in a run folder while a process trains there; holds that process's pid
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (on Windows, where signal 0 would stop it, assume so)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, under another user
+        return True
+    return True
+
+
+def acquire_run_lock(run_dir: Path) -> Path:
+    """Claim ``run_dir`` for this process: an exclusive lock file holding its pid.
+
+    Two processes training into one folder would overwrite each other's checkpoints, and one run
+    would be lost without a word; the second is refused instead. A lock left behind by a process
+    that no longer runs (a killed run) is taken over.
+    """
+    lock = Path(run_dir) / LOCK
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            text = lock.read_text(encoding="utf-8", errors="replace").strip() if lock.exists() else ""
+            owner = int(text) if text.isdigit() else None
+            if owner is not None and owner != os.getpid() and _process_alive(owner):
+                raise TrainingError(f"{run_dir} is in use by another training process (pid {owner}); wait "
+                                    f"for it to finish or choose another --out (if no such process runs, "
+                                    f"delete {lock})") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(f"{os.getpid()}\n")
+        return lock
+    raise TrainingError(f"{run_dir}: could not take its lock {lock}; another process keeps taking it")
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] = None,
           resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
           on_log: Optional[Callable[[list[dict]], None]] = None,
@@ -539,83 +581,87 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
 
         reference = describe_set(boundary_masks(images))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "samples").mkdir(exist_ok=True)
+    lock = acquire_run_lock(run_dir)  # refuses a folder another live process is training in
+    try:
+        (run_dir / "samples").mkdir(exist_ok=True)
 
-    def save_checkpoint() -> None:
-        save_atomic({"format": FORMAT, "version": FORMAT_VERSION, "kind": "training",
-                     "model_config": model_config(cfg, size), "schedule": schedule.config(),
-                     "train_config": asdict(cfg), "step": step, "seconds": seconds(),
-                     "check_seconds": check_seconds,
-                     "model": model.state_dict(), "ema": ema.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": _rng_states(generators),
-                     "loss_window": [float(v) for v in window]}, checkpoint_path)
-        _write_loss_history(run_dir, history)
-        if cfg.bar_every:
-            _write_bar_history(run_dir, bar_rows)
+        def save_checkpoint() -> None:
+            save_atomic({"format": FORMAT, "version": FORMAT_VERSION, "kind": "training",
+                         "model_config": model_config(cfg, size), "schedule": schedule.config(),
+                         "train_config": asdict(cfg), "step": step, "seconds": seconds(),
+                         "check_seconds": check_seconds,
+                         "model": model.state_dict(), "ema": ema.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": _rng_states(generators),
+                         "loss_window": [float(v) for v in window]}, checkpoint_path)
+            _write_loss_history(run_dir, history)
+            if cfg.bar_every:
+                _write_bar_history(run_dir, bar_rows)
 
-    from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    progress_bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
-    window = [torch.tensor(v, device=device) for v in state.get("loss_window", [])] if resume else []
-    started, start_step = time.perf_counter(), step
+        end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        progress_bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
+        window = [torch.tensor(v, device=device) for v in state.get("loss_window", [])] if resume else []
+        started, start_step = time.perf_counter(), step
 
-    def seconds() -> float:  # wall time of the whole run, across resumes
-        return base_seconds + time.perf_counter() - started
+        def seconds() -> float:  # wall time of the whole run, across resumes
+            return base_seconds + time.perf_counter() - started
 
-    model.train()
-    while step < end:
-        window.append(run.step(step).float())
-        step += 1
-        progress_bar.update()
-        logging = step % cfg.log_every == 0 or step == cfg.steps
-        out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
-        if logging or step % cfg.checkpoint_every == 0 or step == end or out_of_time:
-            # checked here rather than every step: reading the loss waits for the GPU
-            losses = torch.stack(window) if window else torch.zeros(0, device=device)
-            bad = (~torch.isfinite(losses)).nonzero()
-            if len(bad):
-                progress_bar.close()
-                first = int(bad[0])
-                raise TrainingError(
-                    f"loss became {losses[first].item()} at step {step - len(window) + first + 1}; "
-                    f"stopped. The last good checkpoint (step {state_step(checkpoint_path)}) is kept "
-                    f"in {checkpoint_path}; try a lower --lr or fp32")
-        if logging:
-            mean_loss = torch.stack(window).float().mean().item()
-            window = []
-            history.append({"step": step, "loss": mean_loss, "lr": learning_rate(cfg, step - 1),
-                            "seconds": seconds()})
-            progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if on_log is not None:
-                on_log(history)
-        if step % cfg.sample_every == 0 or step == cfg.steps:
-            sample_grid(ema, schedule, cfg.sample_count, cfg.sample_steps, device,
-                        run_dir / "samples" / f"step_{step:06d}.png", title=f"EMA samples, step {step}",
-                        eta=cfg.sample_eta)
-        if cfg.bar_every and (step % cfg.bar_every == 0 or step == cfg.steps or out_of_time):
-            check_start = time.perf_counter()
-            row = {"step": step, **check_bar(ema, schedule, reference, cfg, device)}
-            check_seconds += time.perf_counter() - check_start
-            bar_rows.append({**row, "seconds": seconds() - check_seconds})
-            progress_bar.write(f"step {step}: boundary fraction {row['boundary_fraction']:.3f}, grains "
-                      f"{row['grains']:.1f}, dangling ends {row['dangling_ends']:.2f} per image; "
-                      f"fidelity bar {'met' if row['met'] else 'not met'}")
-        if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
-            save_checkpoint()
-        if out_of_time:
-            break
-    progress_bar.close()
-    session = time.perf_counter() - started
-    if history:
-        from .viz import loss_curve
+        model.train()
+        while step < end:
+            window.append(run.step(step).float())
+            step += 1
+            progress_bar.update()
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
+            if logging or step % cfg.checkpoint_every == 0 or step == end or out_of_time:
+                # checked here rather than every step: reading the loss waits for the GPU
+                losses = torch.stack(window) if window else torch.zeros(0, device=device)
+                bad = (~torch.isfinite(losses)).nonzero()
+                if len(bad):
+                    progress_bar.close()
+                    first = int(bad[0])
+                    raise TrainingError(
+                        f"loss became {losses[first].item()} at step {step - len(window) + first + 1}; "
+                        f"stopped. The last good checkpoint (step {state_step(checkpoint_path)}) is kept "
+                        f"in {checkpoint_path}; try a lower --lr or fp32")
+            if logging:
+                mean_loss = torch.stack(window).float().mean().item()
+                window = []
+                history.append({"step": step, "loss": mean_loss, "lr": learning_rate(cfg, step - 1),
+                                "seconds": seconds()})
+                progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if on_log is not None:
+                    on_log(history)
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                sample_grid(ema, schedule, cfg.sample_count, cfg.sample_steps, device,
+                            run_dir / "samples" / f"step_{step:06d}.png", title=f"EMA samples, step {step}",
+                            eta=cfg.sample_eta)
+            if cfg.bar_every and (step % cfg.bar_every == 0 or step == cfg.steps or out_of_time):
+                check_start = time.perf_counter()
+                row = {"step": step, **check_bar(ema, schedule, reference, cfg, device)}
+                check_seconds += time.perf_counter() - check_start
+                bar_rows.append({**row, "seconds": seconds() - check_seconds})
+                progress_bar.write(f"step {step}: boundary fraction {row['boundary_fraction']:.3f}, grains "
+                          f"{row['grains']:.1f}, dangling ends {row['dangling_ends']:.2f} per image; "
+                          f"fidelity bar {'met' if row['met'] else 'not met'}")
+            if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
+                save_checkpoint()
+            if out_of_time:
+                break
+        progress_bar.close()
+        session = time.perf_counter() - started
+        if history:
+            from .viz import loss_curve
 
-        loss_curve(history, path=run_dir / "loss.png")
-    trained = step - start_step
-    final = history[-1]["loss"] if history else float("nan")
-    return TrainResult(run_dir, step, final, seconds(),
-                       trained * cfg.batch_size / session if trained else 0.0, ema, schedule)
+            loss_curve(history, path=run_dir / "loss.png")
+        trained = step - start_step
+        final = history[-1]["loss"] if history else float("nan")
+        return TrainResult(run_dir, step, final, seconds(),
+                           trained * cfg.batch_size / session if trained else 0.0, ema, schedule)
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def state_step(path: Path) -> str:

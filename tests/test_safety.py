@@ -144,3 +144,39 @@ def test_evaluate_on_a_degenerate_set_warns_and_writes_valid_json_without_numpy_
     # all grain: no line meets a boundary, so the intercept is at least the image side (not 2 x 64 x 64)
     assert one["lineal_intercept"] == (64.0 if fill == 0 else 0.0)
     assert one["dangling_ends"] == 0 and one["junctions"] == 0
+
+
+def _smoke_run(tmp_path):
+    run = tmp_path / "run"
+    train.train(train.profile_config("smoke", steps=2, checkpoint_every=2, sample_every=1000), run,
+                device=torch.device("cpu"), progress=False)
+    return run
+
+
+def test_a_run_folder_another_live_process_trains_in_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    run = _smoke_run(tmp_path)
+    assert not (run / train.LOCK).exists()  # a finished run leaves no lock
+    before = (run / "checkpoint.pt").read_bytes()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / train.LOCK).write_text(f"{other.pid}\n")
+        with pytest.raises(train.TrainingError, match=rf"in use by another training process \(pid {other.pid}\)"):
+            train.train(None, run, device=torch.device("cpu"), resume=True, extend_to=4, progress=False)
+        assert (run / "checkpoint.pt").read_bytes() == before  # nothing of the other run's was touched
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    run = _smoke_run(tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / train.LOCK).write_text(gone.stdout)  # that process has exited
+    result = train.train(None, run, device=torch.device("cpu"), resume=True, extend_to=4, progress=False)
+    assert result.step == 4 and not (run / train.LOCK).exists()
