@@ -655,7 +655,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
         if history:
             from .viz import loss_curve
 
-            loss_curve(history, path=run_dir / "loss.png")
+            loss_curve(history, path=run_dir / "loss.png", prediction=cfg.prediction)
         trained = step - start_step
         final = history[-1]["loss"] if history else float("nan")
         return TrainResult(run_dir, step, final, seconds(),

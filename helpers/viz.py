@@ -287,8 +287,13 @@ def embedding_heatmap(tables: Mapping[str, np.ndarray], path: str | Path | None 
     return _save(fig, path)
 
 
-def loss_curve(history: Sequence[dict], path: str | Path | None = None, ax=None) -> plt.Figure:
-    """Training loss (mean per logging window) against step, on a log scale."""
+# what the loss measures, by the network's target (Schedule.prediction)
+LOSS_LABELS = {"eps": "MSE loss (noise prediction)", "v": "MSE loss (velocity prediction)"}
+
+
+def loss_curve(history: Sequence[dict], path: str | Path | None = None, ax=None,
+               prediction: str = "eps") -> plt.Figure:
+    """Training loss (mean per logging window) against step, on a log scale, labelled by target."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.4))
     else:
@@ -296,7 +301,7 @@ def loss_curve(history: Sequence[dict], path: str | Path | None = None, ax=None)
         ax.clear()
     steps = [row["step"] for row in history]
     ax.semilogy(steps, [row["loss"] for row in history])
-    ax.set(xlabel="step", ylabel="MSE loss (noise prediction)", title="training loss")
+    ax.set(xlabel="step", ylabel=LOSS_LABELS[prediction], title="training loss")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -305,15 +310,16 @@ def loss_curve(history: Sequence[dict], path: str | Path | None = None, ax=None)
 class LiveLossPlot:
     """A loss curve that redraws in place in a notebook while training runs (pass as on_log)."""
 
-    def __init__(self):
+    def __init__(self, prediction: str = "eps"):
         from IPython.display import display
 
+        self.prediction = prediction
         self.fig, self.ax = plt.subplots(figsize=(6, 3.4))
         self.handle = display(self.fig, display_id=True)
         plt.close(self.fig)
 
     def __call__(self, history: Sequence[dict]) -> None:
-        loss_curve(history, ax=self.ax)
+        loss_curve(history, ax=self.ax, prediction=self.prediction)
         if self.handle is not None:
             self.handle.update(self.fig)
 

@@ -47,7 +47,7 @@ def test_conventions(path):
         "the parameters cell holds literal assignments only"
     assert "SMOKE" in {t.id for node in tree.body for t in node.targets}
     after = cells[cells.index(parameters[0]) + 1].source
-    assert 'SMOKE = SMOKE or os.environ.get("MDDPM_SMOKE") == "1"' in after
+    assert "SMOKE = helpers.smoke_mode(SMOKE)" in after  # one rule for the smoke switch, in helpers
     assert cells.index(setup[0]) < cells.index(parameters[0])
     cpu, gpu = notebook_run_time(path)  # measured times in the title cell, which the README table shows
     assert re.search(r"\d+ (s|min)", cpu) and gpu

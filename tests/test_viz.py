@@ -43,3 +43,9 @@ def test_lognormal_fit_recovers_its_parameters():
     d = np.random.default_rng(0).lognormal(mean=2.0, sigma=0.5, size=20000)
     mu, sigma = viz.lognormal_fit(d)
     assert mu == pytest.approx(2.0, abs=0.02) and sigma == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_loss_curve_names_the_target_the_run_trained_on():
+    history = [{"step": 10, "loss": 0.9}, {"step": 20, "loss": 0.5}]
+    assert viz.loss_curve(history, prediction="v").axes[0].get_ylabel() == "MSE loss (velocity prediction)"
+    assert viz.loss_curve(history).axes[0].get_ylabel() == "MSE loss (noise prediction)"
