@@ -237,9 +237,27 @@ def _tutorial(args: argparse.Namespace) -> None:
     print(f"{len(paths)} lesson(s) in {(time.perf_counter() - first) / 60:.1f} min", flush=True)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the flag, then where help is (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (eta)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="python -m helpers", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     data = commands.add_parser("data", help="make datasets").add_subparsers(dest="action",
                                                                             required=True)
@@ -279,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--prediction", choices=["eps", "v"], help="what the network learns to output: "
                        "the noise (eps, Ho et al.) or the velocity v (steadier at high noise); "
                        "default: the profile's")
-    train.add_argument("--eta", type=float, help="DDIM eta of the run's sample grids and fidelity-bar "
+    train.add_argument("--eta", type=_fraction, help="DDIM eta of the run's sample grids and fidelity-bar "
                        "checks, and the sampler --export recommends: 0 (deterministic) to 1; "
                        "default: the profile's")
     train.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
@@ -289,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: contiguous, NCHW)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--stop-after", type=int, help="stop this session at that step (resumable)")
-    train.add_argument("--max-minutes", type=float, help="end this session (with a checkpoint) after "
+    train.add_argument("--max-minutes", type=_positive_float, help="end this session (with a checkpoint) after "
                        "this many minutes of training; --resume continues")
     train.add_argument("--export", type=Path, help="also write the EMA weights (fp16) to this file")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -303,9 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", choices=SAMPLERS,
                         help="default: the model's recommended sampler, else ddim (dpm++2m: "
                         "DPM-Solver++(2M), good in 10-25 steps)")
-    sample.add_argument("--steps", type=int, help="DDIM or DPM-Solver steps (ignored by ddpm); default: "
+    sample.add_argument("--steps", type=_positive_int, help="DDIM or DPM-Solver steps (ignored by ddpm); default: "
                         "the model's, else 50")
-    sample.add_argument("--eta", type=float, help="fresh noise per step for ddim and dpm++2m, 0 "
+    sample.add_argument("--eta", type=_fraction, help="fresh noise per step for ddim and dpm++2m, 0 "
                         "(deterministic) to 1; default: the model's, else 0")
     sample.add_argument("--variance", choices=["beta", "posterior"], default="beta",
                         help="DDPM step variance: beta_t (the original's) or beta-tilde_t")

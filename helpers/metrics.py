@@ -354,24 +354,39 @@ def bootstrap_means(stats: SetDescriptors, resamples: int = 2000, level: float =
     return intervals
 
 
-def null_band(real_sets: Sequence[SetDescriptors], reference: SetDescriptors, level: float = 0.9,
-              splits: int = 20, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """The central ``level`` range of the ratios that sets of real images score, per descriptor.
+def null_ratios(real_sets: Sequence[SetDescriptors], reference: SetDescriptors, splits: int = 20,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """The ratios that sets of real images score, per descriptor: the null distribution.
 
     Each set in ``real_sets`` (images the reference never held, as many as the generated set) is
-    scored like a generated set. A generator whose ratio lies above this band differs from the
-    data by more than chance at that m; one inside it differs by nothing detectable with m images.
+    scored exactly like a generated set. A generator that differs from the data by nothing
+    detectable scores like one of them.
     """
     if len(real_sets) < 2:
-        raise ValueError(f"a band needs at least 2 real sets, got {len(real_sets)}")
+        raise ValueError(f"a null distribution needs at least 2 real sets, got {len(real_sets)}")
     ratios = {name: [] for name in SET_DISTANCES}
     for i, real in enumerate(real_sets):
         comparison = compare_sets(real, reference, splits, seed + i)
         for name in SET_DISTANCES:
             ratios[name].append(comparison.ratio(name))
-    tails = [(1 - level) / 2, (1 + level) / 2]
-    return {name: tuple(float(q) for q in np.quantile(values, tails, method="nearest"))
-            for name, values in ratios.items()}
+    return {name: np.array(values) for name, values in ratios.items()}
+
+
+def null_band(null: np.ndarray, level: float = 0.9) -> tuple[float, float]:
+    """The central ``level`` range of real sets' ratios (an empirical quantile, no interpolation)."""
+    low, high = np.quantile(null, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def p_value(ratio: float, null: np.ndarray, above: bool = True) -> float:
+    """Monte Carlo p-value of a ratio against real sets' ratios: (1 + #{real >= ratio}) / (1 + n).
+
+    Small means few real sets score as high: a difference detectable at this m. ``above=False``
+    asks the other way round: a generated set closer to the training data than new real data is
+    (a hint of copying). With n real sets the smallest possible value is 1 / (n + 1).
+    """
+    hits = np.sum(null >= ratio) if above else np.sum(null <= ratio)
+    return float((1 + hits) / (1 + len(null)))
 
 
 def defect_rate(stats: SetDescriptors) -> float:

@@ -485,6 +485,16 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _holds_files(run_dir: Path) -> bool:
+    """Whether a folder holds anything besides what a run killed before its first checkpoint
+    leaves behind (its lock and an empty samples/ folder), which a new run may start over."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK or (entry.name == "samples" and entry.is_dir() and not any(entry.iterdir())):
+            continue
+        return True
+    return False
+
+
 def acquire_run_lock(run_dir: Path) -> Path:
     """Claim ``run_dir`` for this process: an exclusive lock file holding its pid.
 
@@ -550,7 +560,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] 
     elif checkpoint_path.exists():
         raise TrainingError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to "
                             "continue it, or choose another --out")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif run_dir.is_dir() and _holds_files(run_dir):
         raise TrainingError(f"{run_dir} is not empty and holds no run ({CHECKPOINT}); choose a new or "
                             "empty --out (nothing in it was changed)")
     elif run_dir.exists() and not run_dir.is_dir():

@@ -36,6 +36,14 @@ def _ddpm_with_beta(schedule, x_t, t, eps_hat, z):
     return mean if t == 0 else mean + beta.sqrt() * z  # beta_t where beta-tilde_t was asked for
 
 
+def _posterior_x0_coefficient_with_abar_t(schedule, x0, x_t, t):
+    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alpha_bars[t]
+    abar_prev = schedule.alpha_bars[t - 1] if t > 0 else abar.new_tensor(1.0)
+    # the mistake: sqrt(alpha-bar_t) where sqrt(alpha-bar_(t-1)) belongs; it moves the mean by ~5e-5
+    mean = (abar.sqrt() * beta / (1 - abar)) * x0 + (alpha.sqrt() * (1 - abar_prev) / (1 - abar)) * x_t
+    return mean, (1 - abar_prev) / (1 - abar) * beta
+
+
 def _sigma_without_eta(schedule, t, s, eta):
     abar_t, abar_s = schedule.alpha_bars[t], schedule.alpha_bars[s]
     return ((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)).sqrt()
@@ -71,7 +79,7 @@ MISTAKES = {
 
 
 def _posterior_float64_with_x0_at_zero(schedule, x0, x_t, t):
-    betas = schedule.betas.double()
+    betas = schedule.betas
     abar = torch.cumprod(1 - betas, 0)
     if t == 0:
         return x0, 0.0
@@ -81,7 +89,7 @@ def _posterior_float64_with_x0_at_zero(schedule, x0, x_t, t):
 
 def _ddpm_through_x0_hat(schedule, x_t, t, eps_hat, z):
     beta, abar = schedule.betas[t], schedule.alpha_bars[t]
-    abar_prev = schedule.alpha_bars[t - 1] if t > 0 else torch.tensor(1.0)
+    abar_prev = schedule.alpha_bars[t - 1] if t > 0 else torch.tensor(1.0, dtype=torch.float64)
     x0_hat = (x_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
     mean = abar_prev.sqrt() * beta / (1 - abar) * x0_hat + (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar) * x_t
     return mean if t == 0 else mean + ((1 - abar_prev) / (1 - abar) * beta).sqrt() * z
@@ -102,6 +110,10 @@ OTHER_RIGHT_ANSWERS = {
                                                 torch.cos(t.float()[:, None] * 1e4 ** (-torch.arange(dim // 2) / (dim // 2)))],
                                                -1).reshape(len(t), dim),  # float32 angles
 }
+
+
+def test_a_small_mistake_in_the_posterior_mean_is_caught(capsys):
+    assert exercises.check("02_posterior", _posterior_x0_coefficient_with_abar_t) is False
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_RIGHT_ANSWERS))

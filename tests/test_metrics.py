@@ -166,15 +166,18 @@ def test_bootstrap_intervals_of_means_have_the_width_theory_gives():
         metrics.bootstrap_means(stats, level=1.5)
 
 
-def test_the_null_band_holds_real_sets_and_not_a_different_one():
+def test_real_sets_set_the_null_and_a_real_difference_gets_a_small_p_value():
     real = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=0, index=i).image for i in range(400)]) >= 128)
     sets = [metrics.describe_set(np.stack([data.make_voronoi_gb(seed=10 + k, index=i).image for i in range(40)]) >= 128)
-            for k in range(12)]
-    band = metrics.null_band(sets, real)
-    low, high = band["boundary_fraction"]
+            for k in range(19)]
+    null = metrics.null_ratios(sets, real)
+    low, high = metrics.null_band(null["boundary_fraction"])
     assert 0 < low < 1 < high < 3
     other = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=99, index=i, n_seeds=20).image
                                            for i in range(40)]) >= 128)  # smaller grains: a real difference
-    assert metrics.compare_sets(other, real).ratio("grains") > band["grains"][1]
+    assert metrics.p_value(metrics.compare_sets(other, real).ratio("grains"), null["grains"]) == 1 / 20  # the smallest
+    fresh = metrics.describe_set(np.stack([data.make_voronoi_gb(seed=98, index=i).image for i in range(40)]) >= 128)
+    assert metrics.p_value(metrics.compare_sets(fresh, real).ratio("grains"), null["grains"]) > 0.1
+    assert metrics.p_value(0.0, null["grains"], above=False) == 1 / 20
     with pytest.raises(ValueError, match="at least 2 real sets"):
-        metrics.null_band(sets[:1], real)
+        metrics.null_ratios(sets[:1], real)

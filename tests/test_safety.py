@@ -42,13 +42,15 @@ def test_evaluate_refuses_to_replace_a_json_file_or_write_into_a_folder_before_w
     (["train", "--steps", "0"], "--steps"), (["train", "--steps", "-5"], "--steps"),
     (["train", "--batch-size", "0"], "--batch-size"), (["train", "--lr", "-1"], "--lr"),
     (["train", "--seed", "-1"], "--seed"), (["sample", "--batch-size", "0"], "--batch-size"),
-    (["sample", "--n", "0"], "--n"), (["evaluate", "--splits", "0", "--generated", "x"], "--splits")])
+    (["sample", "--n", "0"], "--n"), (["evaluate", "--splits", "0", "--generated", "x"], "--splits"),
+    (["sample", "--steps", "0"], "--steps"), (["sample", "--eta", "2"], "--eta"),
+    (["train", "--max-minutes", "0"], "--max-minutes"), (["train", "--eta", "-0.5"], "--eta")])
 def test_bad_numbers_are_refused_in_one_line_naming_the_flag(tmp_path, capsys, argv, flag):
     with pytest.raises(SystemExit) as exit_info:
         main(argv + ["--out", str(tmp_path / "never")] if argv[0] != "evaluate" else argv)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"argument {flag}" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {flag}" in err[0] and "--help" in err[0]  # one line, no usage block
     assert not (tmp_path / "never").exists()
 
 
@@ -180,3 +182,16 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     (run / train.LOCK).write_text(gone.stdout)  # that process has exited
     result = train.train(None, run, device=torch.device("cpu"), resume=True, extend_to=4, progress=False)
     assert result.step == 4 and not (run / train.LOCK).exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)  # what such a run leaves: an empty samples/ and its lock
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / train.LOCK).write_text(gone.stdout)
+    result = train.train(train.profile_config("smoke", steps=2, checkpoint_every=2, sample_every=1000), run,
+                         device=torch.device("cpu"), progress=False)
+    assert result.step == 2 and (run / "checkpoint.pt").exists() and not (run / train.LOCK).exists()

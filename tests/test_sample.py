@@ -55,9 +55,10 @@ def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights,
     assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--steps", "4", "--eta", "0",
                  "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert "(DDIM-4, eta 0," in capsys.readouterr().out  # what the command names wins
-    assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--eta", "3",
-                 "--out", str(tmp_path / "c"), "--quiet"]) == 2
-    assert "eta must be a number from 0 to 1, got 3.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused while the arguments are read, before any work
+        main(["sample", "--checkpoint", str(stored), "--n", "2", "--eta", "3", "--out", str(tmp_path / "c"), "--quiet"])
+    assert refused.value.code == 2 and not (tmp_path / "c").exists()
+    assert "argument --eta: expected a number from 0 to 1, got '3'" in capsys.readouterr().err
 
 
 def test_sampler_settings_are_checked():
