@@ -41,47 +41,35 @@ RECIPE_FLAGS = ("data", "model", "profile", "batch_size", "lr", "seed", "precisi
                 "bar_every", "bar_samples", "prediction", "eta", "compile", "memory_format")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
+def _number(convert, accept, expected: str):
+    """An argparse type: ``convert`` the text, keep it if ``accept`` says so, else a one-line error."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: a whole number of at least 0 (seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive whole number")
+_non_negative_int = _number(int, lambda v: v >= 0, "a whole number of 0 or more")  # seeds
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number above 0")  # rates, minutes
+_fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")  # eta
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: a number above 0 (learning rates)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
-
-
-def _new_file(path: Path | None, flag: str) -> None:
+def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replaced") -> None:
     """Refuse, before any work, to write ``flag``'s file over an existing file or into a folder."""
     if path is None:
         return
     if Path(path).is_dir():
         raise DataError(f"{flag} {path} is a folder; expected the path of a new file")
     if Path(path).exists():
-        raise DataError(f"{path} exists; choose another {flag} path (nothing was replaced)")
+        raise DataError(f"{path} exists; choose another {flag} path ({unchanged})")
 
 
 def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
@@ -94,8 +82,7 @@ def _train(args: argparse.Namespace) -> None:
     from .device import pick_device
     from .train import TrainingError, default_profile, describe_model, profile_config, train
 
-    if args.export and Path(args.export).exists():
-        raise DataError(f"{args.export} exists; choose another --export path (nothing was trained)")
+    _new_file(args.export, "--export", "nothing was trained")
     device = pick_device()
     resume = args.resume
     if resume:
@@ -242,17 +229,6 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a number from 0 to 1 (eta)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
