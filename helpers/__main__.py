@@ -2,15 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-from .bench import BENCH_MODELS, SAMPLING_PRECISIONS
-from .sample import SAMPLERS
-from .train import PRECISIONS
-from .data import DATA_ROOT, KINDS, DataError
-from .device import COMPILE_MODES, MEMORY_FORMATS
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics
+from .bench import format_bench, run_bench
+from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
+from .data import DATA_ROOT, KINDS, DataError, load_uint8, make_dataset, prepare_output_dir
+from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
+from .diffusion import PREDICTIONS, VARIANCES
+from .sample import SAMPLERS, recommended_sampler, reverse_process_gif, generate, write_pngs
+from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
+                    profile_config, train)
+from .unet import MODELS
 
 DEFAULT_MODEL = DATA_ROOT / "pretrained" / "model.pt"
 
@@ -20,10 +29,6 @@ class LessonError(RuntimeError):
 
 
 def _data_make(args: argparse.Namespace) -> None:
-    from tqdm.auto import tqdm
-
-    from .data import make_dataset
-
     start = time.perf_counter()
     bar = tqdm(total=max(args.n, 0), desc=f"{args.kind} {args.size}px", unit="img",
                disable=args.quiet)
@@ -62,14 +67,16 @@ _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number above
 _fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")  # eta
 
 
-def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replaced") -> None:
-    """Refuse, before any work, to write ``flag``'s file over an existing file or into a folder."""
+def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replaced", replace: bool = False) -> None:
+    """Refuse, before any work, to write ``flag``'s file into a folder, or over an existing file
+    unless ``replace`` (--force): every file the CLI writes follows this one rule."""
     if path is None:
         return
     if Path(path).is_dir():
         raise DataError(f"{flag} {path} is a folder; expected the path of a new file")
-    if Path(path).exists():
-        raise DataError(f"{path} exists; choose another {flag} path ({unchanged})")
+    if Path(path).exists() and not replace:
+        hint = " or pass --force to replace it" if flag == "--gif" else ""
+        raise DataError(f"{path} exists; choose another {flag} path{hint} ({unchanged})")
 
 
 def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
@@ -78,10 +85,6 @@ def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .data import load_uint8
-    from .device import pick_device
-    from .train import TrainingError, default_profile, describe_model, profile_config, train
-
     _new_file(args.export, "--export", "nothing was trained")
     device = pick_device()
     resume = args.resume
@@ -89,7 +92,7 @@ def _train(args: argparse.Namespace) -> None:
         recipe = _recipe_flags_given(args)
         if recipe:
             raise TrainingError(f"{', '.join(recipe)}: a resumed run keeps the settings in its "
-                                f"checkpoint ({args.out / 'checkpoint.pt'}); with --resume give only "
+                                f"checkpoint ({args.out / CHECKPOINT}); with --resume give only "
                                 "--steps, --lr-decay, --stop-after, --max-minutes, --export or --quiet")
         cfg = None
         print(f"resuming the run in {args.out} on {device}")
@@ -105,82 +108,64 @@ def _train(args: argparse.Namespace) -> None:
         size = load_uint8(cfg.data, limit=1).shape[-1]
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
-    print(f"writing to {args.out}/ (checkpoint.pt, loss.csv, loss.png, samples/); "
+    print(f"writing to {args.out}/ ({RUN_FILES}); "
           f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
     result = train(cfg, args.out, device=device, resume=resume, progress=not args.quiet,
                    stop_after=args.stop_after, extend_to=args.steps if resume else None,
                    lr_decay_steps=args.lr_decay if resume else None,
                    max_seconds=60 * args.max_minutes if args.max_minutes else None)
-    print(f"step {result.step}: loss {result.final_loss:.4f}, {result.seconds:.0f} s in all, "
-          f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / 'checkpoint.pt'}")
+    loss = "no loss logged yet" if result.final_loss is None else f"loss {result.final_loss:.4f}"
+    print(f"step {result.step}: {loss}, {result.seconds:.0f} s in all, "
+          f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / CHECKPOINT}")
     if args.export:
-        from .sample import describe_sampler
-        from .train import TrainConfig, export_weights, load_checkpoint, run_sampler
-
-        checkpoint = load_checkpoint(result.run_dir / "checkpoint.pt")
-        sampler = run_sampler(TrainConfig(**checkpoint["train_config"]))
-        path = export_weights(checkpoint, args.export, sampler=sampler)
-        print(f"EMA weights (fp16) exported to {path}, recommending {describe_sampler(sampler)}")
+        checkpoint = load_checkpoint(result.run_dir / CHECKPOINT)
+        sampler = TrainConfig(**checkpoint["train_config"]).sampler()
+        path = export_weights(checkpoint, args.export, sampler=sampler.stored())
+        print(f"EMA weights (fp16) exported to {path}, recommending {sampler.describe()}")
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from .data import prepare_output_dir
-    from .device import pick_device
-    from .sample import (check_sampler, describe_sampler, generate, load_model, recommended_sampler,
-                         reverse_process_gif, write_pngs)
-
+    _new_file(args.gif, "--gif", replace=args.force)
     device = pick_device()
     model, schedule, payload = load_model(args.checkpoint, device, args.precision)
     try:
         recommended = recommended_sampler(payload)
     except ValueError as exc:
         raise DataError(f"{args.checkpoint}: its recommended sampler is unusable ({exc})") from None
-    given = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta}
     try:
-        settings = check_sampler({**recommended, **{k: v for k, v in given.items() if v is not None}})
+        sampler = recommended.replace(kind=args.sampler, steps=args.steps, eta=args.eta, variance=args.variance,
+                                      clip=False if args.no_clip else None)
+        sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
     except ValueError as exc:
         raise DataError(f"--sampler/--steps/--eta: {exc}") from None
     prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
-    if args.gif and Path(args.gif).exists() and not args.force:
-        raise DataError(f"{args.gif} exists; choose another --gif or pass --force to replace it")
     start = time.perf_counter()
-    if args.gif:
+    if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
         first = min(args.n, 16)
-        head, gif = reverse_process_gif(model, schedule, first, args.gif, settings["sampler"], settings["steps"],
-                                        args.seed, clip=not args.no_clip, variance=args.variance,
-                                        device=device, eta=settings["eta"])
-        rest = generate(model, schedule, args.n - first, **settings, variance=args.variance,
-                        clip=not args.no_clip, seed=args.seed + 1, batch_size=args.batch_size,
-                        device=device, progress=not args.quiet) if args.n > first else head[:0]
-        import torch
-
-        images = torch.cat([head, rest])
+        head, gif = reverse_process_gif(model, schedule, first, args.gif, sampler, seed=args.seed, device=device)
         print(f"reverse-process GIF of {first} images: {gif}")
+        rest = generate(model, schedule, args.n - first, sampler, seed=args.seed + 1, batch_size=args.batch_size,
+                        device=device, progress=not args.quiet) if args.n > first else head[:0]
+        images = torch.cat([head, rest])
     else:
-        images = generate(model, schedule, args.n, **settings, variance=args.variance, clip=not args.no_clip,
-                          seed=args.seed, batch_size=args.batch_size, device=device, progress=not args.quiet)
+        images = generate(model, schedule, args.n, sampler, seed=args.seed, batch_size=args.batch_size,
+                          device=device, progress=not args.quiet)
     seconds = time.perf_counter() - start
     paths = write_pngs(images, Path(args.out), force=args.force)
-    print(f"wrote {len(paths)} samples to {args.out} ({describe_sampler(settings)}, {args.precision}, "
+    print(f"wrote {len(paths)} samples to {args.out} ({sampler.describe()}, {args.precision}, "
           f"{seconds:.1f} s on {device}, model from step {payload['step']})")
 
 
 def _write_json(path: Path | None, report: dict) -> None:
     """Write a report as indented JSON when a path was given (checked by ``_new_file`` first), and say where."""
     if path:
-        import json
-
-        from .metrics import json_safe
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+        Path(path).write_text(json.dumps(metrics.json_safe(report), indent=2, allow_nan=False) + "\n")
         print(f"wrote {path}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .data import load_uint8
-    from .metrics import boundary_masks, evaluation_report, format_report
-
+    boundary_masks = metrics.boundary_masks
     _new_file(args.json, "--json")
     generated = boundary_masks(load_uint8(args.generated))
     reference = boundary_masks(load_uint8(args.reference, column=args.reference_column))
@@ -188,14 +173,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     if generated.shape[1:] != reference.shape[1:]:
         raise DataError(f"{args.generated} holds {generated.shape[2]}x{generated.shape[1]} images but "
                         f"{args.reference} holds {reference.shape[2]}x{reference.shape[1]}; expected one size")
-    report = evaluation_report(generated, reference, args.splits, args.seed, heldout)
-    print(format_report(report))
+    report = metrics.evaluation_report(generated, reference, args.splits, args.seed, heldout)
+    print(metrics.format_report(report))
     _write_json(args.json, report)
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from .bench import format_bench, run_bench
-
     _new_file(args.json, "--json")
     report = run_bench(quick=args.quick, models=args.model, batch_sizes=args.batch_size,
                        memory_formats=args.memory_format, compile_modes=args.compile,
@@ -207,9 +190,10 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _tutorial(args: argparse.Namespace) -> None:
-    from .notebooks import notebook_paths, run_notebook
-
+    # papermill and nbformat load only for this command: they take seconds to import
     from papermill.exceptions import PapermillExecutionError
+
+    from .notebooks import notebook_paths, run_notebook
 
     paths, first = notebook_paths(args.only), time.perf_counter()
     for path in paths:
@@ -231,10 +215,8 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m helpers", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-
+def _add_data(commands) -> None:
+    """data make: a synthetic dataset folder."""
     data = commands.add_parser("data", help="make datasets").add_subparsers(dest="action",
                                                                             required=True)
     make = data.add_parser("make", help="generate a dataset folder (PNGs, manifest.csv, README.md)",
@@ -248,12 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(run=_data_make)
 
+
+def _add_train(commands) -> None:
+    """train: a run folder from a dataset."""
     train = commands.add_parser("train", help="train a denoiser (headless)",
                                 description="Train a DDPM denoiser on a dataset folder.")
     train.add_argument("--data", help="dataset name or folder of PNGs (default: voronoi_gb_64)")
     train.add_argument("--out", required=True, type=Path, help="run folder (new, or the run to --resume)")
-    train.add_argument("--model", choices=["unet", "seed-unet"], help="the network (default: unet)")
-    train.add_argument("--profile", choices=["smoke", "cpu", "gpu"],
+    train.add_argument("--model", choices=MODELS, help="the network (default: unet)")
+    train.add_argument("--profile", choices=PROFILES,
                        help="settings bundle (default: gpu on CUDA, else cpu)")
     train.add_argument("--steps", type=_positive_int, help="training steps (overrides the profile; with "
                        "--resume, the new total to train on to)")
@@ -270,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bar-every", type=int, metavar="N", help="check the fidelity bar on EMA "
                        "samples every N steps, logged to bar.csv with the training time so far")
     train.add_argument("--bar-samples", type=_positive_int, metavar="N", help="samples per fidelity-bar check (200)")
-    train.add_argument("--prediction", choices=["eps", "v"], help="what the network learns to output: "
+    train.add_argument("--prediction", choices=PREDICTIONS, help="what the network learns to output: "
                        "the noise (eps, Ho et al.) or the velocity v (steadier at high noise); "
                        "default: the profile's")
     train.add_argument("--eta", type=_fraction, help="DDIM eta of the run's sample grids and fidelity-bar "
@@ -289,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
+
+def _add_sample(commands) -> None:
+    """sample: PNGs (and a GIF) from a model file."""
     sample = commands.add_parser("sample", help="generate microstructures from a checkpoint",
                                  description="Sample PNGs (and optionally a GIF) from a checkpoint.")
     sample.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="checkpoint or weights file "
@@ -301,12 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the model's, else 50")
     sample.add_argument("--eta", type=_fraction, help="fresh noise per step for ddim and dpm++2m, 0 "
                         "(deterministic) to 1; default: the model's, else 0")
-    sample.add_argument("--variance", choices=["beta", "posterior"], default="beta",
-                        help="DDPM step variance: beta_t (the original's) or beta-tilde_t")
+    sample.add_argument("--variance", choices=VARIANCES,
+                        help="DDPM step variance: beta_t (the original's; default) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
     sample.add_argument("--seed", type=_non_negative_int, default=0)
     sample.add_argument("--batch-size", type=_positive_int, default=256)
-    sample.add_argument("--precision", choices=("auto", *SAMPLING_PRECISIONS), default="fp32",
+    sample.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
                         help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
                         "float32 (faster on processors with bf16 arithmetic; measured in the README); "
                         "auto picks bf16 where the processor computes it natively, else fp32")
@@ -317,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--quiet", action="store_true")
     sample.set_defaults(run=_sample)
 
+
+def _add_evaluate(commands) -> None:
+    """evaluate: two folders of PNGs against the noise floor."""
     evaluate = commands.add_parser("evaluate", help="compare generated and real microstructures",
                                    description="Descriptor distances of two folders of PNGs, as "
                                                "ratios to the real-vs-real noise floor.")
@@ -331,11 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, help="also write the report as JSON")
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_bench(commands) -> None:
+    """bench: throughput of training and sampling."""
     bench = commands.add_parser("bench", help="training and sampling throughput, original vs ours",
                                 description="Measure the original recipe against our fast path, "
                                             "in one process, on the current device.")
     bench.add_argument("--quick", action="store_true", help="small settings (under a minute on a CPU)")
-    bench.add_argument("--model", nargs="+", choices=BENCH_MODELS, default=list(BENCH_MODELS),
+    bench.add_argument("--model", nargs="+", choices=MODELS, default=list(MODELS),
                        help="networks to time (default: both)")
     bench.add_argument("--batch-size", nargs="+", type=_positive_int, metavar="N",
                        help="training batch sizes (default: 128 on CUDA, 32 on a CPU, 8 with --quick)")
@@ -355,18 +349,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=_bench)
 
+
+def _add_tutorial(commands) -> None:
+    """tutorial: the lessons, executed."""
     tutorial = commands.add_parser("tutorial", help="execute the notebooks into an output folder",
                                    description="Execute notebooks/ in order with papermill.")
     tutorial.add_argument("--out", default="outputs", help="folder for executed notebooks")
     tutorial.add_argument("--smoke", action="store_true", help="smallest settings (for tests)")
     tutorial.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
     tutorial.set_defaults(run=_tutorial)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m helpers", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_bench, _add_tutorial):
+        add(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train import CheckpointError, TrainingError
-
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

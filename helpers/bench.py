@@ -23,14 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_module
-from .device import compile_network, configure_backends, device_name, memory_format, pick_device
+from .device import at_precision, compile_network, configure_backends, device_name, pick_device, resolve_precision
 from .diffusion import Schedule, q_sample
-from .sample import PRECISIONS, generate
+from .sample import Sampler, generate
 from .train import Trainer, TrainConfig
-from .unet import SeedUNet, UNet, build_model, count_parameters, gflops_per_image
-
-BENCH_MODELS = ("seed-unet", "unet")
-SAMPLING_PRECISIONS = tuple(PRECISIONS)
+from .unet import MODELS, SeedUNet, UNet, build_model, count_parameters, gflops_per_image
 # A training step costs about three forward passes (forward, and backward through activations
 # and weights): the achieved TFLOP/s below use that, with the forward counted by PyTorch.
 TRAINING_FLOP_FACTOR = 3
@@ -149,8 +146,8 @@ def training_row(model: str, device: torch.device, batch_size: int, memory_forma
                  compile_mode: str = "none", precision: str = "auto", steps: int = 10, warmup: int = 3,
                  repeats: int = 5, profile: bool = False, images: Optional[torch.Tensor] = None) -> dict:
     """Images per second of ``Trainer.step`` (train's own step) for one network and one setting."""
-    if model not in BENCH_MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(BENCH_MODELS)}")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     images = data_module.load_images("voronoi_gb_64") if images is None else images
     cfg = TrainConfig(model=model, batch_size=batch_size, precision=precision, compile=compile_mode,
                       memory_format=memory_format_name, prediction="v", lr=2e-4, warmup=10)
@@ -180,24 +177,24 @@ def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.devic
                  steps: int = 50, eta: float = 1.0, repeats: int = 3, profile: bool = False) -> dict:
     """Seconds to sample ``n`` images with DDIM-``steps`` in batches of ``batch_size``.
 
-    ``precision`` bf16 runs the network with bf16 weights (the sampler's arithmetic stays
-    float32). Compiled shapes are static: make ``n`` a multiple of ``batch_size``, or the last,
-    smaller batch compiles again inside the timed runs.
+    ``precision`` (device.SAMPLING_PRECISIONS) bf16 runs the network with bf16 weights (the
+    sampler's arithmetic stays float32), the copy ``sample`` makes (``device.at_precision``).
+    Compiled shapes are static: make ``n`` a multiple of ``batch_size``, or the last, smaller
+    batch compiles again inside the timed runs.
     """
-    if precision not in SAMPLING_PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(SAMPLING_PRECISIONS)}")
     configure_backends(device)
-    network = copy.deepcopy(model).to(device, dtype=PRECISIONS[precision],
-                                      memory_format=memory_format(memory_format_name)).eval()
+    network = at_precision(copy.deepcopy(model), precision, device, memory_format_name)
 
     def sample(net, count: int, sampler_steps: int) -> torch.Tensor:
-        return generate(net, schedule, count, "ddim", sampler_steps, eta, batch_size=batch_size, device=device)
+        return generate(net, schedule, count, Sampler("ddim", sampler_steps, eta), batch_size=batch_size,
+                        device=device)
 
     network, mode, compile_seconds = compile_network(network, compile_mode,
                                                      lambda net: sample(net, min(batch_size, n), 3))
     sample(network, min(batch_size, n), 2)  # warm-up: cuDNN's algorithm search, allocations
     seconds = median_seconds(lambda: sample(network, n, steps), device, 0, repeats)
-    row = {"images": n, "batch_size": batch_size, "sampler": f"DDIM-{steps}, eta {eta:g}", "precision": precision,
+    row = {"images": n, "batch_size": batch_size, "sampler": Sampler("ddim", steps, eta).describe(),
+           "precision": resolve_precision(precision, device),
            "memory_format": memory_format_name, "compile": mode, "compile_seconds": compile_seconds, "seconds": seconds,
            "images_per_second": n / seconds}
     if profile:
@@ -215,7 +212,7 @@ def _try_profile(run: Callable[[], None], device: torch.device, calls: int, seco
 
 
 def run_bench(quick: bool = False, device: Optional[torch.device] = None,
-              models: Iterable[str] = BENCH_MODELS, batch_sizes: Optional[Iterable[int]] = None,
+              models: Iterable[str] = tuple(MODELS), batch_sizes: Optional[Iterable[int]] = None,
               memory_formats: Iterable[str] = ("contiguous",), compile_modes: Iterable[str] = ("none",),
               sample_n: Optional[int] = None, sample_batch: Optional[int] = None,
               sample_precisions: Iterable[str] = ("fp32",), profile: bool = False,

@@ -13,6 +13,7 @@ image can be regenerated alone and a whole set is bit-identical on every machine
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import warnings
@@ -22,6 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from . import metrics
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 KINDS = ("voronoi-gb", "grain-growth")
@@ -265,7 +268,10 @@ def prepare_output_dir(out: Path, force: bool) -> Path:
         raise DataError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise DataError(f"{out} is not empty; choose an empty folder or pass --force to write into it")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"could not create the folder {out}: {exc.strerror or exc}") from None
     return out
 
 
@@ -292,9 +298,34 @@ def row_paths(kind: str, index: int) -> dict[str, str]:
     return {"file": f"gray/{name}", "boundary": f"boundary/{name}", "labels": f"labels/{name}"}
 
 
+def make_command(kind: str, n: int, size: int, seed: int, out: str) -> str:
+    """The ``data make`` command line that writes this dataset to ``out``."""
+    return f"python -m helpers data make --kind {kind} --n {n} --size {size} --seed {seed} --out {out}"
+
+
+def unfinished_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str:
+    """The README.md a dataset folder holds while it is written, replaced when the last image is."""
+    return "\n".join([
+        f"# {folder.name} (unfinished)",
+        "",
+        f"This folder is being written, or its writing stopped before the end: `{MANIFEST}` lists the "
+        f"images written in full, of {n}. To write the whole set, run again with `--force`:",
+        "",
+        "```",
+        f"{make_command(kind, n, size, seed, str(folder))} --force",
+        "```",
+        "",
+    ])
+
+
 def make_dataset(kind: str, n: int, size: int, seed: int, out: Path | str, force: bool = False,
                  progress: Callable[[int], None] | None = None) -> Path:
-    """Generate ``n`` images of ``kind`` into ``out``: PNGs, manifest.csv and a README.md."""
+    """Generate ``n`` images of ``kind`` into ``out``: PNGs, manifest.csv and a README.md.
+
+    The manifest grows by one row as each image is written, and the README says the set is
+    unfinished until the last one is, so a folder whose writing was killed tells what it holds.
+    A write that fails (a full disk) is a ``DataError`` naming the file and how far it got.
+    """
     if kind not in KINDS:
         raise DataError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     n = check_positive("--n", n)
@@ -304,21 +335,34 @@ def make_dataset(kind: str, n: int, size: int, seed: int, out: Path | str, force
     if size < 8:
         raise DataError(f"--size must be at least 8 pixels, got {size}")
     out = prepare_output_dir(Path(out), force)
-    rows = []
-    for index in range(n):
-        images = generate_files(kind, seed, index, size)
-        paths = row_paths(kind, index)
-        for column, image in images.items():
-            (out / paths[column]).parent.mkdir(parents=True, exist_ok=True)
-            save_png(image, out / paths[column])
-        rows.append(paths)
-        if progress is not None:
-            progress(index)
-    with open(out / MANIFEST, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS[kind]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "README.md").write_text(dataset_readme(kind, n, size, seed, out), encoding="utf-8")
+    written, target = 0, out / "README.md"
+    try:
+        target.write_text(unfinished_readme(kind, n, size, seed, out), encoding="utf-8")
+        target = out / MANIFEST
+        with open(target, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(COLUMNS[kind]), lineterminator="\n")
+            writer.writeheader()
+            fh.flush()
+            for index in range(n):
+                images = generate_files(kind, seed, index, size)
+                paths = row_paths(kind, index)
+                for column, image in images.items():
+                    target = out / paths[column]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    save_png(image, target)
+                target = out / MANIFEST
+                writer.writerow(paths)
+                fh.flush()  # a killed run's manifest lists every image written in full
+                written += 1
+                if progress is not None:
+                    progress(index)
+        target = out / "README.md"
+        target.write_text(dataset_readme(kind, n, size, seed, out), encoding="utf-8")
+    except OSError as exc:
+        remedy = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        raise DataError(f"could not write {target}: {exc.strerror or exc}; {written} of {n} images were "
+                        f"written to {out} (listed in its {MANIFEST}); {remedy} and run the same "
+                        "command again with --force to write the whole set") from None
     return out
 
 
@@ -340,8 +384,6 @@ DESCRIPTIONS = {
 
 def dataset_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str:
     """README.md of a generated dataset: how it was made and its measured statistics."""
-    from . import metrics
-
     boundary_column = "file" if kind == "voronoi-gb" else "boundary"
     masks = metrics.boundary_masks(load_uint8(folder, boundary_column))
     stats = metrics.describe_set(masks)
@@ -357,7 +399,7 @@ def dataset_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str
         "Made by (bit-identical on every machine; image i uses its own generator seeded (seed, i)):",
         "",
         "```",
-        f"python -m helpers data make --kind {kind} --n {n} --size {size} --seed {seed} --out {folder.name}",
+        make_command(kind, n, size, seed, folder.name),
         "```",
         "",
         f"{n} images, {size}x{size}, 8-bit grayscale PNG; `manifest.csv` lists them "
@@ -370,19 +412,13 @@ def dataset_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str
         "| descriptor | mean | std |",
         "|---|---|---|",
     ]
-    names = {"boundary_fraction": "boundary fraction", "grains": "grains per image (>= 4 px)",
-             "lineal_intercept": "mean lineal intercept (px)",
-             "junctions": "skeleton junctions per image",
-             "dangling_ends": "dangling boundary ends per image"}
     for key, (mean, std) in stats.summary().items():
-        lines.append(f"| {names[key]} | {mean:.4f} | {std:.4f} |")
-    lines.append(f"| grains per image (every component) | {all_components.mean():.4f} "
-                 f"| {all_components.std():.4f} |")
+        lines.append(f"| {metrics.descriptor_label(key)} | {mean:.4f} | {std:.4f} |")
+    lines.append(f"| {metrics.DESCRIPTOR_TABLE['grains'].label} (every component) "
+                 f"| {all_components.mean():.4f} | {all_components.std():.4f} |")
     diameters = stats.diameters
-    lines += [
-        f"| grain equivalent-circle diameter (px, pooled) | {diameters.mean():.4f} "
-        f"| {diameters.std():.4f} |",
-    ]
+    lines.append(f"| {metrics.descriptor_label('grain_diameters')} | {diameters.mean():.4f} "
+                 f"| {diameters.std():.4f} |")
     if kind == "grain-growth":
         grains = load_uint8(folder, "labels").reshape(n, -1).max(axis=1) + 1
         lines.append(f"| grains per label map (periodic, each grain once) | {grains.mean():.4f} "
@@ -470,11 +506,8 @@ def read_gray(path: Path) -> tuple[np.ndarray, bool]:
                         "expected an 8-bit grayscale PNG") from None
 
 
-def read_images(paths: Sequence[Path]) -> np.ndarray:
-    """Read image files into a uint8 (N, H, W) array; all must share one size.
-
-    Colour or palette images are converted to grayscale with a single warning for the batch.
-    """
+def _read_stack(paths: Sequence[Path]) -> tuple[np.ndarray, list[Path]]:
+    """Image files as a uint8 (N, H, W) array of one size, and the files converted to grayscale."""
     if not paths:
         raise DataError("no image files given")
     arrays, converted = [], []
@@ -486,17 +519,45 @@ def read_images(paths: Sequence[Path]) -> np.ndarray:
         arrays.append(array)
         if was_converted:
             converted.append(path)
+    return np.stack(arrays), converted
+
+
+def _warn_converted(converted: list[Path], stacklevel: int) -> None:
+    warnings.warn(f"converted {len(converted)} non-grayscale image(s) to grayscale, "
+                  f"first: {converted[0]}", stacklevel=stacklevel + 1)
+
+
+def read_images(paths: Sequence[Path]) -> np.ndarray:
+    """Read image files into a uint8 (N, H, W) array; all must share one size.
+
+    Colour or palette images are converted to grayscale with a single warning for the batch.
+    """
+    images, converted = _read_stack(paths)
     if converted:
-        warnings.warn(f"converted {len(converted)} non-grayscale image(s) to grayscale, "
-                      f"first: {converted[0]}", stacklevel=2)
-    return np.stack(arrays)
+        _warn_converted(converted, stacklevel=2)
+    return images
+
+
+# (folder, column) pairs already warned about: a command that loads a set twice (its image size,
+# then the images) warns once, not once per load
+_WARNED_FOLDERS: set[tuple[Path, str]] = set()
 
 
 def load_uint8(name_or_path: str | os.PathLike, column: str = "file",
                limit: int | None = None) -> np.ndarray:
-    """A dataset as uint8 (N, H, W), from a shipped name or any folder of PNGs."""
-    files = list_images(resolve_dataset(name_or_path), column)
-    return read_images(files[:limit] if limit else files)
+    """A dataset as uint8 (N, H, W), from a shipped name or any folder of PNGs.
+
+    Colour images are converted to grayscale with one warning per folder and column for the
+    whole process, however often the folder is loaded.
+    """
+    folder = resolve_dataset(name_or_path)
+    files = list_images(folder, column)
+    images, converted = _read_stack(files[:limit] if limit else files)
+    key = (folder.resolve(), column)
+    if converted and key not in _WARNED_FOLDERS:
+        _WARNED_FOLDERS.add(key)
+        _warn_converted(converted, stacklevel=2)
+    return images
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:

@@ -209,7 +209,7 @@ def _start_noise(shape, device, generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ddpm_sample(model, schedule: Schedule, shape: tuple[int, ...], device: torch.device | str = "cpu",
+def ddpm_sample(model, schedule: Schedule, shape: tuple[int, ...], *, device: torch.device | str = "cpu",
                 generator: Optional[torch.Generator] = None, variance: str = "beta",
                 clip: bool = False, callback: Optional[StepCallback] = None,
                 x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -240,7 +240,7 @@ def ddim_sigmas(schedule: Schedule, timesteps: list[int], eta: float) -> torch.T
 
 
 @torch.no_grad()
-def ddim_sample(model, schedule: Schedule, shape: tuple[int, ...], steps: int = 50, eta: float = 0.0,
+def ddim_sample(model, schedule: Schedule, shape: tuple[int, ...], *, steps: int = 50, eta: float = 0.0,
                 device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None,
                 clip: bool = False, callback: Optional[StepCallback] = None,
                 x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -282,7 +282,7 @@ def log_snr(schedule: Schedule) -> list[float]:
 
 
 @torch.no_grad()
-def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], steps: int = 20, eta: float = 0.0,
+def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], *, steps: int = 20, eta: float = 0.0,
                       device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None,
                       clip: bool = False, callback: Optional[StepCallback] = None,
                       x_T: Optional[torch.Tensor] = None) -> torch.Tensor:

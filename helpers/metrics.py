@@ -17,7 +17,40 @@ from scipy import ndimage
 MIN_GRAIN_PX = 4  # grains smaller than this are counted as noise, not grains
 BORDER_MARGIN = 1  # skeleton ends this close to the image edge are cut-off boundaries, not defects
 SKELETON_PAD = 4  # edge pixels repeated around a mask before thinning (see ``skeleton``)
-DESCRIPTORS = ("boundary_fraction", "grains", "lineal_intercept", "junctions", "dangling_ends")
+
+
+class Descriptor(NamedTuple):
+    """How a descriptor is named for people: every table, plot and README reads it from here."""
+
+    label: str  # the quantity, as a table row or a plot axis names it
+    short: str  # a column header in a narrow table
+    unit: str = ""  # "px", or "" for counts and fractions
+    rule: str = ""  # what is counted or how values are pooled, where a table defines its rows
+    per_image: bool = True  # one value per image; False: measured on a whole set
+
+
+# The descriptors in the order every report lists them; the keys are the names code uses.
+DESCRIPTOR_TABLE = {
+    "boundary_fraction": Descriptor("boundary fraction", "boundary fraction"),
+    "grains": Descriptor("grains per image", "grains", rule=f">= {MIN_GRAIN_PX} px"),
+    "lineal_intercept": Descriptor("mean lineal intercept", "intercept", unit="px"),
+    "junctions": Descriptor("junctions per image", "junctions"),
+    "dangling_ends": Descriptor("dangling ends per image", "dangling ends"),
+    "grain_diameters": Descriptor("grain diameters", "grain diameters", unit="px", rule="pooled",
+                                  per_image=False),
+    "s2": Descriptor("S2(r) curve", "S2", rule="RMS", per_image=False),
+}
+DESCRIPTORS = tuple(name for name, d in DESCRIPTOR_TABLE.items() if d.per_image)
+BAR_DESCRIPTORS = ("boundary_fraction", "grains", "dangling_ends")  # what the fidelity bar judges
+
+
+def descriptor_label(name: str, rule: bool = True) -> str:
+    """A descriptor's label with its unit and, when ``rule``, its counting rule:
+    "grains per image (>= 4 px)", "mean lineal intercept (px)"."""
+    entry = DESCRIPTOR_TABLE[name]
+    notes = [note for note in (entry.unit, entry.rule if rule else "") if note]
+    return f"{entry.label} ({', '.join(notes)})" if notes else entry.label
+
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 _EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
@@ -249,7 +282,7 @@ def seam_ratio(masks) -> float:
 # ---------------------------------------------------------------------------------------------
 # Set against set: distances, the real-vs-real noise floor, defects, memorisation
 # ---------------------------------------------------------------------------------------------
-SET_DISTANCES = DESCRIPTORS + ("grain_diameters", "s2")
+SET_DISTANCES = tuple(DESCRIPTOR_TABLE)  # per-image descriptors, then the set-level ones
 COPY_MARGIN = 0.1  # IoU above the closest held-out image that flags a generated image as a copy
 
 
@@ -414,18 +447,15 @@ def fidelity_bar(generated: SetDescriptors, reference: SetDescriptors) -> list[B
     """The fidelity bar row by row, followed by two context rows (intercept, junctions)."""
     g = {k: float(v.mean()) for k, v in generated.per_image.items()}
     r = {k: float(v.mean()) for k, v in reference.per_image.items()}
-    return [
-        BarRow("boundary fraction", g["boundary_fraction"], r["boundary_fraction"],
-               f"within ± {BAR_BOUNDARY_FRACTION:g}",
-               abs(g["boundary_fraction"] - r["boundary_fraction"]) <= BAR_BOUNDARY_FRACTION),
-        BarRow("grains per image", g["grains"], r["grains"], f"within ± {BAR_GRAINS:g}",
-               abs(g["grains"] - r["grains"]) <= BAR_GRAINS),
-        BarRow("dangling ends per image", g["dangling_ends"], r["dangling_ends"],
-               f"at most training + {BAR_EXTRA_DANGLING_ENDS:g}",
-               g["dangling_ends"] <= r["dangling_ends"] + BAR_EXTRA_DANGLING_ENDS),
-        BarRow("mean lineal intercept (px)", g["lineal_intercept"], r["lineal_intercept"], "", None),
-        BarRow("junctions per image", g["junctions"], r["junctions"], "", None),
-    ]
+    rules = {
+        "boundary_fraction": (f"within ± {BAR_BOUNDARY_FRACTION:g}",
+                              abs(g["boundary_fraction"] - r["boundary_fraction"]) <= BAR_BOUNDARY_FRACTION),
+        "grains": (f"within ± {BAR_GRAINS:g}", abs(g["grains"] - r["grains"]) <= BAR_GRAINS),
+        "dangling_ends": (f"at most training + {BAR_EXTRA_DANGLING_ENDS:g}",
+                          g["dangling_ends"] <= r["dangling_ends"] + BAR_EXTRA_DANGLING_ENDS),
+    }
+    return [BarRow(descriptor_label(name, rule=False), g[name], r[name], *rules.get(name, ("", None)))
+            for name in (*BAR_DESCRIPTORS, "lineal_intercept", "junctions")]
 
 
 def meets_bar(rows: list[BarRow]) -> bool:
@@ -483,10 +513,12 @@ class Memorisation:
     generated_iou: np.ndarray  # per generated image: IoU with its nearest training image
     generated_nearest: np.ndarray  # index of that training image
     heldout_iou: np.ndarray  # the same for real images the model never saw
-    threshold: float  # above this a generated image is flagged as a near-copy
+    threshold: Optional[float]  # above this a generated image is flagged as a near-copy; None: no check
 
     @property
     def flagged(self) -> np.ndarray:
+        if self.threshold is None:
+            return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(self.generated_iou > self.threshold)
 
 
@@ -498,14 +530,17 @@ def memorisation_check(generated: np.ndarray, training: np.ndarray,
     image gets to its nearest training image by chance. A generated image is flagged when its
     IoU exceeds the largest held-out IoU by more than ``COPY_MARGIN`` (a copy scores ~1, an
     honest image about what held-out images score). Without held-out images, each training
-    image's nearest *other* training image stands in.
+    image's nearest *other* training image stands in. When held-out images come within
+    ``COPY_MARGIN`` of IoU 1 (they are training images, or have no boundary network) no IoU could
+    exceed theirs by the margin: the threshold is None and nothing is flagged.
     """
     gen_iou, gen_nearest = nearest_iou(generated, training)
     if heldout is None:
         held_iou, _ = nearest_iou(training, training, exclude_self=True)
     else:
         held_iou, _ = nearest_iou(heldout, training)
-    return Memorisation(gen_iou, gen_nearest, held_iou, float(held_iou.max()) + COPY_MARGIN)
+    threshold = float(held_iou.max()) + COPY_MARGIN
+    return Memorisation(gen_iou, gen_nearest, held_iou, threshold if threshold < 1.0 else None)
 
 
 def evaluation_report(generated_masks: np.ndarray, reference_masks: np.ndarray, splits: int = 20,
@@ -534,8 +569,14 @@ def evaluation_report(generated_masks: np.ndarray, reference_masks: np.ndarray, 
             "floor_p90": float(np.percentile(floor, 90)),
             "ratio": ratio if np.isfinite(ratio) else None,
         }
+    warnings = degenerate_set_warnings(generated_masks, reference_masks)
+    if memo.threshold is None:
+        whose = "held-out images" if heldout_masks is not None else "training images (leave-one-out)"
+        warnings.append(f"{whose} come within {COPY_MARGIN:g} of IoU 1 with their nearest training image "
+                        f"(up to {memo.heldout_iou.max():.3f}), as close as a copy: near-copies cannot be "
+                        "told from them and are not checked")
     return {
-        "warnings": degenerate_set_warnings(generated_masks, reference_masks),
+        "warnings": warnings,
         "n_generated": generated.size, "n_reference": reference.size,
         "splits": splits, "subset_size": comparison.subset_size,
         "descriptors": descriptors,
@@ -547,12 +588,7 @@ def evaluation_report(generated_masks: np.ndarray, reference_masks: np.ndarray, 
     }
 
 
-DISTANCE_LABELS = {
-    "boundary_fraction": "boundary fraction", "grains": "grains per image",
-    "lineal_intercept": "lineal intercept (px)", "junctions": "junctions per image",
-    "dangling_ends": "dangling ends per image", "grain_diameters": "grain diameters (px, pooled)",
-    "s2": "S2(r) curve (RMS)",
-}
+DISTANCE_LABELS = {name: descriptor_label(name) for name in SET_DISTANCES}  # rows of the report
 
 
 def degenerate_set_warnings(generated_masks: np.ndarray, reference_masks: np.ndarray) -> list[str]:
@@ -591,16 +627,17 @@ def format_report(report: dict) -> str:
              f"{'floor':>10} {'floor p10-p90':>17} {'ratio':>7}"]
     for name, row in report["descriptors"].items():
         spread = "-" if not np.isfinite(row["floor_p10"]) else f"{row['floor_p10']:.3g}-{row['floor_p90']:.3g}"
-        lines.append(f"{DISTANCE_LABELS[name]:<30} {number(row['generated_mean']):>10} "
+        lines.append(f"{descriptor_label(name):<30} {number(row['generated_mean']):>10} "
                      f"{number(row['reference_mean']):>10} {number(row['distance']):>10} "
                      f"{number(row['floor_median']):>10} {spread:>17} "
                      f"{'inf' if row['ratio'] is None else format(row['ratio'], '.2f'):>7}")
     defects, memo = report["defect_rate"], report["memorisation"]
     lines.append(f"images with a dangling end: generated {defects['generated']:.1%}, "
                  f"reference {defects['reference']:.1%}")
+    copies = "not checked (see the warning)" if memo["threshold"] is None else \
+        f"(IoU > {memo['threshold']:.3f}): {len(memo['flagged'])}"
     lines.append(f"nearest training image (IoU of boundary pixels): generated median "
                  f"{memo['generated_nearest_iou_median']:.3f}, held-out real median "
-                 f"{memo['heldout_nearest_iou_median']:.3f} ({memo['heldout']}); near-copies "
-                 f"(IoU > {memo['threshold']:.3f}): {len(memo['flagged'])}")
+                 f"{memo['heldout_nearest_iou_median']:.3f} ({memo['heldout']}); near-copies {copies}")
     lines += [f"warning: {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)

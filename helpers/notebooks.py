@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from . import ROOT
+from . import BRANCH, REPO, REPO_URL, ROOT
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 
@@ -71,8 +71,6 @@ def run_notebook(path: Path, out_dir: Path, smoke: bool = False, timeout_s: int 
 # ---- the cells every lesson shares, generated from helpers.REPO (tools/sync_notebooks.py) ----
 def colab_url(path: Path) -> str:
     """Colab's address for a notebook of this repository."""
-    from . import BRANCH, REPO
-
     return (f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/"
             f"{Path(path).resolve().relative_to(ROOT).as_posix()}")
 
@@ -85,8 +83,6 @@ def badge_markdown(path: Path) -> str:
 
 def setup_source() -> str:
     """The setup cell: in Colab clone the repository; everywhere put its root on sys.path."""
-    from . import REPO, REPO_URL
-
     folder = REPO.split("/")[-1]
     return f'''# Setup: find the repository (in Colab, clone it first) and put its root on sys.path.
 import os, subprocess, sys

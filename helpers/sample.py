@@ -1,124 +1,117 @@
-"""Generating microstructures from a trained model: batches, PNG folders, reverse-process GIFs."""
+"""Generating microstructures from a trained model: the sampler, batches, PNG folders, GIFs."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import data as data_module
-from .diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample
-from .unet import build_model
+from .diffusion import VARIANCES, Schedule, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample
+from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
 # ddpm: every step (steps ignored); ddim: any steps, eta 0..1; dpm++2m: DPM-Solver++(2M), any
 # steps (10-25 is its range), eta 0 (the ODE) to 1 (its SDE variant, fresh noise every step)
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm++2m": dpm_solver_sample}
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)"}
+STORED_KEYS = ("sampler", "steps", "eta")  # what a model file keeps of its recommended sampler
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How samples are drawn: the algorithm and its settings, checked when the value is made.
+
+    ``kind`` is a SAMPLERS name; ``steps`` the network calls of ddim and dpm++2m (ddpm takes every
+    step of the schedule); ``eta`` their fresh noise per step, 0 (deterministic) to 1;
+    ``variance`` DDPM's step variance (diffusion.VARIANCES); ``clip`` clips each step's estimate
+    of the clean image to [-1, 1].
+    """
+
+    kind: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    variance: str = "beta"
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.kind!r}; expected one of {', '.join(SAMPLERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"sampler steps must be a positive whole number, got {self.steps!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be a number from 0 to 1, got {self.eta!r}")
+        if self.variance not in VARIANCES:
+            raise ValueError(f"unknown variance {self.variance!r}; expected one of {', '.join(VARIANCES)}")
+        object.__setattr__(self, "eta", float(self.eta))
+
+    def describe(self) -> str:
+        """Short words, e.g. 'DDIM-50, eta 1' or 'DDPM (every step)'; settings left at their
+        defaults (beta variance, clipping) are not mentioned."""
+        if self.kind == "ddpm":
+            words = f"DDPM (every step{', posterior variance' if self.variance == 'posterior' else ''})"
+        else:
+            words = f"{SAMPLER_NAMES[self.kind]}-{self.steps}, eta {self.eta:g}"
+        return words + ("" if self.clip else ", no clipping")
+
+    def timesteps(self, schedule: Schedule) -> list[int]:
+        """The timesteps the sampler passes through, in order (T-1 down to 0)."""
+        if self.kind == "ddpm":
+            return list(range(schedule.steps - 1, -1, -1))
+        return ddim_timesteps(schedule.steps, self.steps)
+
+    def draw(self, network: Callable, schedule: Schedule, shape: tuple[int, ...], *, device: torch.device,
+             generator: torch.Generator, callback: Optional[Callable] = None) -> torch.Tensor:
+        """One batch of ``shape`` from pure noise, by this sampler (diffusion's sampler functions)."""
+        settings = dict(device=device, generator=generator, clip=self.clip, callback=callback)
+        if self.kind == "ddpm":
+            return ddpm_sample(network, schedule, shape, variance=self.variance, **settings)
+        return SAMPLERS[self.kind](network, schedule, shape, steps=self.steps, eta=self.eta, **settings)
+
+    def replace(self, **changes) -> "Sampler":
+        """A copy with the given settings changed (None: keep)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def stored(self) -> dict:
+        """The recommendation a model file keeps: {sampler, steps, eta}, plus variance and clip
+        when they differ from the defaults."""
+        settings = {"sampler": self.kind, "steps": self.steps, "eta": self.eta}
+        if self.variance != "beta":
+            settings["variance"] = self.variance
+        if not self.clip:
+            settings["clip"] = False
+        return settings
+
+    @classmethod
+    def from_stored(cls, settings: dict) -> "Sampler":
+        """The sampler a model file recommends (``stored``'s dict); a clear error for anything else."""
+        if not isinstance(settings, dict) or not set(STORED_KEYS) <= set(settings) <= {*STORED_KEYS, "variance", "clip"}:
+            raise ValueError(f"sampler settings {settings!r}: expected the keys {', '.join(STORED_KEYS)} "
+                             "(and optionally variance, clip)")
+        return cls(settings["sampler"], settings["steps"], settings["eta"], settings.get("variance", "beta"),
+                   settings.get("clip", True))
+
+
 # DDIM-50 without noise (Song et al.'s deterministic sampler), for models that recommend nothing else
-DEFAULT_SAMPLER = {"sampler": "ddim", "steps": 50, "eta": 0.0}
+DEFAULT_SAMPLER = Sampler("ddim", 50, 0.0)
 
 
-def check_sampler(settings: dict) -> dict:
-    """``settings`` ({sampler, steps, eta}) if they describe a sampler; a clear error otherwise."""
-    if set(settings) != set(DEFAULT_SAMPLER):
-        raise ValueError(f"sampler settings {settings!r}: expected exactly the keys "
-                         f"{', '.join(DEFAULT_SAMPLER)}")
-    if settings["sampler"] not in SAMPLERS:
-        raise ValueError(f"unknown sampler {settings['sampler']!r}; expected one of {', '.join(SAMPLERS)}")
-    if isinstance(settings["steps"], bool) or not isinstance(settings["steps"], int) or settings["steps"] < 1:
-        raise ValueError(f"sampler steps must be a positive whole number, got {settings['steps']!r}")
-    if not isinstance(settings["eta"], (int, float)) or not 0 <= settings["eta"] <= 1:
-        raise ValueError(f"eta must be a number from 0 to 1, got {settings['eta']!r}")
-    return {"sampler": settings["sampler"], "steps": settings["steps"], "eta": float(settings["eta"])}
-
-
-def recommended_sampler(payload: dict) -> dict:
+def recommended_sampler(payload: dict) -> Sampler:
     """The sampler a model file was measured with (stored at export), else ``DEFAULT_SAMPLER``.
 
     The best sampler depends on the model: an under-trained network can gain more from DDIM's
     fresh noise (eta > 0) than a well-trained one, so the shipped model says which one its
     published statistics used, and ``python -m helpers sample`` uses it unless told otherwise.
     """
-    return check_sampler(payload["sampler"]) if "sampler" in payload else dict(DEFAULT_SAMPLER)
-
-
-def describe_sampler(settings: dict) -> str:
-    """Short words for a sampler setting, e.g. 'DDIM-50, eta 1' or 'DDPM (every step)'."""
-    if settings["sampler"] == "ddpm":
-        return "DDPM (every step)"
-    name = "DDIM" if settings["sampler"] == "ddim" else "DPM-Solver++(2M)"
-    return f"{name}-{settings['steps']}, eta {settings['eta']:g}"
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the processor computes it natively (device.native_bf16), else fp32."""
-    from .device import native_bf16
-
-    if precision == "auto":
-        return "bf16" if native_bf16(torch.device(device)) else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected auto or one of {', '.join(PRECISIONS)}")
-    return precision
-
-
-def at_precision(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
-    """The network on ``device`` with its weights in ``precision`` (``auto``, fp32 or bf16), in eval mode.
-
-    fp32 returns the network itself; bf16 a copy: ``generate`` then runs the network in bf16 and
-    its own arithmetic in float32. bf16 on a CPU runs its convolutions 1.26x faster on NHWC
-    tensors (2-core EPYC, 16 images; README, Performance). fp32 stays NCHW, where an image does
-    not depend on the batch it was drawn in (bit for bit; NHWC kernels differ by ~1e-5 between
-    batch sizes); GPUs train NCHW.
-    """
-    import copy
-
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return model.to(device).eval()
-    nhwc = torch.device(device).type == "cpu"
-    layout = torch.channels_last if nhwc else torch.contiguous_format
-    return copy.deepcopy(model).to(device, dtype=PRECISIONS[precision], memory_format=layout).eval()
-
-
-def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32"):
-    """The EMA network of a checkpoint or weights file, in eval mode, and its schedule.
-
-    ``precision`` bf16 (or ``auto`` where bf16 is native) keeps the weights in bfloat16
-    (``at_precision``).
-    """
-    from .device import pick_device
-    from .train import CheckpointError, load_checkpoint, load_weights
-
-    device = device or pick_device()
-    resolve_precision(precision, device)  # a clear error before the file is read
-    payload = load_checkpoint(path, map_location="cpu")
-    try:
-        model = build_model(payload["model_config"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: its network config {payload['model_config']!r} builds no network "
-                              f"({exc}); the file is damaged or was edited") from None
-    load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()},
-                 Path(path))
-    schedule = Schedule.create(**payload["schedule"])
-    return at_precision(model, precision, device), schedule, payload
-
-
-def visited_timesteps(schedule: Schedule, sampler: str, steps: int) -> list[int]:
-    """The timesteps a sampler passes through, in order (T-1 down to 0)."""
-    if sampler == "ddpm":
-        return list(range(schedule.steps - 1, -1, -1))
-    if sampler in ("ddim", "dpm++2m"):
-        return ddim_timesteps(schedule.steps, steps)
-    raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    return Sampler.from_stored(payload["sampler"]) if "sampler" in payload else DEFAULT_SAMPLER
 
 
 def gif_timesteps(visited: list[int], max_frames: int = 60) -> list[int]:
     """Which of the visited timesteps become GIF frames: at most ``max_frames``, crowded near 0."""
-    from .viz import frame_timesteps
-
     ascending = sorted(visited)
     if len(ascending) <= max_frames:
         return ascending[::-1]
@@ -137,8 +130,7 @@ def reduced_precision(model: torch.nn.Module, dtype: torch.dtype):
 
 
 @torch.no_grad()
-def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: int = 50,
-             eta: float = 0.0, variance: str = "beta", clip: bool = True, seed: int = 0,
+def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
              batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
              progress: bool = False) -> torch.Tensor:
     """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
@@ -147,13 +139,11 @@ def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: in
     passed to the sampler for the first batch only (GIF frames). A network whose weights are
     bf16 or fp16 runs in that type, the sampler's own arithmetic in float32.
     """
-    from tqdm.auto import tqdm
-
-    if n <= 0:
-        raise ValueError(f"--n must be a positive whole number, got {n}")
-    if batch_size <= 0:
-        raise ValueError(f"--batch-size must be a positive whole number, got {batch_size}")
-    per_batch = len(visited_timesteps(schedule, sampler, steps))  # also validates sampler and steps
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"--n must be a positive whole number, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"--batch-size must be a positive whole number, got {batch_size!r}")
+    per_batch = len(sampler.timesteps(schedule))  # also checks the steps against the schedule
     weights = next(model.parameters())
     device = device or weights.device
     size = model.config()["size"]
@@ -161,11 +151,10 @@ def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: in
     generator = torch.Generator(device=device).manual_seed(seed)
     starts = range(0, n, batch_size)
     # the bar counts network calls (denoising steps), so a single large batch still shows progress
-    bar = tqdm(total=len(starts) * per_batch, desc=f"sampling {n} ({sampler})", unit="step",
+    bar = tqdm(total=len(starts) * per_batch, desc=f"sampling {n} ({sampler.kind})", unit="step",
                disable=not progress)
     batches = []
     for start in starts:
-        shape = (min(batch_size, n - start), 1, size, size)
         first = callback if start == 0 else None
 
         def hook(step, t, x, x0_hat, first=first):
@@ -173,27 +162,19 @@ def generate(model, schedule: Schedule, n: int, sampler: str = "ddim", steps: in
             if first is not None:
                 first(step, t, x, x0_hat)
 
-        if sampler == "ddpm":
-            x = ddpm_sample(network, schedule, shape, device, generator, variance, clip, hook)
-        elif sampler == "ddim":
-            x = ddim_sample(network, schedule, shape, steps, eta, device, generator, clip, hook)
-        else:
-            x = dpm_solver_sample(network, schedule, shape, steps, eta, device, generator, clip, hook)
+        shape = (min(batch_size, n - start), 1, size, size)
+        x = sampler.draw(network, schedule, shape, device=device, generator=generator, callback=hook)
         batches.append(x.float().cpu())
     bar.close()
     return torch.cat(batches)
 
 
-def sample_grid(model, schedule: Schedule, n: int, steps: int, device, path: Path,
-                title: str | None = None, seed: int = 0, eta: float = 0.0) -> Path:
-    """A grid of ``n`` DDIM samples saved to ``path`` (the progress pictures of training)."""
-    import matplotlib.pyplot as plt
-
-    from .viz import image_grid
-
+def sample_grid(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
+                device: Optional[torch.device] = None, title: str | None = None, seed: int = 0) -> Path:
+    """A grid of ``n`` samples saved to ``path`` (the progress pictures of training)."""
     was_training = model.training
     model.eval()
-    images = generate(model, schedule, n, "ddim", steps, seed=seed, device=device, eta=eta)
+    images = generate(model, schedule, n, sampler, seed=seed, device=device)
     model.train(was_training)
     fig = image_grid(images, title=title, path=path)
     plt.close(fig)
@@ -212,27 +193,23 @@ def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Pat
     return paths
 
 
-def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: str = "ddim",
-                        steps: int = 50, seed: int = 0, clip: bool = True, max_frames: int = 60,
-                        variance: str = "beta", device=None, eta: float = 0.0,
+def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
+                        seed: int = 0, max_frames: int = 60, device: Optional[torch.device] = None,
                         show_x0: bool = True) -> tuple[torch.Tensor, Path]:
     """Sample ``n`` images and write the reverse process as a GIF; returns (samples, gif path).
 
     Each frame shows the batch after the step and, with ``show_x0``, beside it the step's estimate
     of the clean image: the estimate sharpens long before the noisy images show structure.
     """
-    from .viz import save_gif, to_frame
-
-    keep = set(gif_timesteps(visited_timesteps(schedule, sampler, steps), max_frames))
+    keep = set(gif_timesteps(sampler.timesteps(schedule), max_frames))
     frames: list[np.ndarray] = []
 
     def capture(step, t, x, x0_hat):
         if t in keep:
-            frame = to_frame(x, label=f"{sampler}: x after t = {t}")
+            frame = to_frame(x, label=f"{sampler.kind}: x after t = {t}")
             if show_x0:
                 frame = np.concatenate([frame, to_frame(x0_hat, label="estimate of x0")], axis=1)
             frames.append(frame)
 
-    images = generate(model, schedule, n, sampler, steps, eta, variance=variance, clip=clip, seed=seed,
-                      batch_size=n, device=device, callback=capture)
+    images = generate(model, schedule, n, sampler, seed=seed, batch_size=n, device=device, callback=capture)
     return images, save_gif(frames, path)

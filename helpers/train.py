@@ -5,40 +5,54 @@ pick a timestep and noise per image, one forward and backward pass. AdamW with a
 warm-up, gradient clipping, an exponential moving average (EMA) of the weights for sampling,
 bf16 autocast on CUDA. Every random draw comes from generators whose states go into each
 checkpoint, so a run killed and resumed ends with the same weights as one never interrupted.
+
+Three layers: ``Trainer`` holds what lives on the device and takes one optimisation step;
+``Run`` is a training run in its folder (start or resume it, log, check, save, restore);
+``train`` is the loop, in labelled phases.
 """
 from __future__ import annotations
 
 import copy
 import csv
+import errno
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import data as data_module
-from .device import check_compile_mode, compile_network, configure_backends, memory_format, pick_device
-from .diffusion import Schedule, diffusion_loss
-from .unet import build_model, count_parameters
+from . import metrics
+from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, checkpoint_step, is_temporary, load_checkpoint,
+                         load_weights, remove_stale_temporaries, restore_rng_states, rng_states, save_atomic)
+from .device import autocast_dtype, check_compile_mode, compile_network, configure_backends, memory_format, pick_device
+from .diffusion import PREDICTIONS, SCHEDULES, Schedule, diffusion_loss
+from .sample import Sampler, generate, sample_grid
+from .unet import MODELS, build_model, count_parameters
+from .viz import loss_curve
 
+# The run folder: what a run writes, and the lock held while a process trains in it (its pid).
 CHECKPOINT = "checkpoint.pt"
 LOSS_CSV = "loss.csv"
+LOSS_PNG = "loss.png"
 BAR_CSV = "bar.csv"
-BAR_FIELDS = ["step", "seconds", "boundary_fraction", "grains", "dangling_ends", "met"]
-FORMAT = "microstructure-ddpm"
-FORMAT_VERSION = 1
+SAMPLES = "samples"
+LOCK = ".lock"
+RUN_FILES = f"{CHECKPOINT}, {LOSS_CSV}, {LOSS_PNG}, {SAMPLES}/"  # for messages
+# The columns of the CSV logs and how each value is written.
+LOSS_COLUMNS = {"step": int, "loss": "{:.6f}".format, "lr": "{:.3e}".format, "seconds": "{:.2f}".format}
+BAR_COLUMNS = {"step": int, "seconds": "{:.2f}".format, "boundary_fraction": "{:.4f}".format,
+               "grains": "{:.3f}".format, "dangling_ends": "{:.3f}".format, "met": int}
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on: bad configuration, a run folder in the way, or a diverged loss."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: the message names the file and says why."""
 
 
 # Model settings of each profile (``model`` picks the network, these its size).
@@ -51,11 +65,11 @@ class TrainConfig:
     """Everything that defines a training run (saved in every checkpoint)."""
 
     data: str = "voronoi_gb_64"
-    model: str = "unet"  # "unet" or "seed-unet"
+    model: str = "unet"  # a unet.MODELS name
     model_options: dict = field(default_factory=dict)  # UNet widths, blocks, attention_at, periodic
     schedule: str = "linear"
     diffusion_steps: int = 1000
-    prediction: str = "eps"  # what the network learns to output: "eps" (the noise) or "v"
+    prediction: str = "eps"  # what the network learns to output (diffusion.PREDICTIONS): the noise or v
     steps: int = 6000
     batch_size: int = 128
     lr: float = 2e-4
@@ -90,18 +104,29 @@ class TrainConfig:
             raise TrainingError(f"--lr must be a number above 0, got {self.lr!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise TrainingError(f"--seed must be a whole number of 0 or more, got {self.seed!r}")
-        check_compile_mode(self.compile)
-        memory_format(self.memory_format)  # a clear error for a name outside MEMORY_FORMATS
+        if not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 0:
+            raise TrainingError(f"--lr-decay must be 0 (no decay) or a number of steps, got {self.lr_decay_steps!r}")
+        for flag, value, table in (("--model", self.model, MODELS), ("--prediction", self.prediction, PREDICTIONS),
+                                   ("schedule", self.schedule, SCHEDULES)):
+            if value not in table:
+                raise TrainingError(f"{flag} {value!r}: expected one of {', '.join(table)}")
+        try:
+            check_compile_mode(self.compile)
+            memory_format(self.memory_format)
+            self.sampler()
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+
+    def sampler(self) -> Sampler:
+        """The sampler the run judges its samples with (grids, fidelity bar) and its export recommends."""
+        return Sampler("ddim", self.sample_steps, self.sample_eta)
 
 
 # Every profile trains the network to predict the velocity v rather than the noise: with the
-# noise, errors in the predicted noise's mean reach the first clean-image estimates ~160x
-# amplified, and many samples of the cpu profile's model came out with a gray background
-# (data/pretrained/README.md compares the two). TrainConfig's default stays Ho et al.'s eps.
-# The cpu and gpu profiles judge their samples (grids, fidelity bar) with DDIM-50 and eta 1, fresh
-# noise at each step: on the cpu profile's model it leaves a third of the dangling boundary ends
-# that eta 0 leaves (0.21 vs 0.69 per image at 10,000 steps); on the gpu profile's model, a
-# fifth (0.07 vs 0.385 per image, 200 samples each, sampled on the H100; data/pretrained/README.md).
+# noise, an error in the predicted noise's mean reaches the first clean-image estimates ~160x
+# amplified (lesson 02). The cpu and gpu profiles judge their samples with DDIM-50 and eta 1,
+# fresh noise at each step, which leaves far fewer dangling boundary ends than eta 0 on their
+# models (data/pretrained/README.md, the samplers table). TrainConfig's default stays Ho et al.'s eps.
 PROFILES = {
     # seconds on a CPU: a tiny network and a handful of steps (tests, smoke runs of notebooks)
     "smoke": dict(steps=30, batch_size=8, warmup=5, log_every=5, sample_every=30, sample_count=4,
@@ -126,15 +151,10 @@ def profile_config(profile: str, **overrides) -> TrainConfig:
     if overrides.get("model", "unet") == "unet" and "model_options" not in overrides:
         settings["model_options"] = dict(PROFILE_MODELS[profile])
     settings.update(overrides)
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(settings) - known
+    unknown = set(settings) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}")
-    cfg = TrainConfig(**settings)
-    from .sample import check_sampler
-
-    check_sampler(run_sampler(cfg))  # a clear error for an eta outside 0..1
-    return cfg
+    return TrainConfig(**settings)
 
 
 def default_profile(device: torch.device) -> str:
@@ -146,159 +166,23 @@ def model_config(cfg: TrainConfig, size: int) -> dict:
     """The network's config dict for images of ``size`` pixels."""
     if cfg.model == "seed-unet":
         return {"name": "seed-unet", "size": size, "steps": cfg.diffusion_steps}
-    if cfg.model == "unet":
-        return {"name": "unet", "size": size, **cfg.model_options}
-    raise TrainingError(f"unknown model {cfg.model!r}; expected unet or seed-unet")
+    return {"name": cfg.model, "size": size, **cfg.model_options}
+
+
+def describe_model(cfg: TrainConfig, size: int) -> str:
+    """One line: which network, how many parameters."""
+    model = build_model(model_config(cfg, size))
+    return f"{cfg.model} {model_config(cfg, size)} with {count_parameters(model):,} parameters"
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-def _rng_states(generators: dict[str, torch.Generator]) -> dict:
-    np_state = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": list(random.getstate()[1]) + [random.getstate()[2]],
-        "generators": {name: g.get_state() for name, g in generators.items()},
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _restore_rng_states(states: dict, generators: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(states["torch"])
-    np_state = states["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
-    python = states["python"]
-    random.setstate((3, tuple(python[:-1]), python[-1]))
-    for name, g in generators.items():
-        g.set_state(states["generators"][name])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
-# what every file written by this package holds, whatever its kind (training or weights)
-REQUIRED_KEYS = ("model_config", "schedule", "ema", "step")
-
-
-def _unreadable_reason(path: Path, exc: Exception) -> str:
-    """Why torch could not read a file, in words a user can act on (torch's own text is long)."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if not head:
-        return "the file is empty"
-    if "central directory" in str(exc) or "PytorchStreamReader" in str(exc):
-        return "the file is damaged or cut short (an incomplete archive)"
-    if head != b"PK\x03\x04":
-        return "it is not a PyTorch file"
-    if "Weights only load failed" in str(exc):
-        return ("it holds Python objects besides tensors and plain values, which are not loaded "
-                "because loading them could run code")
-    return exc.__class__.__name__
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint or weights file written by this package, loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many kinds for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_unreadable_reason(path, exc)}); "
-                              "expected a file written by `python -m helpers train`") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a microstructure-ddpm checkpoint (no '{FORMAT}' format "
-                              "marker); expected a file written by `python -m helpers train`")
-    if payload.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer version (format {payload['version']}); "
-                              "update this repository")
-    missing = [key for key in REQUIRED_KEYS if key not in payload]
-    if missing:
-        raise CheckpointError(f"{path}: has no {', '.join(missing)}; the file is damaged or was edited")
-    return payload
-
-
-def load_weights(network: torch.nn.Module, state: dict, path: Path, which: str = "ema") -> None:
-    """Load ``state`` into ``network``, or say in one line how the file's weights do not fit it."""
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = [f"{len(v)} {word} (first: {v[0]})" for v, word in
-                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if v]
-        raise CheckpointError(f"{path}: its {which} weights do not fit the network its config describes: "
-                              f"{'; '.join(parts)}; the file is damaged or was edited")
-    network.load_state_dict(state)
-
-
-def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torch.float16,
-                   sampler: Optional[dict] = None) -> Path:
-    """Write a small sampling-only file: the EMA weights (fp16 by default) and the configs.
-
-    ``sampler`` ({sampler, steps, eta}) is stored as the model's recommended sampler, the one its
-    published statistics were measured with; `python -m helpers sample` uses it by default.
-    """
-    from .sample import check_sampler
-
-    weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint["ema"].items()}
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, "kind": "weights",
-               "model_config": checkpoint["model_config"], "schedule": checkpoint["schedule"],
-               "train_config": checkpoint["train_config"], "step": checkpoint["step"], "ema": weights}
-    if sampler is not None:
-        payload["sampler"] = check_sampler(sampler)
-    save_atomic(payload, Path(path))
-    return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
+# One step on the device
 # ---------------------------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for a precision setting on a device (None: plain fp32).
-
-    ``auto``: bf16 on GPUs that compute it natively (compute capability 8.0 and up: A100, H100,
-    RTX 30xx and later); fp16 with a GradScaler on older ones (Colab's T4 and the V100, where
-    bf16 is emulated, slowly, or refused); fp32 on CPUs and Apple's MPS, where mixed precision
-    buys little for these small networks and fp32 is always right.
-    """
-    if precision not in PRECISIONS:
-        raise TrainingError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if device.type != "cuda":
-            precision = "fp32"
-        else:
-            precision = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
-    if precision == "fp16" and device.type != "cuda":
-        raise TrainingError("fp16 with a GradScaler needs a CUDA device; use fp32 or bf16")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -328,7 +212,7 @@ def ema_decay(cfg: TrainConfig, step: int) -> float:
 
 class Trainer:
     """A run's network, EMA copy, optimiser, schedule, data and generators on one device, and its
-    training step: what ``train`` loops over and what ``python -m helpers bench`` times.
+    training step: what ``Run`` steps and what ``python -m helpers bench`` times.
 
     The step never waits for the device (no ``.item()``, no host-side index, no timestep check
     on the loss path), so on a GPU the host queues step after step while the kernels run; the
@@ -355,6 +239,20 @@ class Trainer:
                            "noise": torch.Generator(device=device).manual_seed(cfg.seed + 1)}
         self.network, self.compile_mode, self.compile_seconds = compile_network(
             self.model, cfg.compile, self._warm_up)
+
+    def state_dict(self) -> dict:
+        """The state a checkpoint keeps: weights, EMA, optimiser, loss scaler and random states."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rng_states(self.generators)}
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        """Put back a ``state_dict`` read from the checkpoint at ``path`` (named in errors)."""
+        load_weights(self.model, state["model"], path, "model")
+        load_weights(self.ema, state["ema"], path, "EMA")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"], self.generators)
 
     def autocast(self):
         """The precision context of a forward pass (bf16 or fp16 autocast, or none for fp32)."""
@@ -402,19 +300,9 @@ class Trainer:
         return loss.detach()
 
 
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run leaves behind."""
-
-    run_dir: Path
-    step: int
-    final_loss: float
-    seconds: float
-    images_per_second: float
-    ema: torch.nn.Module
-    schedule: Schedule
-
-
+# ---------------------------------------------------------------------------------------------
+# The run folder: logs, lock
+# ---------------------------------------------------------------------------------------------
 def _read_numeric_csv(path: Path) -> list[dict]:
     """Rows of a run's CSV log as dicts of floats (none if the file is not there yet)."""
     if not path.exists():
@@ -423,18 +311,17 @@ def _read_numeric_csv(path: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
+def _write_rows(path: Path, columns: dict, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({name: write(row[name]) for name, write in columns.items()})
+
+
 def read_loss_history(run_dir: Path) -> list[dict]:
     """Rows of loss.csv: step, loss (mean over the logging window), lr, seconds."""
     return _read_numeric_csv(Path(run_dir) / LOSS_CSV)
-
-
-def _write_loss_history(run_dir: Path, rows: list[dict]) -> None:
-    with open(Path(run_dir) / LOSS_CSV, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", "seconds"], lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({"step": int(row["step"]), "loss": f"{row['loss']:.6f}",
-                             "lr": f"{row['lr']:.3e}", "seconds": f"{row['seconds']:.2f}"})
 
 
 def read_bar_history(run_dir: Path) -> list[dict]:
@@ -442,34 +329,10 @@ def read_bar_history(run_dir: Path) -> list[dict]:
     return _read_numeric_csv(Path(run_dir) / BAR_CSV)
 
 
-def _write_bar_history(run_dir: Path, rows: list[dict]) -> None:
-    with open(Path(run_dir) / BAR_CSV, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=BAR_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({"step": int(row["step"]), "seconds": f"{row['seconds']:.2f}",
-                             "boundary_fraction": f"{row['boundary_fraction']:.4f}",
-                             "grains": f"{row['grains']:.3f}", "dangling_ends": f"{row['dangling_ends']:.3f}",
-                             "met": int(row["met"])})
-
-
-def run_sampler(cfg: TrainConfig) -> dict:
-    """The sampler a run judges its samples with ({sampler, steps, eta}; see sample.check_sampler)."""
-    return {"sampler": "ddim", "steps": cfg.sample_steps, "eta": cfg.sample_eta}
-
-
-def check_bar(ema: torch.nn.Module, schedule: Schedule, reference, cfg: TrainConfig,
-              device: torch.device) -> dict:
-    """The fidelity bar on ``cfg.bar_samples`` EMA samples (the run's sampler, seed 0) against ``reference``."""
-    from . import metrics
-    from .sample import generate
-
-    images = generate(ema, schedule, cfg.bar_samples, "ddim", cfg.sample_steps, seed=0, device=device,
-                      eta=cfg.sample_eta)
-    return metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)), reference)
-
-
-LOCK = ".lock"  # in a run folder while a process trains there; holds that process's pid
+def _same_log(on_disk: list[dict], kept: list[dict]) -> bool:
+    """Whether the rows of a log file are the run's own rows (as far as the file's rounding shows)."""
+    return len(on_disk) == len(kept) and all(
+        a["step"] == b["step"] and abs(a["loss"] - b["loss"]) <= 1e-6 for a, b in zip(on_disk, kept))
 
 
 def _process_alive(pid: int) -> bool:
@@ -487,9 +350,12 @@ def _process_alive(pid: int) -> bool:
 
 def _holds_files(run_dir: Path) -> bool:
     """Whether a folder holds anything besides what a run killed before its first checkpoint
-    leaves behind (its lock and an empty samples/ folder), which a new run may start over."""
+    leaves behind (its lock, an empty samples/ folder, a half-written temporary checkpoint),
+    which a new run may start over."""
     for entry in run_dir.iterdir():
-        if entry.name == LOCK or (entry.name == "samples" and entry.is_dir() and not any(entry.iterdir())):
+        if entry.name == LOCK or is_temporary(entry, run_dir / CHECKPOINT):
+            continue
+        if entry.name == SAMPLES and entry.is_dir() and not any(entry.iterdir()):
             continue
         return True
     return False
@@ -521,168 +387,299 @@ def acquire_run_lock(run_dir: Path) -> Path:
     raise TrainingError(f"{run_dir}: could not take its lock {lock}; another process keeps taking it")
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, device: Optional[torch.device] = None,
+def check_new_run_folder(run_dir: Path) -> None:
+    """Refuse, before any work, a --out that holds a run, a user's files, or is a file."""
+    if (run_dir / CHECKPOINT).exists():
+        raise TrainingError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to "
+                            "continue it, or choose another --out")
+    if run_dir.is_dir() and _holds_files(run_dir):
+        raise TrainingError(f"{run_dir} is not empty and holds no run ({CHECKPOINT}); choose a new or "
+                            "empty --out (nothing in it was changed)")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out {run_dir} is a file; expected a folder for the run")
+
+
+def _write_failure(exc: OSError) -> str:
+    return "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+
+
+# ---------------------------------------------------------------------------------------------
+# A run
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Due:
+    """What a step is due to do once its update is made, worked out once per step."""
+
+    check: bool  # read the losses since the last check and stop on a NaN (waits for the device)
+    log: bool  # a loss.csv row
+    samples: bool  # a grid of EMA samples in samples/
+    bar: bool  # a fidelity-bar check on EMA samples (bar.csv)
+    save: bool  # a checkpoint
+    stop: bool  # the session ends here
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    run_dir: Path
+    step: int
+    final_loss: Optional[float]  # the last logged loss (None before the first log line)
+    seconds: float
+    images_per_second: float
+    ema: torch.nn.Module
+    schedule: Schedule
+
+
+class Run:
+    """A training run in its folder: the ``Trainer``, the logs, the clock and the checkpoint.
+
+    ``Run.start`` begins a run in a new or empty folder, ``Run.resume`` carries one on from its
+    checkpoint; ``advance`` makes one step, ``due`` says what else the step has to do, and
+    ``check``, ``log``, ``save_samples``, ``check_bar`` and ``save`` do it. ``checkpoint`` and
+    ``restore`` turn the whole state into a checkpoint's dict and back.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, device: torch.device):
+        self.cfg, self.dir, self.device = cfg, Path(run_dir), device
+        images = data_module.load_images(cfg.data, limit=cfg.limit)
+        self.trainer = Trainer(cfg, images, device)
+        # the fidelity bar compares EMA samples with the training images' statistics
+        self.reference = metrics.describe_set(metrics.boundary_masks(images)) if cfg.bar_every else None
+        self.step = 0
+        self.history: list[dict] = []  # loss.csv's rows
+        self.bar_rows: list[dict] = []  # bar.csv's rows
+        self.window: list[torch.Tensor] = []  # losses since the last log line, on the device
+        self.checked = 0  # how many of them have been checked for NaN
+        self.earlier_seconds = 0.0  # training time of the sessions before this one
+        self.check_seconds = 0.0  # time spent checking the bar, left out of the training time
+        self.resumed = False
+        self.clock = time.perf_counter()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, run_dir: str | Path, device: torch.device) -> "Run":
+        """A new run in ``run_dir`` (new or empty; refused otherwise, before any work)."""
+        check_new_run_folder(Path(run_dir))
+        return cls(cfg, run_dir, device)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, device: torch.device, extend_to: Optional[int] = None,
+               lr_decay_steps: Optional[int] = None) -> "Run":
+        """The run in ``run_dir`` as its checkpoint left it; ``extend_to`` raises its total steps and
+        ``lr_decay_steps`` sets how many of its last steps decay the learning rate."""
+        path = Path(run_dir) / CHECKPOINT
+        state = load_checkpoint(path, map_location=device)
+        if state.get("kind") != "training":
+            raise CheckpointError(f"{path}: holds weights only; cannot resume from it")
+        settings = dict(state["train_config"])
+        if extend_to is not None:
+            if extend_to < state["step"]:
+                raise TrainingError(f"--steps {extend_to} is below the checkpoint's step {state['step']}")
+            settings["steps"] = extend_to
+        if lr_decay_steps is not None:
+            settings["lr_decay_steps"] = lr_decay_steps
+        run = cls(TrainConfig(**settings), run_dir, device)
+        run.restore(state)
+        return run
+
+    # -- state --------------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        """Everything needed to carry the run on exactly: the trainer's state, logs and clock."""
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": "training",
+                "model_config": model_config(self.cfg, self.trainer.size),
+                "schedule": self.trainer.schedule.config(), "train_config": asdict(self.cfg),
+                "step": self.step, "seconds": self.seconds(), "check_seconds": self.check_seconds,
+                **self.trainer.state_dict(), "loss_window": [float(v) for v in self.window],
+                "history": self.history, "bar_history": self.bar_rows}
+
+    def restore(self, state: dict) -> None:
+        """Put back the state of a ``checkpoint()`` dict (from the file at ``checkpoint_path``)."""
+        self.trainer.load_state_dict(state, self.checkpoint_path)
+        self.step, self.resumed = state["step"], True
+        self.earlier_seconds, self.check_seconds = state.get("seconds", 0.0), state.get("check_seconds", 0.0)
+        self.window = [torch.tensor(v, device=self.device) for v in state.get("loss_window", [])]
+        self.checked = len(self.window)
+        # checkpoints written before the logs went into them: the folder's rows up to their step
+        self.history = state.get("history") or [r for r in read_loss_history(self.dir) if r["step"] <= self.step]
+        self.bar_rows = state.get("bar_history") or [r for r in read_bar_history(self.dir) if r["step"] <= self.step]
+
+    @contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the folder while training in it: its lock, no stale temporary files, samples/."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = acquire_run_lock(self.dir)  # refuses a folder another live process is training in
+        try:
+            if self.resumed:
+                self._check_log_belongs()
+            remove_stale_temporaries(self.checkpoint_path)
+            (self.dir / SAMPLES).mkdir(exist_ok=True)
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def _check_log_belongs(self) -> None:
+        """Refuse to rewrite a loss.csv that is not this run's (a checkpoint copied from another
+        run): resuming writes the checkpoint's own log, which would cut the folder's."""
+        on_disk = read_loss_history(self.dir)
+        if on_disk and not _same_log(on_disk, self.history[:len(on_disk)]):
+            raise TrainingError(f"{self.dir / LOSS_CSV} is not the log of the run in {CHECKPOINT} (step "
+                                f"{self.step}): it would be replaced; move it away, then --resume again")
+
+    # -- the loop's parts ---------------------------------------------------------------------
+    def start_clock(self) -> None:
+        """Start timing this session (set-up and compilation are not training time)."""
+        self.clock = time.perf_counter()
+        self.trainer.model.train()
+
+    def session_seconds(self) -> float:
+        return time.perf_counter() - self.clock
+
+    def seconds(self) -> float:
+        """Wall time of the whole run, across sessions."""
+        return self.earlier_seconds + self.session_seconds()
+
+    def advance(self) -> None:
+        """One optimisation step; its loss joins the window (a device tensor, not read yet)."""
+        self.window.append(self.trainer.step(self.step).float())
+        self.step += 1
+
+    def due(self, end: int, max_seconds: Optional[float]) -> Due:
+        """What the step just made has to do: every rule about logging, saving and checking."""
+        cfg, step = self.cfg, self.step
+        last = step == cfg.steps
+        out_of_time = max_seconds is not None and self.session_seconds() > max_seconds
+        stop = step == end or out_of_time
+        log = step % cfg.log_every == 0 or last
+        save = step % cfg.checkpoint_every == 0 or stop
+        bar = bool(cfg.bar_every) and (step % cfg.bar_every == 0 or last or out_of_time)
+        return Due(check=log or save, log=log, samples=step % cfg.sample_every == 0 or last, bar=bar,
+                   save=save, stop=stop)
+
+    def check(self) -> None:
+        """Stop on a loss that is not finite (the last checkpoint is kept), naming its step."""
+        losses = torch.stack(self.window[self.checked:]) if self.window[self.checked:] else None
+        if losses is not None:
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                first = int(bad[0])
+                raise TrainingError(
+                    f"loss became {losses[first].item()} at step {self.step - len(losses) + first + 1}; "
+                    f"stopped. The last good checkpoint (step {checkpoint_step(self.checkpoint_path)}) is kept "
+                    f"in {self.checkpoint_path}; try a lower --lr or fp32")
+        self.checked = len(self.window)
+
+    def log(self) -> dict:
+        """A loss.csv row: the mean loss since the last row, the learning rate, the time so far."""
+        row = {"step": self.step, "loss": torch.stack(self.window).mean().item(),
+               "lr": learning_rate(self.cfg, self.step - 1), "seconds": self.seconds()}
+        self.history.append(row)
+        self.window, self.checked = [], 0
+        return row
+
+    def save_samples(self) -> Path:
+        """A grid of EMA samples in samples/, by the run's sampler (seed 0)."""
+        return sample_grid(self.trainer.ema, self.trainer.schedule, self.cfg.sample_count,
+                           self.dir / SAMPLES / f"step_{self.step:06d}.png", self.cfg.sampler(),
+                           device=self.device, title=f"EMA samples, step {self.step}")
+
+    def check_bar(self) -> dict:
+        """The fidelity bar on ``bar_samples`` EMA samples (the run's sampler, seed 0): a bar.csv row.
+        Its time is left out of the training time."""
+        start = time.perf_counter()
+        images = generate(self.trainer.ema, self.trainer.schedule, self.cfg.bar_samples, self.cfg.sampler(),
+                          seed=0, device=self.device)
+        row = {"step": self.step, **metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)),
+                                                        self.reference)}
+        self.check_seconds += time.perf_counter() - start
+        self.bar_rows.append({**row, "seconds": self.seconds() - self.check_seconds})
+        return row
+
+    def save(self) -> None:
+        """The checkpoint (atomically), then the CSV logs it holds; a failed write says what is intact."""
+        try:
+            save_atomic(self.checkpoint(), self.checkpoint_path)
+        except CheckpointError as exc:
+            raise TrainingError(f"{exc} (step {checkpoint_step(self.checkpoint_path)}); stopped at step "
+                                f"{self.step}: make room, then --resume") from None
+        _write_rows(self.dir / LOSS_CSV, LOSS_COLUMNS, self.history)
+        if self.cfg.bar_every:
+            _write_rows(self.dir / BAR_CSV, BAR_COLUMNS, self.bar_rows)
+
+    def plot_loss(self) -> None:
+        if self.history:
+            loss_curve(self.history, path=self.dir / LOSS_PNG, prediction=self.cfg.prediction)
+
+    def result(self, start_step: int) -> TrainResult:
+        trained, session = self.step - start_step, self.session_seconds()
+        return TrainResult(self.dir, self.step, self.history[-1]["loss"] if self.history else None, self.seconds(),
+                           trained * self.cfg.batch_size / session if trained else 0.0, self.trainer.ema,
+                           self.trainer.schedule)
+
+
+def describe_bar_row(row: dict) -> str:
+    """One line for a fidelity-bar check."""
+    return (f"step {row['step']}: boundary fraction {row['boundary_fraction']:.3f}, grains {row['grains']:.1f}, "
+            f"dangling ends {row['dangling_ends']:.2f} per image; fidelity bar {'met' if row['met'] else 'not met'}")
+
+
+def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torch.device] = None,
           resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
           on_log: Optional[Callable[[list[dict]], None]] = None,
           extend_to: Optional[int] = None, max_seconds: Optional[float] = None,
           lr_decay_steps: Optional[int] = None) -> TrainResult:
     """Train (or, with ``resume``, continue training) a denoiser into ``run_dir``.
 
-    ``run_dir`` gets checkpoint.pt (written atomically every ``checkpoint_every`` steps and at
-    the end), loss.csv, loss.png and samples/step_NNNNNN.png grids. ``stop_after`` ends the
-    session early at that step, as an interruption would (tests and notebooks use it).
-    ``on_log(history)`` is called at every logging step (a notebook's live loss curve).
-    ``extend_to`` (with ``resume``) raises the run's total number of steps, to train on, and
-    ``lr_decay_steps`` (with ``resume``) sets how many of its last steps decay the learning rate:
-    a run trained at a constant rate can be carried on and annealed.
-    ``max_seconds`` ends this session (with a checkpoint) once it has trained that long: for
-    time-limited machines, with ``resume`` carrying the run on next time. With ``cfg.bar_every``
-    the fidelity bar is checked on EMA samples every that many steps and logged to bar.csv with
-    the training time so far (the checks' own time left out): how long the recipe takes to
-    reach the bar.
+    ``run_dir`` gets checkpoint.pt (atomic, every ``checkpoint_every`` steps and at the end),
+    loss.csv, loss.png and samples/step_NNNNNN.png grids (bar.csv with ``cfg.bar_every``: the
+    fidelity bar on EMA samples, with the training time so far). ``stop_after`` ends the session
+    at that step, as an interruption would; ``max_seconds`` once it has trained that long (with a
+    checkpoint; ``resume`` carries the run on). ``on_log(history)`` is called at every log line
+    (a notebook's live loss curve). With ``resume``, ``extend_to`` raises the run's total steps
+    and ``lr_decay_steps`` sets how many of its last steps decay the rate: a run trained at a
+    constant rate can be carried on and annealed.
     """
-    from .sample import sample_grid
-
+    # set-up: a new run, or the one in the folder carried on
     device = device or pick_device()
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT
-    if resume:
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        if state.get("kind") != "training":
-            raise CheckpointError(f"{checkpoint_path}: holds weights only; cannot resume from it")
-        cfg = TrainConfig(**state["train_config"])
-        if extend_to is not None:
-            if extend_to < state["step"]:
-                raise TrainingError(f"--steps {extend_to} is below the checkpoint's step {state['step']}")
-            cfg.steps = extend_to
-        if lr_decay_steps is not None:
-            cfg.lr_decay_steps = lr_decay_steps
-    elif checkpoint_path.exists():
-        raise TrainingError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to "
-                            "continue it, or choose another --out")
-    elif run_dir.is_dir() and _holds_files(run_dir):
-        raise TrainingError(f"{run_dir} is not empty and holds no run ({CHECKPOINT}); choose a new or "
-                            "empty --out (nothing in it was changed)")
-    elif run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"--out {run_dir} is a file; expected a folder for the run")
-    if cfg.lr_decay_steps < 0:
-        raise TrainingError(f"--lr-decay must be 0 (no decay) or a number of steps, got {cfg.lr_decay_steps}")
-
-    images = data_module.load_images(cfg.data, limit=cfg.limit)
-    run = Trainer(cfg, images, device)
-    model, ema, schedule, optimizer, scaler = run.model, run.ema, run.schedule, run.optimizer, run.scaler
-    size, generators = run.size, run.generators
-    if progress and cfg.compile != "none":
-        print(f"network: {run.compile_mode}, {run.compile_seconds:.0f} s to compile")
-    step, history, base_seconds, bar_rows, check_seconds = 0, [], 0.0, [], 0.0
-    if resume:
-        load_weights(model, state["model"], checkpoint_path, "model")
-        load_weights(ema, state["ema"], checkpoint_path, "EMA")
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        _restore_rng_states(state["rng"], generators)
-        step, base_seconds = state["step"], state.get("seconds", 0.0)
-        history = [row for row in read_loss_history(run_dir) if row["step"] <= step]
-        bar_rows = [row for row in read_bar_history(run_dir) if row["step"] <= step]
-        check_seconds = state.get("check_seconds", 0.0)
-    reference = None
-    if cfg.bar_every:
-        from .metrics import boundary_masks, describe_set
-
-        reference = describe_set(boundary_masks(images))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = acquire_run_lock(run_dir)  # refuses a folder another live process is training in
-    try:
-        (run_dir / "samples").mkdir(exist_ok=True)
-
-        def save_checkpoint() -> None:
-            save_atomic({"format": FORMAT, "version": FORMAT_VERSION, "kind": "training",
-                         "model_config": model_config(cfg, size), "schedule": schedule.config(),
-                         "train_config": asdict(cfg), "step": step, "seconds": seconds(),
-                         "check_seconds": check_seconds,
-                         "model": model.state_dict(), "ema": ema.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": _rng_states(generators),
-                         "loss_window": [float(v) for v in window]}, checkpoint_path)
-            _write_loss_history(run_dir, history)
-            if cfg.bar_every:
-                _write_bar_history(run_dir, bar_rows)
-
-        from tqdm.auto import tqdm
-
-        end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-        progress_bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
-        window = [torch.tensor(v, device=device) for v in state.get("loss_window", [])] if resume else []
-        started, start_step = time.perf_counter(), step
-
-        def seconds() -> float:  # wall time of the whole run, across resumes
-            return base_seconds + time.perf_counter() - started
-
-        model.train()
-        while step < end:
-            window.append(run.step(step).float())
-            step += 1
-            progress_bar.update()
-            logging = step % cfg.log_every == 0 or step == cfg.steps
-            out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
-            if logging or step % cfg.checkpoint_every == 0 or step == end or out_of_time:
-                # checked here rather than every step: reading the loss waits for the GPU
-                losses = torch.stack(window) if window else torch.zeros(0, device=device)
-                bad = (~torch.isfinite(losses)).nonzero()
-                if len(bad):
-                    progress_bar.close()
-                    first = int(bad[0])
-                    raise TrainingError(
-                        f"loss became {losses[first].item()} at step {step - len(window) + first + 1}; "
-                        f"stopped. The last good checkpoint (step {state_step(checkpoint_path)}) is kept "
-                        f"in {checkpoint_path}; try a lower --lr or fp32")
-            if logging:
-                mean_loss = torch.stack(window).float().mean().item()
-                window = []
-                history.append({"step": step, "loss": mean_loss, "lr": learning_rate(cfg, step - 1),
-                                "seconds": seconds()})
-                progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
-                if on_log is not None:
-                    on_log(history)
-            if step % cfg.sample_every == 0 or step == cfg.steps:
-                sample_grid(ema, schedule, cfg.sample_count, cfg.sample_steps, device,
-                            run_dir / "samples" / f"step_{step:06d}.png", title=f"EMA samples, step {step}",
-                            eta=cfg.sample_eta)
-            if cfg.bar_every and (step % cfg.bar_every == 0 or step == cfg.steps or out_of_time):
-                check_start = time.perf_counter()
-                row = {"step": step, **check_bar(ema, schedule, reference, cfg, device)}
-                check_seconds += time.perf_counter() - check_start
-                bar_rows.append({**row, "seconds": seconds() - check_seconds})
-                progress_bar.write(f"step {step}: boundary fraction {row['boundary_fraction']:.3f}, grains "
-                          f"{row['grains']:.1f}, dangling ends {row['dangling_ends']:.2f} per image; "
-                          f"fidelity bar {'met' if row['met'] else 'not met'}")
-            if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
-                save_checkpoint()
-            if out_of_time:
-                break
-        progress_bar.close()
-        session = time.perf_counter() - started
-        if history:
-            from .viz import loss_curve
-
-            loss_curve(history, path=run_dir / "loss.png", prediction=cfg.prediction)
-        trained = step - start_step
-        final = history[-1]["loss"] if history else float("nan")
-        return TrainResult(run_dir, step, final, seconds(),
-                           trained * cfg.batch_size / session if trained else 0.0, ema, schedule)
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def state_step(path: Path) -> str:
-    """The step of the checkpoint at ``path``, for messages ('none' if there is none)."""
-    try:
-        return str(load_checkpoint(path)["step"])
-    except CheckpointError:
-        return "none"
-
-
-def describe_model(cfg: TrainConfig, size: int) -> str:
-    """One line: which network, how many parameters."""
-    model = build_model(model_config(cfg, size))
-    return f"{cfg.model} {model_config(cfg, size)} with {count_parameters(model):,} parameters"
+    run = (Run.resume(run_dir, device, extend_to, lr_decay_steps) if resume
+           else Run.start(cfg, run_dir, device))
+    if progress and run.cfg.compile != "none":
+        print(f"network: {run.trainer.compile_mode}, {run.trainer.compile_seconds:.0f} s to compile")
+    end = run.cfg.steps if stop_after is None else min(run.cfg.steps, stop_after)
+    with run.claimed():
+        bar = tqdm(total=run.cfg.steps, initial=run.step, desc="training", unit="step", disable=not progress)
+        start_step = run.step
+        run.start_clock()
+        try:
+            while run.step < end:
+                # 1. one optimisation step
+                run.advance()
+                bar.update()
+                # 2. what else this step is due to do
+                due = run.due(end, max_seconds)
+                if due.check:
+                    run.check()
+                if due.log:
+                    bar.set_postfix(loss=f"{run.log()['loss']:.4f}")
+                    if on_log is not None:
+                        on_log(run.history)
+                if due.samples:
+                    run.save_samples()
+                if due.bar:
+                    bar.write(describe_bar_row(run.check_bar()))
+                if due.save:
+                    run.save()
+                if due.stop:
+                    break
+            # 3. the session's end
+            run.plot_loss()
+        except OSError as exc:  # a full disk while writing a log, a picture or a grid
+            raise TrainingError(f"{exc.filename or run.dir}: could not be written ({_write_failure(exc)}); the "
+                                f"checkpoint {run.checkpoint_path} (step {checkpoint_step(run.checkpoint_path)}) "
+                                "is intact: make room, then --resume") from None
+        finally:
+            bar.close()
+    return run.result(start_step)

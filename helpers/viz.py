@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .metrics import SetDescriptors
+from .metrics import (DESCRIPTOR_TABLE, DESCRIPTORS, MIN_GRAIN_PX, SetDescriptors, descriptor_label,
+                      grain_areas, skeleton, skeleton_features, skeleton_neighbours)
 
 if TYPE_CHECKING:
     from .diffusion import Schedule
@@ -99,13 +100,7 @@ def voronoi_steps(sample, path: str | Path | None = None) -> plt.Figure:
     return _save(fig, path)
 
 
-DESCRIPTOR_LABELS = {
-    "boundary_fraction": "boundary fraction",
-    "grains": "grains per image (>= 4 px)",
-    "lineal_intercept": "mean lineal intercept (px)",
-    "junctions": "junctions per image",
-    "dangling_ends": "dangling ends per image",
-}
+DESCRIPTOR_LABELS = {name: descriptor_label(name) for name in DESCRIPTORS}  # from metrics' table
 
 
 def descriptor_histograms(sets: Mapping[str, SetDescriptors],
@@ -121,7 +116,7 @@ def descriptor_histograms(sets: Mapping[str, SetDescriptors],
         bins = np.arange(low - 0.5, high + 1.5) if integer else np.linspace(low, high, 30)
         for label, v in zip(sets, values):
             ax.hist(v, bins=bins, density=True, alpha=0.55, label=f"{label} ({v.mean():.3g})")
-        ax.set_xlabel(DESCRIPTOR_LABELS.get(name, name))
+        ax.set_xlabel(descriptor_label(name) if name in DESCRIPTOR_TABLE else name)
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -146,7 +141,7 @@ def size_distribution(sets: Mapping[str, np.ndarray], path: str | Path | None = 
         pdf = np.exp(-(np.log(grid) - mu) ** 2 / (2 * sigma**2)) / (grid * sigma * np.sqrt(2 * np.pi))
         ax.plot(grid, pdf, color=bars[2][0].get_facecolor(), alpha=1.0, lw=2,
                 label=f"log-normal fit: median {np.exp(mu):.1f} px, sigma {sigma:.2f}")
-    ax.set_xlabel("grain equivalent-circle diameter (px)")
+    ax.set_xlabel(descriptor_label("grain_diameters", rule=False))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -175,14 +170,12 @@ def ratios_by_size_plot(sizes: Sequence[int], series: Mapping[str, Mapping[str, 
 
     ``series`` maps a set's label (e.g. "generated", "held-out real") to ``metrics.ratios_by_size``.
     """
-    from .metrics import DISTANCE_LABELS
-
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
     for ax, name in zip(axes[0], names):
         for label, ratios in series.items():
             ax.plot(sizes, ratios[name], marker="o", label=label)
         ax.axhline(1.0, color="gray", ls=":", lw=1)
-        ax.set(xscale="log", xlabel="images m", title=DISTANCE_LABELS[name])
+        ax.set(xscale="log", xlabel="images m", title=descriptor_label(name))
         ax.set_xticks(list(sizes), [str(m) for m in sizes])
         ax.set_ylim(bottom=0)
     axes[0][0].set_ylabel("ratio to the floor")
@@ -328,20 +321,21 @@ def descriptor_anatomy(mask: np.ndarray, path: str | Path | None = None) -> plt.
     """What each descriptor looks at, on one boundary mask: grains, skeleton, junctions, ends."""
     from scipy import ndimage
 
-    from .metrics import MIN_GRAIN_PX, grain_areas, skeleton, skeleton_features, skeleton_neighbours
-
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
     axes[0].imshow(mask, cmap="gray", interpolation="nearest")
     row = mask.shape[0] // 2
     axes[0].axhline(row, color="tab:orange", lw=1)
     crossings = np.flatnonzero(mask[row] & ~np.r_[False, mask[row, :-1]])
     axes[0].plot(crossings, [row] * len(crossings), "o", color="tab:orange", ms=4)
-    axes[0].set_title(f"boundary fraction {mask.mean():.3f}\nintercepts along one test line: {len(crossings)}")
+    axes[0].set_title(f"{descriptor_label('boundary_fraction')} {mask.mean():.3f}\n"
+                      f"intercepts along one test line: {len(crossings)}")
     labels, _ = ndimage.label(~mask)
     sizes = np.bincount(labels.ravel())
     labels[(sizes < MIN_GRAIN_PX)[labels]] = 0
     axes[1].imshow(np.ma.masked_equal(labels, 0), cmap="tab20", interpolation="nearest")
-    axes[1].set_title(f"grains (4-connected, >= {MIN_GRAIN_PX} px): {len(grain_areas(mask))}")
+    grains = DESCRIPTOR_TABLE["grains"]
+    axes[1].set_title(f"{grains.short} (4-connected, {grains.rule}): "
+                      f"{len(grain_areas(mask))}")
     skel = skeleton(mask)
     counts = skeleton_neighbours(skel)
     topology = skeleton_features(mask)
@@ -351,7 +345,8 @@ def descriptor_anatomy(mask: np.ndarray, path: str | Path | None = None) -> plt.
     axes[2].plot(junction_px[:, 1], junction_px[:, 0], "s", color="tab:blue", ms=3, label="junction")
     if len(topology.ends):
         axes[2].plot(topology.ends[:, 1], topology.ends[:, 0], "o", color="red", ms=6, label="dangling end")
-    axes[2].set_title(f"skeleton: {topology.junctions} junctions, {topology.dangling_ends} dangling ends")
+    axes[2].set_title(f"skeleton: {topology.junctions} {DESCRIPTOR_TABLE['junctions'].short}, "
+                      f"{topology.dangling_ends} {DESCRIPTOR_TABLE['dangling_ends'].short}")
     axes[2].legend(fontsize=7, loc="lower right")
     for ax in axes:
         ax.set_xticks([])
@@ -362,8 +357,6 @@ def descriptor_anatomy(mask: np.ndarray, path: str | Path | None = None) -> plt.
 
 def defect_gallery(masks: np.ndarray, path: str | Path | None = None, ncols: int = 6) -> plt.Figure:
     """Boundary masks with their dangling ends circled in red (open boundaries)."""
-    from .metrics import skeleton_features
-
     n = len(masks)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2.2 * nrows), squeeze=False)

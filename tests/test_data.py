@@ -252,3 +252,58 @@ def test_colour_images_are_converted_with_one_warning(tmp_path):
         images = data.load_uint8(tmp_path)
     assert images.shape == (3, 8, 8) and images.dtype == np.uint8
     assert len(caught) == 1 and "converted 3 non-grayscale" in str(caught[0].message)
+
+
+# ---- interrupted and failed writes -----------------------------------------------------------
+def save_png_failing_after(monkeypatch, count, error):
+    """Make data.save_png write ``count`` files, then raise ``error``."""
+    real, calls = data.save_png, []
+
+    def save(array, path):
+        if len(calls) == count:
+            raise error
+        calls.append(path)
+        real(array, path)
+
+    monkeypatch.setattr(data, "save_png", save)
+
+
+def test_a_full_disk_stops_data_make_in_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    save_png_failing_after(monkeypatch, 3, OSError(errno.ENOSPC, "No space left on device"))
+    out = tmp_path / "set"
+    assert main(["data", "make", "--kind", "voronoi-gb", "--n", "6", "--size", "16", "--out", str(out),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: could not write ")
+    assert str(out / "00003.png") in err and "No space left on device" in err
+    assert "3 of 6 images were written" in err and "--force" in err
+    assert data.load_uint8(out).shape == (3, 16, 16)  # the manifest lists what was written
+
+
+def test_a_killed_data_make_leaves_a_manifest_of_the_images_written(tmp_path, monkeypatch):
+    save_png_failing_after(monkeypatch, 5, KeyboardInterrupt())  # grain-growth: 3 files per image
+    out = tmp_path / "gg"
+    with pytest.raises(KeyboardInterrupt):
+        data.make_dataset("grain-growth", n=4, size=16, seed=0, out=out)
+    assert (out / "manifest.csv").read_text().splitlines() == [
+        "file,boundary,labels", "gray/00000.png,boundary/00000.png,labels/00000.png"]
+    readme = (out / "README.md").read_text()
+    assert "unfinished" in readme and "--kind grain-growth --n 4 --size 16 --seed 0" in readme
+    assert "--force" in readme
+    assert data.load_uint8(out, column="labels").shape == (1, 16, 16)
+    monkeypatch.undo()
+    data.make_dataset("grain-growth", n=4, size=16, seed=0, out=out, force=True)  # as the README says
+    assert "unfinished" not in (out / "README.md").read_text()
+    assert len((out / "manifest.csv").read_text().splitlines()) == 5
+
+
+def test_a_colour_set_that_train_loads_twice_warns_once(tmp_path, capsys):
+    write_pngs(tmp_path / "colour", 8, size=16, mode="RGB")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--data", str(tmp_path / "colour"), "--profile", "smoke", "--steps", "1",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    converted = [w for w in caught if "non-grayscale" in str(w.message)]
+    assert len(converted) == 1, [str(w.message) for w in converted]

@@ -274,8 +274,8 @@ def test_dpm_solver_2m_follows_the_probability_flow_closer_than_ddim_in_few_step
     oracle = gaussian_oracle(schedule, s2)
     errors = {}
     for steps in (20, 25, 40):
-        ddim = diffusion.ddim_sample(oracle, schedule, x_T.shape, steps, x_T=x_T)
-        dpm = diffusion.dpm_solver_sample(oracle, schedule, x_T.shape, steps, x_T=x_T)
+        ddim = diffusion.ddim_sample(oracle, schedule, x_T.shape, steps=steps, x_T=x_T)
+        dpm = diffusion.dpm_solver_sample(oracle, schedule, x_T.shape, steps=steps, x_T=x_T)
         errors[steps] = ((ddim - exact).abs().max().item(), (dpm - exact).abs().max().item())
     # measured: 20 steps 0.219 vs 0.074, 25 steps 0.175 vs 0.036, 40 steps 0.110 vs 0.002
     assert errors[20][1] < errors[20][0] / 2.5 and errors[25][1] < errors[25][0] / 4, errors
@@ -287,9 +287,9 @@ def test_dpm_solver_sde_variant_draws_the_data_variance():
     the data's variance (0.25), where DDIM with the same fresh noise still falls well short."""
     schedule = Schedule.linear()
     oracle = gaussian_oracle(schedule, 0.25)
-    dpm = diffusion.dpm_solver_sample(oracle, schedule, (20000, 1, 1, 1), 25, eta=1.0, generator=generator(1))
-    ddim = diffusion.ddim_sample(oracle, schedule, (20000, 1, 1, 1), 25, eta=1.0, generator=generator(1))
+    dpm = diffusion.dpm_solver_sample(oracle, schedule, (20000, 1, 1, 1), steps=25, eta=1.0, generator=generator(1))
+    ddim = diffusion.ddim_sample(oracle, schedule, (20000, 1, 1, 1), steps=25, eta=1.0, generator=generator(1))
     assert abs(dpm.var().item() - 0.25) < 0.01 and abs(dpm.mean().item()) < 0.01
     assert ddim.var().item() < 0.2  # measured 0.165
     with pytest.raises(ValueError, match="eta must be a number from 0 to 1"):
-        diffusion.dpm_solver_sample(oracle, schedule, (1, 1, 1, 1), 5, eta=2.0)
+        diffusion.dpm_solver_sample(oracle, schedule, (1, 1, 1, 1), steps=5, eta=2.0)

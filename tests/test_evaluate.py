@@ -109,3 +109,17 @@ def test_evaluate_on_an_empty_or_unreadable_folder_fails_in_one_line(tmp_path, c
     assert main(["evaluate", "--generated", str(tmp_path / "gen"), "--reference", "voronoi_gb_64"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_a_heldout_set_as_close_as_a_copy_gives_no_threshold_above_one(reference, fill):
+    degenerate = np.full((6, 64, 64), fill)  # all grain or all boundary: every IoU between them is 1
+    memo = metrics.memorisation_check(reference[:5], degenerate, heldout=degenerate[:3])
+    assert memo.threshold is None and memo.flagged.size == 0
+    report = metrics.evaluation_report(reference[:10], degenerate, splits=2)  # leave-one-out on the reference
+    assert report["memorisation"]["threshold"] is None and report["memorisation"]["flagged"] == []
+    assert any("near-copies cannot be told" in w for w in report["warnings"])
+    text = metrics.format_report(report)
+    assert "near-copies not checked" in text and "1.100" not in text
+    # an honest held-out set keeps a threshold below 1
+    assert metrics.memorisation_check(reference[:5], reference[5:], heldout=fresh_voronoi(20)).threshold < 1

@@ -181,3 +181,19 @@ def test_real_sets_set_the_null_and_a_real_difference_gets_a_small_p_value():
     assert metrics.p_value(0.0, null["grains"], above=False) == 1 / 20
     with pytest.raises(ValueError, match="at least 2 real sets"):
         metrics.null_ratios(sets[:1], real)
+
+
+def test_every_report_names_descriptors_from_the_one_table(tmp_path, monkeypatch):
+    assert set(metrics.DESCRIPTOR_TABLE) == set(metrics.SET_DISTANCES)
+    assert metrics.DESCRIPTORS == tuple(n for n, d in metrics.DESCRIPTOR_TABLE.items() if d.per_image)
+    monkeypatch.setitem(metrics.DESCRIPTOR_TABLE, "grains",
+                        metrics.Descriptor("grain count", "count", rule="at least 4 px"))
+    masks = np.stack([data.make_voronoi_gb(seed=0, index=i, size=32).image for i in range(8)]) >= 128
+    stats = metrics.describe_set(masks)
+    assert metrics.fidelity_bar(stats, stats)[1].name == "grain count"
+    report = metrics.format_report(metrics.evaluation_report(masks[:4], masks, splits=2))
+    assert "grain count (at least 4 px)" in report and "grains per image" not in report
+    data.make_dataset("voronoi-gb", n=2, size=16, seed=0, out=tmp_path / "set")
+    readme = (tmp_path / "set" / "README.md").read_text()
+    assert "| grain count (at least 4 px) |" in readme and "| grain count (every component) |" in readme
+    assert "grains per image" not in readme

@@ -5,6 +5,7 @@ import torch
 from helpers import ROOT, sample, train
 from helpers.diffusion import Schedule
 from helpers.__main__ import main
+from helpers.checkpoint import CheckpointError, load_checkpoint, load_model
 
 
 def test_train_refuses_a_folder_holding_a_users_files(tmp_path, capsys):
@@ -69,7 +70,7 @@ def test_generate_refuses_a_batch_of_zero():
 
     net = UNet(widths=(8, 16, 16), blocks=1, attention_at=()).eval()
     with pytest.raises(ValueError, match="--batch-size must be a positive whole number, got 0"):
-        sample.generate(net, Schedule.linear(10), 2, "ddim", 2, batch_size=0)
+        sample.generate(net, Schedule.linear(10), 2, sample.Sampler("ddim", 2), batch_size=0)
 
 
 class _RunsCode:
@@ -84,16 +85,16 @@ def shipped():
 
 def test_a_checkpoint_that_would_run_code_is_refused_with_the_reason(tmp_path, capsys):
     torch.save({"format": "microstructure-ddpm", "x": _RunsCode()}, tmp_path / "code.pt")
-    with pytest.raises(train.CheckpointError, match="holds Python objects besides tensors and plain values"):
-        train.load_checkpoint(tmp_path / "code.pt")
+    with pytest.raises(CheckpointError, match="holds Python objects besides tensors and plain values"):
+        load_checkpoint(tmp_path / "code.pt")
     assert "this must never print" not in capsys.readouterr().out
 
 
 def test_a_checkpoint_without_its_config_is_one_line_not_a_key_error(tmp_path, shipped):
     damaged = {k: v for k, v in shipped.items() if k != "model_config"}
     torch.save(damaged, tmp_path / "no_config.pt")
-    with pytest.raises(train.CheckpointError, match="no_config.pt: has no model_config; the file is damaged"):
-        sample.load_model(tmp_path / "no_config.pt", torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="no_config.pt: has no model_config; the file is damaged"):
+        load_model(tmp_path / "no_config.pt", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -104,8 +105,8 @@ def test_weights_that_do_not_fit_their_network_are_one_line(tmp_path, capsys, sh
     damaged = dict(shipped, ema=dict(shipped["ema"]))
     edit(damaged["ema"])
     torch.save(damaged, tmp_path / "edited.pt")
-    with pytest.raises(train.CheckpointError, match="do not fit the network its config describes") as caught:
-        sample.load_model(tmp_path / "edited.pt", torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="do not fit the network its config describes") as caught:
+        load_model(tmp_path / "edited.pt", torch.device("cpu"))
     assert words in str(caught.value) and len(str(caught.value)) < 400
     assert main(["sample", "--checkpoint", str(tmp_path / "edited.pt"), "--out", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
@@ -113,8 +114,8 @@ def test_weights_that_do_not_fit_their_network_are_one_line(tmp_path, capsys, sh
 
 def test_a_config_that_builds_no_network_is_one_line(tmp_path, shipped):
     torch.save(dict(shipped, model_config={"name": "transformer"}), tmp_path / "odd.pt")
-    with pytest.raises(train.CheckpointError, match="odd.pt: its network config .* builds no network"):
-        sample.load_model(tmp_path / "odd.pt", torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="odd.pt: its network config .* builds no network"):
+        load_model(tmp_path / "odd.pt", torch.device("cpu"))
 
 
 def _reject_constant(name):

@@ -3,7 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, sample, train
+from helpers import data, device, sample, train
+from helpers.checkpoint import export_weights, load_checkpoint, load_model
+from helpers.sample import Sampler
 from helpers.__main__ import DEFAULT_MODEL, main
 
 CPU = torch.device("cpu")
@@ -14,16 +16,16 @@ def weights(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     cfg = train.profile_config("smoke", steps=4, checkpoint_every=4, sample_every=1000)
     train.train(cfg, run, device=CPU, progress=False)
-    return train.export_weights(train.load_checkpoint(run / "checkpoint.pt"), run / "weights.pt")
+    return export_weights(load_checkpoint(run / "checkpoint.pt"), run / "weights.pt")
 
 
 def test_exported_weights_are_fp16_and_sample_like_the_checkpoint(weights):
-    payload = train.load_checkpoint(weights)
+    payload = load_checkpoint(weights)
     assert payload["kind"] == "weights" and "optimizer" not in payload
     assert all(v.dtype == torch.float16 for v in payload["ema"].values() if v.is_floating_point())
-    model, schedule, _ = sample.load_model(weights, CPU)
-    a = sample.generate(model, schedule, 3, "ddim", 5, seed=1)
-    b = sample.generate(model, schedule, 3, "ddim", 5, seed=1, batch_size=2)
+    model, schedule, _ = load_model(weights, CPU)
+    a = sample.generate(model, schedule, 3, Sampler("ddim", 5), seed=1)
+    b = sample.generate(model, schedule, 3, Sampler("ddim", 5), seed=1, batch_size=2)
     assert a.shape == (3, 1, 64, 64) and torch.equal(a[:2], b[:2])
     assert a.min() >= -1.0 and a.max() <= 1.0  # x0 clipped
 
@@ -41,11 +43,11 @@ def test_sample_command_writes_pngs_and_a_gif(weights, tmp_path, capsys):
 
 
 def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights, tmp_path, capsys):
-    checkpoint = train.load_checkpoint(weights.parent / "checkpoint.pt")
-    assert sample.recommended_sampler(checkpoint) == {"sampler": "ddim", "steps": 50, "eta": 0.0}
-    stored = train.export_weights(checkpoint, tmp_path / "stochastic.pt",
-                                  sampler={"sampler": "ddim", "steps": 3, "eta": 1})
-    assert sample.recommended_sampler(train.load_checkpoint(stored)) == {"sampler": "ddim", "steps": 3, "eta": 1.0}
+    checkpoint = load_checkpoint(weights.parent / "checkpoint.pt")
+    assert sample.recommended_sampler(checkpoint) == Sampler("ddim", 50, 0.0)
+    stored = export_weights(checkpoint, tmp_path / "stochastic.pt",
+                                  sampler=Sampler("ddim", 3, 1).stored())
+    assert sample.recommended_sampler(load_checkpoint(stored)) == Sampler("ddim", 3, 1.0)
     gif = tmp_path / "reverse.gif"
     assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--out", str(tmp_path / "a"),
                  "--gif", str(gif), "--quiet"]) == 0
@@ -61,44 +63,52 @@ def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights,
     assert "argument --eta: expected a number from 0 to 1, got '3'" in capsys.readouterr().err
 
 
-def test_sampler_settings_are_checked():
-    for bad, message in (({"sampler": "ddim", "steps": 50}, "expected exactly the keys"),
+def test_sampler_settings_are_checked_and_described():
+    for bad, message in (({"sampler": "ddim", "steps": 50}, "expected the keys sampler, steps, eta"),
+                         ({"sampler": "ddim", "steps": 50, "eta": 0, "order": 2}, "expected the keys"),
                          ({"sampler": "euler", "steps": 50, "eta": 0}, "unknown sampler 'euler'"),
                          ({"sampler": "ddim", "steps": 0, "eta": 0}, "positive whole number, got 0"),
-                         ({"sampler": "ddim", "steps": 50, "eta": -0.5}, "from 0 to 1, got -0.5")):
+                         ({"sampler": "ddim", "steps": 50, "eta": -0.5}, "from 0 to 1, got -0.5"),
+                         ({"sampler": "ddpm", "steps": 1, "eta": 0, "variance": "big"}, "unknown variance 'big'")):
         with pytest.raises(ValueError, match=message):
-            sample.check_sampler(bad)
-    assert sample.describe_sampler({"sampler": "ddim", "steps": 100, "eta": 0.5}) == "DDIM-100, eta 0.5"
+            Sampler.from_stored(bad)
+    assert Sampler("ddim", 100, 0.5).describe() == "DDIM-100, eta 0.5"
+    assert Sampler("ddpm", variance="posterior", clip=False).describe() == "DDPM (every step, posterior variance), no clipping"
+    # what a model file keeps: the three keys when the rest are defaults, and it reads back equal
+    assert Sampler("ddim", 20, 1).stored() == {"sampler": "ddim", "steps": 20, "eta": 1.0}
+    for value in (Sampler("ddim", 20, 1), Sampler("ddpm", variance="posterior", clip=False)):
+        assert Sampler.from_stored(value.stored()) == value
+    assert Sampler("dpm++2m", 15, 1).replace(steps=None, eta=0) == Sampler("dpm++2m", 15, 0.0)
 
 
 def test_the_gif_uses_the_requested_eta(weights, tmp_path):
-    model, schedule, _ = sample.load_model(weights, CPU)
-    noisy, _ = sample.reverse_process_gif(model, schedule, 2, tmp_path / "a.gif", "ddim", 4, seed=0, eta=1.0)
-    plain, _ = sample.reverse_process_gif(model, schedule, 2, tmp_path / "b.gif", "ddim", 4, seed=0)
-    assert torch.equal(noisy, sample.generate(model, schedule, 2, "ddim", 4, 1.0, seed=0))
+    model, schedule, _ = load_model(weights, CPU)
+    noisy, _ = sample.reverse_process_gif(model, schedule, 2, tmp_path / "a.gif", Sampler("ddim", 4, 1.0), seed=0)
+    plain, _ = sample.reverse_process_gif(model, schedule, 2, tmp_path / "b.gif", Sampler("ddim", 4), seed=0)
+    assert torch.equal(noisy, sample.generate(model, schedule, 2, Sampler("ddim", 4, 1.0), seed=0))
     assert not torch.equal(noisy, plain)
 
 
 def test_gif_frames_are_crowded_near_the_end_of_sampling():
     schedule = sample.Schedule.linear()
-    frames = sample.gif_timesteps(sample.visited_timesteps(schedule, "ddpm", 0), 60)
+    frames = sample.gif_timesteps(Sampler("ddpm").timesteps(schedule), 60)
     assert len(frames) == 60 and frames[0] == 999 and frames[-1] == 0
     assert sum(t < 100 for t in frames) > 15  # the last 10 % of steps get over a quarter of the frames
     assert sample.gif_timesteps([9, 5, 0], 60) == [9, 5, 0]
 
 
 def test_bad_sampling_requests(weights):
-    model, schedule, _ = sample.load_model(weights, CPU)
+    model, schedule, _ = load_model(weights, CPU)
     with pytest.raises(ValueError, match="--n must be a positive whole number, got 0"):
         sample.generate(model, schedule, 0)
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        sample.generate(model, schedule, 1, sampler="euler")
+        sample.generate(model, schedule, 1, Sampler("euler"))
 
 
 def test_the_shipped_model_samples_on_cpu():
-    model, schedule, payload = sample.load_model(DEFAULT_MODEL, CPU)
+    model, schedule, payload = load_model(DEFAULT_MODEL, CPU)
     assert DEFAULT_MODEL.stat().st_size < 20 * 2**20
-    images = sample.generate(model, schedule, 4, "ddim", 10, seed=0)
+    images = sample.generate(model, schedule, 4, Sampler("ddim", 10), seed=0)
     assert images.shape == (4, 1, 64, 64) and torch.isfinite(images).all()
     fraction = (images > 0).float().mean().item()
     assert 0.05 < fraction < 0.5  # some boundary, mostly grain: not blank, not noise
@@ -140,7 +150,7 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     rows = json.loads((out / "comparison.json").read_text())
     assert len(rows) == 2 and rows[0]["step"] == rows[1]["step"] == 4 and rows[0]["prediction"] == "v"
     assert rows[0] == rows[1]  # the same run measured twice gives the same numbers
-    _, schedule, payload = sample.load_model(out / "model.pt", CPU)
+    _, schedule, payload = load_model(out / "model.pt", CPU)
     assert schedule.prediction == "v" and payload["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 1.0}
 
 
@@ -184,51 +194,49 @@ def test_pretrained_report_names_a_learning_rate_decay():
 def test_bf16_weights_and_the_dpm_solver_through_the_command(weights, tmp_path, capsys):
     """sample --precision bf16 --sampler dpm++2m: bf16 NHWC weights on the CPU, float32 images,
     and a progress bar that counts denoising steps (2 batches x 4 steps), not batches."""
-    model, schedule, _ = sample.load_model(weights, CPU, "bf16")
+    model, schedule, _ = load_model(weights, CPU, "bf16")
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
     assert conv.weight.dtype == torch.bfloat16 and conv.weight.is_contiguous(memory_format=torch.channels_last)
-    images = sample.generate(model, schedule, 3, "dpm++2m", 4, eta=1.0, batch_size=2, progress=True)
+    images = sample.generate(model, schedule, 3, Sampler("dpm++2m", 4, 1.0), batch_size=2, progress=True)
     assert images.dtype == torch.float32 and images.shape == (3, 1, 64, 64)
     assert "8/8" in capsys.readouterr().err
-    assert sample.describe_sampler({"sampler": "dpm++2m", "steps": 15, "eta": 1.0}) == "DPM-Solver++(2M)-15, eta 1"
+    assert Sampler("dpm++2m", 15, 1.0).describe() == "DPM-Solver++(2M)-15, eta 1"
     assert main(["sample", "--checkpoint", str(weights), "--n", "2", "--sampler", "dpm++2m", "--steps", "3",
                  "--precision", "bf16", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     assert "DPM-Solver++(2M)-3, eta 0, bf16" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
-        sample.load_model(weights, CPU, "int8")
+        load_model(weights, CPU, "int8")
 
 
-@pytest.mark.parametrize("device, flags, capability, expected", [
+@pytest.mark.parametrize("kind, flags, capability, expected", [
     ("cpu", {"avx512f", "avx512_bf16"}, None, "bf16"), ("cpu", {"amx_bf16"}, None, "bf16"),
     ("cpu", {"avx512f", "avx2"}, None, "fp32"), ("cpu", set(), None, "fp32"),
     ("cuda", set(), (8, 0), "bf16"), ("cuda", set(), (7, 5), "fp32"), ("mps", {"avx512_bf16"}, None, "fp32")])
-def test_auto_sampling_precision_is_bf16_only_where_it_is_native(monkeypatch, device, flags, capability, expected):
+def test_auto_sampling_precision_is_bf16_only_where_it_is_native(monkeypatch, kind, flags, capability, expected):
     """The CPU flags and the GPU capability are stubbed: CI has neither a T4 nor an H100."""
-    from helpers import device as device_module
-
-    monkeypatch.setattr(device_module, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert sample.resolve_precision("auto", torch.device(device)) == expected
-    assert sample.resolve_precision("fp32", torch.device(device)) == "fp32"  # asked for, given
-    with pytest.raises(ValueError, match="unknown precision 'fp16'; expected auto or one of fp32, bf16"):
-        sample.resolve_precision("fp16", torch.device(device))
+    assert device.resolve_precision("auto", torch.device(kind)) == expected
+    assert device.resolve_precision("fp32", torch.device(kind)) == "fp32"  # asked for, given
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; expected one of auto, fp32, bf16"):
+        device.resolve_precision("fp16", torch.device(kind))
 
 
 def test_at_precision_copies_into_bf16_and_leaves_the_fp32_network_alone(weights):
-    model, schedule, _ = sample.load_model(weights, CPU)
-    assert sample.at_precision(model, "fp32", CPU) is model
-    fast = sample.at_precision(model, "bf16", CPU)
+    model, schedule, _ = load_model(weights, CPU)
+    assert device.at_precision(model, "fp32", CPU) is model
+    fast = device.at_precision(model, "bf16", CPU)
     assert next(fast.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
-    plain = sample.generate(model, schedule, 2, "ddim", 4, seed=0)
-    rounded = sample.generate(fast, schedule, 2, "ddim", 4, seed=0)
+    plain = sample.generate(model, schedule, 2, Sampler("ddim", 4), seed=0)
+    rounded = sample.generate(fast, schedule, 2, Sampler("ddim", 4), seed=0)
     assert 0 < (plain - rounded).abs().max() < 0.2  # the same network, rounded weights
 
 
 def test_gif_frames_show_the_x0_estimate_beside_the_images(weights, tmp_path):
-    model, schedule, _ = sample.load_model(weights, CPU)
+    model, schedule, _ = load_model(weights, CPU)
     widths = {}
     for show in (True, False):
-        images, gif = sample.reverse_process_gif(model, schedule, 4, tmp_path / f"{show}.gif", "ddim", 3,
+        images, gif = sample.reverse_process_gif(model, schedule, 4, tmp_path / f"{show}.gif", Sampler("ddim", 3),
                                                  seed=0, show_x0=show)
         with Image.open(gif) as image:
             widths[show] = image.size[0]

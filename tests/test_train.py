@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from helpers import train
+from helpers import device, sample, train
 from helpers.__main__ import main
+from helpers.checkpoint import CheckpointError, load_checkpoint
+from helpers.sample import Sampler
 
 CPU = torch.device("cpu")
 
@@ -26,10 +28,10 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_p
     cfg = smoke(steps=12, checkpoint_every=4, prediction=prediction)
     train.train(cfg, tmp_path / "straight", device=CPU, progress=False)
     train.train(cfg, tmp_path / "broken", device=CPU, progress=False, stop_after=7)
-    assert train.load_checkpoint(tmp_path / "broken" / "checkpoint.pt")["step"] == 7
+    assert load_checkpoint(tmp_path / "broken" / "checkpoint.pt")["step"] == 7
     train.train(cfg, tmp_path / "broken", device=CPU, progress=False, resume=True)
-    a = train.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    b = train.load_checkpoint(tmp_path / "broken" / "checkpoint.pt")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "broken" / "checkpoint.pt")
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
     strip = lambda rows: [(r["step"], r["loss"]) for r in rows]  # noqa: E731
@@ -61,7 +63,7 @@ def test_a_finished_run_can_be_extended(tmp_path):
 
 def test_checkpoint_holds_everything_to_resume(tmp_path):
     train.train(smoke(steps=4, checkpoint_every=4), tmp_path / "run", device=CPU, progress=False)
-    state = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert {"model", "ema", "optimizer", "scaler", "step", "rng", "model_config", "schedule",
             "train_config"} <= set(state)
     assert state["model_config"]["name"] == "unet" and state["schedule"] == {"kind": "linear", "steps": 1000, "prediction": "v"}
@@ -87,7 +89,7 @@ def test_a_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     monkeypatch.setattr(train, "diffusion_loss", loss_that_explodes)
     with pytest.raises(train.TrainingError, match=r"loss became nan at step 6; stopped.*step 4"):
         train.train(smoke(steps=10, checkpoint_every=2), tmp_path / "run", device=CPU, progress=False)
-    assert train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
 
 
 @pytest.mark.parametrize("content, message", [
@@ -98,8 +100,8 @@ def test_a_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_unreadable_checkpoints_give_a_one_line_error(tmp_path, content, message):
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
-    with pytest.raises(train.CheckpointError, match=message) as caught:
-        train.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_checkpoint(path)
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
@@ -107,26 +109,34 @@ def test_truncated_and_foreign_checkpoints(tmp_path, capsys):
     train.train(smoke(steps=2, checkpoint_every=2), tmp_path / "run", device=CPU, progress=False)
     whole = (tmp_path / "run" / "checkpoint.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(train.CheckpointError, match="cut.pt: not a readable checkpoint"):
-        train.load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
-    with pytest.raises(train.CheckpointError, match="foreign.pt: not a microstructure-ddpm checkpoint"):
-        train.load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: not a microstructure-ddpm checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
     assert main(["sample", "--checkpoint", str(tmp_path / "cut.pt"), "--out", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_profiles_and_settings():
+def test_each_profile_sizes_its_unet_and_a_named_model_or_prediction_wins():
     assert train.profile_config("gpu").model_options == {}
     assert train.profile_config("cpu").model_options["widths"] == [16, 32, 64]
     assert train.profile_config("cpu", model="seed-unet").model_options == {}
     assert {train.profile_config(p).prediction for p in train.PROFILES} == {"v"}
     assert train.profile_config("cpu", prediction="eps").prediction == "eps" == train.TrainConfig().prediction
-    assert train.default_profile(torch.device("cpu")) == "cpu"
-    with pytest.raises(train.TrainingError, match="unknown profile 'huge'"):
-        train.profile_config("huge")
-    with pytest.raises(train.TrainingError, match="fp16 with a GradScaler needs a CUDA device"):
-        train.autocast_dtype("fp16", CPU)
+    assert [train.default_profile(torch.device(kind)) for kind in ("cpu", "cuda", "mps")] == ["cpu", "gpu", "cpu"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(profile="huge"), "unknown profile 'huge'"), (dict(model="resnet"), "--model 'resnet': expected one of"),
+    (dict(prediction="x0"), "--prediction 'x0': expected one of eps, v"), (dict(lr_decay_steps=-1), "--lr-decay"),
+    (dict(compile="max"), "unknown compile mode 'max'"), (dict(sample_eta=1.5), "eta must be a number from 0 to 1")])
+def test_bad_settings_are_refused_by_name(settings, message):
+    with pytest.raises(train.TrainingError, match=message):
+        train.profile_config(settings.pop("profile", "smoke"), **settings)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_over_the_last_steps():
     assert [round(train.learning_rate(train.TrainConfig(lr=1.0, warmup=4), s), 2) for s in range(6)] == \
         [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     annealed = train.TrainConfig(lr=1.0, warmup=1, steps=10, lr_decay_steps=4)
@@ -149,7 +159,7 @@ def test_compile_falls_back_to_eager_when_it_cannot(tmp_path, monkeypatch):
     result = train.train(smoke(steps=2, checkpoint_every=2, compile="reduce-overhead"), tmp_path / "run",
                          device=CPU, progress=False)
     assert result.step == 2
-    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+    with pytest.raises(train.TrainingError, match="unknown compile mode 'fast'"):
         train.TrainConfig(compile="fast")
     assert train.TrainConfig(compile=True).compile == "default"  # older checkpoints stored a bool
     assert train.TrainConfig(compile=False).compile == "none"
@@ -195,35 +205,29 @@ def test_a_time_budget_ends_the_session_with_a_checkpoint(tmp_path):
     result = train.train(smoke(steps=1000, checkpoint_every=500), tmp_path / "run", device=CPU,
                          progress=False, max_seconds=0.0)
     assert result.step == 1
-    assert train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
 
 
-def test_samples_are_judged_with_the_runs_eta(tmp_path, monkeypatch):
-    from helpers import sample
+def test_samples_are_judged_with_the_runs_sampler(tmp_path, monkeypatch):
+    real_draw, used = sample.Sampler.draw, []
 
-    real_generate, etas = sample.generate, []
+    def recording_draw(self, *args, **kwargs):
+        used.append(self)
+        return real_draw(self, *args, **kwargs)
 
-    def recording_generate(*args, **kwargs):
-        etas.append(kwargs["eta"])
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(sample, "generate", recording_generate)
+    monkeypatch.setattr(sample.Sampler, "draw", recording_draw)
     cfg = smoke(steps=4, checkpoint_every=4, sample_every=4, bar_every=4, bar_samples=2, sample_eta=1.0)
     train.train(cfg, tmp_path / "run", device=CPU, progress=False)
-    assert etas == [1.0, 1.0]  # the step-4 grid and the step-4 fidelity-bar check
-    assert train.run_sampler(cfg) == {"sampler": "ddim", "steps": 5, "eta": 1.0}
+    assert used == [Sampler("ddim", 5, 1.0)] * 2  # the step-4 grid and the step-4 fidelity-bar check
+    assert cfg.sampler() == Sampler("ddim", 5, 1.0)
     assert [train.profile_config(p).sample_eta for p in ("smoke", "cpu", "gpu")] == [0.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="eta must be a number from 0 to 1, got 1.5"):
-        train.profile_config("smoke", sample_eta=1.5)
 
 
 def test_train_command_exports_weights_that_recommend_the_runs_sampler(tmp_path, capsys):
-    from helpers import sample
-
     run, weights = tmp_path / "run", tmp_path / "model.pt"
     assert main(["train", "--profile", "smoke", "--steps", "2", "--eta", "0.5", "--out", str(run),
                  "--export", str(weights), "--quiet"]) == 0
-    assert sample.recommended_sampler(train.load_checkpoint(weights)) == {"sampler": "ddim", "steps": 5, "eta": 0.5}
+    assert sample.recommended_sampler(load_checkpoint(weights)) == Sampler("ddim", 5, 0.5)
     assert "recommending DDIM-5, eta 0.5" in capsys.readouterr().out
 
 
@@ -243,8 +247,8 @@ def test_a_run_carried_on_with_a_decaying_rate_ends_where_one_annealed_from_the_
     train.train(smoke(steps=6, checkpoint_every=3), tmp_path / "carried", device=CPU, progress=False)
     train.train(None, tmp_path / "carried", device=CPU, progress=False, resume=True, extend_to=10,
                 lr_decay_steps=4)
-    a = train.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    b = train.load_checkpoint(tmp_path / "carried" / "checkpoint.pt")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "carried" / "checkpoint.pt")
     assert b["train_config"]["lr_decay_steps"] == 4 and b["step"] == 10
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     rates = {row["step"]: row["lr"] for row in train.read_loss_history(tmp_path / "carried")}
@@ -259,14 +263,14 @@ def test_auto_precision_follows_the_gpu(monkeypatch, capability, expected):
     """bf16 where the GPU computes it natively (Ampere on), fp16 + GradScaler on a T4 or V100;
     the capability query is stubbed, as CI has no GPU."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert train.autocast_dtype("auto", torch.device("cuda")) is expected
-    assert train.autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16  # asked for, given
+    assert device.autocast_dtype("auto", torch.device("cuda")) is expected
+    assert device.autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16  # asked for, given
 
 
-@pytest.mark.parametrize("device", ["cpu", "mps"])
-def test_auto_precision_is_fp32_off_cuda(device):
-    assert train.autocast_dtype("auto", torch.device(device)) is None
-    with pytest.raises(train.TrainingError, match="fp16 with a GradScaler needs a CUDA device"):
-        train.autocast_dtype("fp16", torch.device(device))
-    with pytest.raises(train.TrainingError, match="unknown precision 'fp8'"):
-        train.autocast_dtype("fp8", torch.device(device))
+@pytest.mark.parametrize("kind", ["cpu", "mps"])
+def test_auto_precision_is_fp32_off_cuda(kind):
+    assert device.autocast_dtype("auto", torch.device(kind)) is None
+    with pytest.raises(ValueError, match="fp16 with a GradScaler needs a CUDA device"):
+        device.autocast_dtype("fp16", torch.device(kind))
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        device.autocast_dtype("fp8", torch.device(kind))

@@ -105,7 +105,7 @@ def test_embedding_and_compute():
 def test_networks_run_with_bf16_weights_and_sample_in_float32(name):
     """Sampling can run the network in bf16 (half the memory traffic); the sampler stays float32."""
     from helpers.diffusion import Schedule
-    from helpers.sample import generate
+    from helpers.sample import Sampler, generate
 
     config = {"name": "unet", "size": 16, "widths": [8, 16], "blocks": 1, "attention_at": [8]} \
         if name == "unet" else {"name": "seed-unet", "size": 16}
@@ -115,5 +115,5 @@ def test_networks_run_with_bf16_weights_and_sample_in_float32(name):
     with torch.no_grad():
         full, half = model(x, t), model.to(torch.bfloat16)(x.bfloat16(), t)
     assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), full, atol=0.05, rtol=0.05)
-    images = generate(model, Schedule.linear(), 3, "ddim", 4, eta=1.0)
+    images = generate(model, Schedule.linear(), 3, Sampler("ddim", 4, 1.0))
     assert images.dtype == torch.float32 and images.shape == (3, 1, 16, 16)

@@ -41,7 +41,8 @@ import torch  # noqa: E402
 
 from helpers import bench, data, train  # noqa: E402
 from helpers.device import MEMORY_FORMATS, device_name, pick_device  # noqa: E402
-from helpers.sample import describe_sampler, generate, load_model, write_pngs  # noqa: E402
+from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
+from helpers.sample import Sampler, generate, write_pngs  # noqa: E402
 
 PHASES = ["env", "eager", "compiled", "sampling", "train", "samples"]
 PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "model.pt"
@@ -229,14 +230,15 @@ def main() -> None:
                       bar=train.read_bar_history(run_dir))
         met = [row for row in record["bar"] if row["met"]]
         record["first_met"] = met[0] if met else None
-        s.log(f"trained to step {result.step}: loss {result.final_loss:.4f}, {result.images_per_second:.0f} img/s, "
+        loss = "none logged" if result.final_loss is None else f"{result.final_loss:.4f}"
+        s.log(f"trained to step {result.step}: loss {loss}, {result.images_per_second:.0f} img/s, "
               f"{result.seconds:.0f} s of training; bar first met: {record['first_met']}")
-        checkpoint = train.load_checkpoint(run_dir / train.CHECKPOINT)
-        sampler = train.run_sampler(train.TrainConfig(**checkpoint["train_config"]))
-        train.export_weights(checkpoint, s.out / "model.pt", sampler=sampler)
+        checkpoint = load_checkpoint(run_dir / train.CHECKPOINT)
+        sampler = train.TrainConfig(**checkpoint["train_config"]).sampler()
+        export_weights(checkpoint, s.out / "model.pt", sampler=sampler.stored())
         for name in (train.LOSS_CSV, train.BAR_CSV):
             shutil.copy(run_dir / name, s.out / name)
-        s.log(f"exported {s.out / 'model.pt'} recommending {describe_sampler(sampler)}")
+        s.log(f"exported {s.out / 'model.pt'} recommending {sampler.describe()}")
 
     def samples(until, record):
         pack = s.out / "pack"
@@ -249,14 +251,14 @@ def main() -> None:
                 s.log(f"skipped {folder}: phase out of time")
                 continue
             start = time.perf_counter()
-            images = generate(model, schedule, n, "ddim", sampler_steps, eta, seed=seed, device=device)
+            images = generate(model, schedule, n, Sampler("ddim", sampler_steps, eta), seed=seed, device=device)
             write_pngs(images, pack / folder)
             record[folder] = {"steps": sampler_steps, "eta": eta, "seed": seed, "seconds": time.perf_counter() - start}
             s.log(f"{folder}: {n} images, DDIM-{sampler_steps} eta {eta:g} seed {seed}")
-        if (run_dir / "samples").exists():
-            shutil.copytree(run_dir / "samples", pack / "grids")
-        if (run_dir / "loss.png").exists():
-            shutil.copy(run_dir / "loss.png", pack / "loss.png")
+        if (run_dir / train.SAMPLES).exists():
+            shutil.copytree(run_dir / train.SAMPLES, pack / "grids")
+        if (run_dir / train.LOSS_PNG).exists():
+            shutil.copy(run_dir / train.LOSS_PNG, pack / train.LOSS_PNG)
         with tarfile.open(s.out / "samples.tar.gz", "w:gz") as tar:
             tar.add(pack, arcname=".")
         shutil.rmtree(pack)

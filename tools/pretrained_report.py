@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from helpers import data, metrics, sample, train, viz  # noqa: E402
+from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
+from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
 
 
@@ -45,6 +47,12 @@ def measure(images: torch.Tensor, reference: metrics.SetDescriptors) -> dict:
             "gray_background_rate": metrics.gray_background_rate(images)}
 
 
+def measured_header() -> str:
+    """The headers of ``measured_cells``' columns (descriptor names from metrics' table)."""
+    names = " | ".join(metrics.DESCRIPTOR_TABLE[name].short for name in metrics.BAR_DESCRIPTORS)
+    return f"{names} | open-end rate | gray backgrounds | bar"
+
+
 def measured_cells(row: dict) -> str:
     """The measured columns of the README's tables, from a row holding ``measure``'s keys."""
     return (f"{row['boundary_fraction']:.3f} | {row['grains']:.1f} | {row['dangling_ends']:.2f} | "
@@ -64,7 +72,7 @@ def load_run(run: Path) -> dict:
     a GPU session brings back only those and loss.csv (the full checkpoint is too big to fetch)."""
     for name in (train.CHECKPOINT, "model.pt"):
         if (run / name).is_file():
-            return train.load_checkpoint(run / name)
+            return load_checkpoint(run / name)
     raise SystemExit(f"{run}: holds neither {train.CHECKPOINT} nor model.pt (weights from train --export)")
 
 
@@ -74,24 +82,24 @@ def wall_minutes(checkpoint: dict, history: list[dict]) -> float:
     return seconds / 60
 
 
-def sample_run(run: Path, n: int, settings: dict) -> tuple[dict, torch.Tensor]:
+def sample_run(run: Path, n: int, sampler: Sampler) -> tuple[dict, torch.Tensor]:
     """A run's checkpoint and ``n`` samples (CPU, seed 0) of its EMA network as exported (fp16
     weights), so that every compared run is measured exactly as the shipped model is."""
     checkpoint = load_run(run)
     with tempfile.TemporaryDirectory() as folder:
-        exported = train.export_weights(checkpoint, Path(folder) / "model.pt")
-        model, schedule, _ = sample.load_model(exported, torch.device("cpu"))
-    return checkpoint, sample.generate(model, schedule, n, **settings, seed=0, device=torch.device("cpu"))
+        exported = export_weights(checkpoint, Path(folder) / "model.pt")
+        model, schedule, _ = load_model(exported, torch.device("cpu"))
+    return checkpoint, sample.generate(model, schedule, n, sampler, seed=0, device=torch.device("cpu"))
 
 
-def parse_sampler(spec: str) -> dict:
-    """'ddim:100:1' -> {sampler: ddim, steps: 100, eta: 1.0} ('ddpm' alone for DDPM)."""
+def parse_sampler(spec: str) -> Sampler:
+    """'ddim:100:1' -> Sampler(ddim, 100 steps, eta 1) ('ddpm' alone for DDPM)."""
     parts = spec.split(":")
     try:
         if parts[0] == "ddpm" and len(parts) == 1:
-            return sample.check_sampler({"sampler": "ddpm", "steps": 1, "eta": 0.0})
+            return Sampler("ddpm", 1, 0.0)
         name, steps, eta = parts
-        return sample.check_sampler({"sampler": name, "steps": int(steps), "eta": float(eta)})
+        return Sampler(name, int(steps), float(eta))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{spec!r}: {exc}; expected ddim:STEPS:ETA (e.g. ddim:100:1), "
                                          "dpm++2m:STEPS:ETA or ddpm") from None
@@ -104,21 +112,20 @@ def sampler_lines(rows: list[dict]) -> list[str]:
     lines = ["## Other samplers, same model", "",
              f"`model.pt` sampled other ways (seed 0, {rows[0]['samples']} samples, threshold 0; "
              "`samplers.json`), beside its recommended sampler:", "",
-             "| sampler | network calls per image | boundary fraction | grains | dangling ends | "
-             "open-end rate | gray backgrounds | bar |", "|---|---|---|---|---|---|---|---|"]
+             f"| sampler | network calls per image | {measured_header()} |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['sampler_words']} | {row['network_calls']} | {measured_cells(row)} |")
     return lines + [""]
 
 
-def median_seconds(model, schedule, settings: dict, n: int = 16, repeats: int = 3) -> float:
+def median_seconds(model, schedule, sampler: Sampler, n: int = 16, repeats: int = 3) -> float:
     """Median wall time to sample ``n`` images on the CPU, after a warm-up call."""
     cpu = torch.device("cpu")
-    sample.generate(model, schedule, 2, **{**settings, "steps": 2}, seed=0, device=cpu)  # warm-up
+    sample.generate(model, schedule, 2, sampler.replace(steps=2), seed=0, device=cpu)  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        sample.generate(model, schedule, n, **settings, seed=0, device=cpu)
+        sample.generate(model, schedule, n, sampler, seed=0, device=cpu)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -130,8 +137,7 @@ def comparison_lines(compared: list[dict], sampler_words: str) -> list[str]:
     lines = ["## Compared with other runs", "",
              f"The same measurement ({sampler_words}, seed 0, {compared[0]['samples']} samples, threshold 0) "
              "on each run's EMA network (`comparison.json`; the first row is `model.pt` itself):", "",
-             "| run | predicts | steps x batch | boundary fraction | grains | dangling ends | "
-             "open-end rate | gray backgrounds | bar |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| run | predicts | steps x batch | {measured_header()} |", "|---|---|---|---|---|---|---|---|---|"]
     for row in compared:
         lines.append(f"| `{row['run']}` | {row['prediction']} | {row['step']} x {row['batch_size']} | "
                      f"{measured_cells(row)} |")
@@ -150,27 +156,27 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, nargs="*", default=[], metavar="RUN",
                         help="other runs to measure the same way, for a comparison table "
                              "(written to OUT/comparison.json and the README)")
-    parser.add_argument("--sampler", choices=sample.SAMPLERS, default=sample.DEFAULT_SAMPLER["sampler"],
+    parser.add_argument("--sampler", choices=sample.SAMPLERS, default=sample.DEFAULT_SAMPLER.kind,
                         help="the sampler to measure with, stored in model.pt as its recommended one")
-    parser.add_argument("--steps", type=int, default=sample.DEFAULT_SAMPLER["steps"], help="DDIM steps")
-    parser.add_argument("--eta", type=float, default=sample.DEFAULT_SAMPLER["eta"], help="DDIM noise, 0 to 1")
+    parser.add_argument("--steps", type=int, default=sample.DEFAULT_SAMPLER.steps, help="DDIM steps")
+    parser.add_argument("--eta", type=float, default=sample.DEFAULT_SAMPLER.eta, help="DDIM noise, 0 to 1")
     parser.add_argument("--also", type=parse_sampler, nargs="*", default=[], metavar="SAMPLER",
                         help="other samplers to measure model.pt with, as ddim:STEPS:ETA or ddpm "
                              "(written to OUT/samplers.json and the README)")
     args = parser.parse_args()
     try:
-        settings = sample.check_sampler({"sampler": args.sampler, "steps": args.steps, "eta": args.eta})
+        settings = Sampler(args.sampler, args.steps, args.eta)
     except ValueError as exc:
         parser.error(str(exc))
-    sampler_words = sample.describe_sampler(settings)
+    sampler_words = settings.describe()
 
     checkpoint = load_run(args.run)
     args.out.mkdir(parents=True, exist_ok=True)
-    weights = train.export_weights(checkpoint, args.out / "model.pt", sampler=settings)
+    weights = export_weights(checkpoint, args.out / "model.pt", sampler=settings.stored())
     cpu = torch.device("cpu")
-    model, schedule, _ = sample.load_model(weights, cpu)
+    model, schedule, _ = load_model(weights, cpu)
     seconds_16 = median_seconds(model, schedule, settings)
-    images = sample.generate(model, schedule, args.n, **settings, seed=0, device=cpu, progress=True)
+    images = sample.generate(model, schedule, args.n, settings, seed=0, device=cpu, progress=True)
     viz.image_grid(images[:64], ncols=8, title=f"model.pt: 64 of {args.n} samples ({sampler_words}, seed 0)",
                    path=args.out / "samples.png")
     generated = metrics.describe_set(metrics.boundary_masks(images), progress=True)
@@ -190,9 +196,9 @@ def main() -> int:
     others = []
     for other in [settings, *args.also] if args.also else []:
         other_measured = measured if other == settings else measure(  # the recommended one is measured
-            sample.generate(model, schedule, args.n, **other, seed=0, device=cpu), reference)
-        others.append({"sampler_words": sample.describe_sampler(other), **other, "samples": args.n,
-                       "network_calls": schedule.steps if other["sampler"] == "ddpm" else other["steps"],
+            sample.generate(model, schedule, args.n, other, seed=0, device=cpu), reference)
+        others.append({"sampler_words": other.describe(), **other.stored(), "samples": args.n,
+                       "network_calls": len(other.timesteps(schedule)),
                        **other_measured})
     if others:
         (args.out / "samplers.json").write_text(json.dumps(others, indent=1) + "\n", encoding="utf-8")
@@ -251,7 +257,7 @@ def main() -> int:
         "",
         "```",
         f"python tools/pretrained_report.py --run RUN_DIR --out {args.out} --n {args.n} "
-        f"--sampler {settings['sampler']} --steps {settings['steps']} --eta {settings['eta']:g} "
+        f"--sampler {settings.kind} --steps {settings.steps} --eta {settings.eta:g} "
         "--machine \"...\" --command \"...\"",
         "```",
         "",

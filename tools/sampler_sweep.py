@@ -24,13 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from helpers import data, metrics, sample  # noqa: E402
-from pretrained_report import measure, measured_cells, median_seconds, parse_sampler  # noqa: E402
+from helpers.checkpoint import load_model  # noqa: E402
+from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
+from helpers.sample import Sampler  # noqa: E402
+from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
+                               parse_sampler)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 
 
-def key(settings: dict, precision: str, seed: int) -> str:
-    return f"{settings['sampler']}:{settings['steps']}:{settings['eta']:g}:{precision}" + (f":seed{seed}" if seed else "")
+def key(sampler: Sampler, precision: str, seed: int) -> str:
+    return f"{sampler.kind}:{sampler.steps}:{sampler.eta:g}:{precision}" + (f":seed{seed}" if seed else "")
 
 
 def main() -> None:
@@ -40,24 +44,24 @@ def main() -> None:
                         help="as ddim:STEPS:ETA, dpm++2m:STEPS:ETA or ddpm")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fidelity-bar samples")
-    parser.add_argument("--precision", choices=sample.PRECISIONS, default="fp32", help="network weights")
+    parser.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32", help="network weights")
     parser.add_argument("--timing", action="store_true", help="also time 16 images (median of 3)")
     parser.add_argument("--timing-only", action="store_true", help="only time 16 images")
     parser.add_argument("--json", type=Path, help="rows are merged into this file")
     args = parser.parse_args()
     cpu = torch.device("cpu")
-    model, schedule, payload = sample.load_model(args.model, cpu, args.precision)
+    model, schedule, payload = load_model(args.model, cpu, args.precision)
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     print(f"{args.model} (step {payload['step']}), on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    print("| sampler | boundary fraction | grains | dangling ends | open-end rate | gray backgrounds | bar | 16 images (s) |")
+    print(f"| sampler | {measured_header()} | 16 images (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for settings in args.samplers:
         row = dict(rows.get(key(settings, args.precision, args.seed), {}))
-        row.update(sampler_words=sample.describe_sampler(settings), precision=args.precision, **settings)
+        row.update(sampler_words=settings.describe(), precision=args.precision, **settings.stored())
         if not args.timing_only:
             start = time.perf_counter()
-            images = sample.generate(model, schedule, args.n, **settings, seed=args.seed, device=cpu)
+            images = sample.generate(model, schedule, args.n, settings, seed=args.seed, device=cpu)
             row.update(measure(images, reference), samples=args.n, seed=args.seed,
                        seconds=time.perf_counter() - start)
         if args.timing or args.timing_only:

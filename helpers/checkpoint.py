@@ -1,0 +1,208 @@
+"""Model files: the checkpoint format, atomic saves, safe loads, weight export, ``load_model``.
+
+Two kinds of file, one format: a training checkpoint (everything a run needs to resume exactly:
+weights, EMA, optimiser, random states, logs) and a weights file (the EMA weights in fp16, the
+configs and the recommended sampler). Both are plain dicts of tensors and plain values, loaded
+with ``weights_only=True`` so that opening a file can never run code. Saves go to a temporary
+file that is renamed over the old one, so a file is never half written.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import random
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .device import at_precision, pick_device, resolve_precision
+from .diffusion import Schedule
+from .unet import build_model
+
+FORMAT = "microstructure-ddpm"
+FORMAT_VERSION = 1
+# what every file written by this package holds, whatever its kind (training or weights)
+REQUIRED_KEYS = ("model_config", "schedule", "ema", "step")
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used or written: the message names the file and says why."""
+
+
+def _temporary(path: Path, pid: int | str) -> Path:
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+def save_atomic(payload: dict, path: str | Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: never a half-written file.
+
+    A failed write (a full disk) removes the temporary file and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    temporary = _temporary(path, os.getpid())
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as exc:  # torch's archive writer reports a failed write as RuntimeError
+        if isinstance(exc, RuntimeError) and "PytorchStreamWriter" not in str(exc):
+            raise
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise CheckpointError(f"{path}: could not be written ({_write_failure(exc)}); {kept}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write_failure(exc: Exception) -> str:
+    """A failed write in a few words: a full disk said as such, else the system's reason."""
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):
+        return "the disk is full"
+    return getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:100]
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files a process killed in the middle of ``save_atomic`` left beside
+    ``path`` (call it only while holding the folder, e.g. under a run's lock)."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(_temporary(path, "*").name))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
+
+
+def is_temporary(entry: Path, path: str | Path) -> bool:
+    """Whether ``entry`` is one of ``save_atomic``'s temporary files for ``path``."""
+    return entry.parent == Path(path).parent and entry.match(_temporary(Path(path), "*").name)
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch could not read a file, in words a user can act on (torch's own text is long)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "the file is empty"
+    if "central directory" in str(exc) or "PytorchStreamReader" in str(exc):
+        return "the file is damaged or cut short (an incomplete archive)"
+    if head != b"PK\x03\x04":
+        return "it is not a PyTorch file"
+    if "Weights only load failed" in str(exc):
+        return ("it holds Python objects besides tensors and plain values, which are not loaded "
+                "because loading them could run code")
+    return exc.__class__.__name__
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint or weights file written by this package, loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many kinds for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_unreadable_reason(path, exc)}); "
+                              "expected a file written by `python -m helpers train`") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a microstructure-ddpm checkpoint (no '{FORMAT}' format "
+                              "marker); expected a file written by `python -m helpers train`")
+    if payload.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer version (format {payload['version']}); "
+                              "update this repository")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: has no {', '.join(missing)}; the file is damaged or was edited")
+    return payload
+
+
+def checkpoint_step(path: str | Path) -> str:
+    """The step of the checkpoint at ``path``, for messages ('none' if there is none)."""
+    try:
+        return str(load_checkpoint(path)["step"])
+    except CheckpointError:
+        return "none"
+
+
+def load_weights(network: torch.nn.Module, state: dict, path: str | Path, which: str = "ema") -> None:
+    """Load ``state`` into ``network``, or say in one line how the file's weights do not fit it."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {word} (first: {v[0]})" for v, word in
+                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if v]
+        raise CheckpointError(f"{path}: its {which} weights do not fit the network its config describes: "
+                              f"{'; '.join(parts)}; the file is damaged or was edited")
+    network.load_state_dict(state)
+
+
+def build_network(payload: dict, path: str | Path) -> torch.nn.Module:
+    """The (untrained) network a file's config describes, or a one-line error naming the file."""
+    try:
+        return build_model(payload["model_config"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its network config {payload['model_config']!r} builds no network "
+                              f"({exc}); the file is damaged or was edited") from None
+
+
+def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torch.float16,
+                   sampler: Optional[dict] = None) -> Path:
+    """Write a small sampling-only file: the EMA weights (fp16 by default) and the configs.
+
+    ``sampler`` (``sample.Sampler.stored()``) is kept as the model's recommended sampler, the one
+    its published statistics were measured with; `python -m helpers sample` uses it by default.
+    """
+    weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint["ema"].items()}
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "kind": "weights",
+               "model_config": checkpoint["model_config"], "schedule": checkpoint["schedule"],
+               "train_config": checkpoint["train_config"], "step": checkpoint["step"], "ema": weights}
+    if sampler is not None:
+        payload["sampler"] = dict(sampler)
+    save_atomic(payload, Path(path))
+    return Path(path)
+
+
+def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32"):
+    """The EMA network of a checkpoint or weights file, in eval mode, its schedule and the file's dict.
+
+    ``precision`` bf16 (or ``auto`` where bf16 is native) keeps the weights in bfloat16
+    (``device.at_precision``).
+    """
+    device = device or pick_device()
+    resolve_precision(precision, device)  # a clear error before the file is read
+    payload = load_checkpoint(path, map_location="cpu")
+    model = build_network(payload, path)
+    load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()},
+                 path)
+    schedule = Schedule.create(**payload["schedule"])
+    return at_precision(model, precision, device), schedule, payload
+
+
+def rng_states(generators: dict[str, torch.Generator]) -> dict:
+    """Every random state a run draws from (Python, NumPy, torch, CUDA and ``generators``), as
+    tensors and plain values that a weights-only load reads back."""
+    np_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": list(random.getstate()[1]) + [random.getstate()[2]],
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict, generators: dict[str, torch.Generator]) -> None:
+    """Put back what ``rng_states`` saved, so the next draws are the ones the saved run made."""
+    torch.set_rng_state(states["torch"])
+    np_state = states["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    python = states["python"]
+    random.setstate((3, tuple(python[:-1]), python[-1]))
+    for name, g in generators.items():
+        g.set_state(states["generators"][name])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
