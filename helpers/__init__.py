@@ -1,11 +1,11 @@
 """microstructure-ddpm helpers: the thin package every notebook imports.
 
-Modules, one idea each: ``data`` (generators, dataset folders, tensors), ``diffusion``
-(schedules, forward jump, loss, DDPM and DDIM samplers), ``unet`` (SeedUNet and UNet),
-``train`` (the training loop and checkpoints), ``sample`` (batches, PNGs, GIFs), ``metrics``
-(microstructure statistics, set-vs-set evaluation), ``viz`` (grids, GIFs, plots), ``bench``
-(throughput), ``notebooks`` (executing the lessons), ``device`` (CUDA, then Apple MPS, then
-CPU). ``python -m helpers --help`` is the command line.
+Modules, one idea each, importing one way: ``data`` (generators, dataset folders, tensors),
+``diffusion`` (schedules, forward jump, loss, samplers), ``unet`` (SeedUNet and UNet),
+``metrics`` (microstructure statistics, set-vs-set evaluation), ``viz`` (grids, GIFs, plots),
+``device`` (CUDA, MPS or CPU; precision; compile), ``checkpoint`` (model files), ``sample``
+(the Sampler, batches, PNGs, GIFs), ``train`` (the training run), ``bench`` (throughput),
+``notebooks`` (executing the lessons). ``python -m helpers --help`` is the command line.
 """
 import os
 from pathlib import Path

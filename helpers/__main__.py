@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
-from .data import DATA_ROOT, KINDS, DataError, load_uint8, make_dataset, prepare_output_dir
+from .data import DATA_ROOT, KINDS, DataError, image_size, load_uint8, make_dataset, prepare_output_dir
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
 from .diffusion import PREDICTIONS, VARIANCES
 from .sample import SAMPLERS, recommended_sampler, reverse_process_gif, generate, write_pngs
@@ -105,7 +105,7 @@ def _train(args: argparse.Namespace) -> None:
                              prediction=args.prediction, bar_every=args.bar_every,
                              bar_samples=args.bar_samples, sample_eta=args.eta,
                              lr_decay_steps=args.lr_decay)
-        size = load_uint8(cfg.data, limit=1).shape[-1]
+        size = image_size(cfg.data)
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
     print(f"writing to {args.out}/ ({RUN_FILES}); "

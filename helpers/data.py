@@ -1,6 +1,6 @@
 """Synthetic polycrystal microstructures: generators, dataset folders, and tensors in [-1, 1].
 
-Two generators (see DESIGN.md section 2):
+Two generators (each shipped dataset's README.md gives its parameters and measured statistics):
 
 * ``voronoi-gb``: periodic Voronoi tessellations of a few random seeds, drawn as white grain
   boundaries on black grains (the original tutorial's training set, rebuilt).
@@ -506,8 +506,11 @@ def read_gray(path: Path) -> tuple[np.ndarray, bool]:
                         "expected an 8-bit grayscale PNG") from None
 
 
-def _read_stack(paths: Sequence[Path]) -> tuple[np.ndarray, list[Path]]:
-    """Image files as a uint8 (N, H, W) array of one size, and the files converted to grayscale."""
+def read_images(paths: Sequence[Path]) -> np.ndarray:
+    """Read image files into a uint8 (N, H, W) array; all must share one size.
+
+    Colour or palette images are converted to grayscale with a single warning for the batch.
+    """
     if not paths:
         raise DataError("no image files given")
     arrays, converted = [], []
@@ -519,45 +522,22 @@ def _read_stack(paths: Sequence[Path]) -> tuple[np.ndarray, list[Path]]:
         arrays.append(array)
         if was_converted:
             converted.append(path)
-    return np.stack(arrays), converted
-
-
-def _warn_converted(converted: list[Path], stacklevel: int) -> None:
-    warnings.warn(f"converted {len(converted)} non-grayscale image(s) to grayscale, "
-                  f"first: {converted[0]}", stacklevel=stacklevel + 1)
-
-
-def read_images(paths: Sequence[Path]) -> np.ndarray:
-    """Read image files into a uint8 (N, H, W) array; all must share one size.
-
-    Colour or palette images are converted to grayscale with a single warning for the batch.
-    """
-    images, converted = _read_stack(paths)
     if converted:
-        _warn_converted(converted, stacklevel=2)
-    return images
-
-
-# (folder, column) pairs already warned about: a command that loads a set twice (its image size,
-# then the images) warns once, not once per load
-_WARNED_FOLDERS: set[tuple[Path, str]] = set()
+        warnings.warn(f"converted {len(converted)} non-grayscale image(s) to grayscale, "
+                      f"first: {converted[0]}", stacklevel=2)
+    return np.stack(arrays)
 
 
 def load_uint8(name_or_path: str | os.PathLike, column: str = "file",
                limit: int | None = None) -> np.ndarray:
-    """A dataset as uint8 (N, H, W), from a shipped name or any folder of PNGs.
+    """A dataset as uint8 (N, H, W), from a shipped name or any folder of PNGs."""
+    files = list_images(resolve_dataset(name_or_path), column)
+    return read_images(files[:limit] if limit else files)
 
-    Colour images are converted to grayscale with one warning per folder and column for the
-    whole process, however often the folder is loaded.
-    """
-    folder = resolve_dataset(name_or_path)
-    files = list_images(folder, column)
-    images, converted = _read_stack(files[:limit] if limit else files)
-    key = (folder.resolve(), column)
-    if converted and key not in _WARNED_FOLDERS:
-        _WARNED_FOLDERS.add(key)
-        _warn_converted(converted, stacklevel=2)
-    return images
+
+def image_size(name_or_path: str | os.PathLike, column: str = "file") -> int:
+    """The side of a dataset's images, from its first file alone (no warnings: the set is not read)."""
+    return read_gray(list_images(resolve_dataset(name_or_path), column)[0])[0].shape[-1]
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Microstructure statistics of boundary images (DESIGN.md section 5).
+"""Microstructure statistics of boundary images, and sets of them judged against each other.
 
 Everything here works on boolean boundary masks (True = grain boundary). ``boundary_masks``
 makes them from model outputs in [-1, 1] (threshold 0) or from 8-bit images (threshold 128,

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -611,7 +612,7 @@ class Run:
 
     def plot_loss(self) -> None:
         if self.history:
-            loss_curve(self.history, path=self.dir / LOSS_PNG, prediction=self.cfg.prediction)
+            plt.close(loss_curve(self.history, path=self.dir / LOSS_PNG, prediction=self.cfg.prediction))
 
     def result(self, start_step: int) -> TrainResult:
         trained, session = self.step - start_step, self.session_seconds()

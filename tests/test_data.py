@@ -299,7 +299,7 @@ def test_a_killed_data_make_leaves_a_manifest_of_the_images_written(tmp_path, mo
     assert len((out / "manifest.csv").read_text().splitlines()) == 5
 
 
-def test_a_colour_set_that_train_loads_twice_warns_once(tmp_path, capsys):
+def test_a_colour_set_warns_once_when_train_reads_it(tmp_path, capsys):
     write_pngs(tmp_path / "colour", 8, size=16, mode="RGB")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -307,3 +307,4 @@ def test_a_colour_set_that_train_loads_twice_warns_once(tmp_path, capsys):
                      "--out", str(tmp_path / "run"), "--quiet"]) == 0
     converted = [w for w in caught if "non-grayscale" in str(w.message)]
     assert len(converted) == 1, [str(w.message) for w in converted]
+    assert "converted 8 non-grayscale image(s)" in str(converted[0].message)  # the set read once, whole

@@ -94,9 +94,11 @@ def test_notebook_runs_in_smoke_mode_with_its_solutions(path, tmp_path):
     (nbval runs the lessons as committed, placeholders and all.)"""
     executed = run_notebook(path, tmp_path, smoke=True, solutions=True)
     notebook = nbformat.read(executed, as_version=4)
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
-    assert not errors
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "every cell ran once, in order"
+    warned = [o.text for c in code for o in c.outputs
+              if o.output_type == "stream" and o.name == "stderr" and "Warning" in o.text]
+    assert not warned, f"warnings leaked into the lesson: {warned}"
     assert any(Path(tmp_path, path.stem).glob("*.png")), "the lesson saves its pictures"
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     for cell in exercise_cells(notebook):

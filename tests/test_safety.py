@@ -196,3 +196,92 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(tmp_path)
     result = train.train(train.profile_config("smoke", steps=2, checkpoint_every=2, sample_every=1000), run,
                          device=torch.device("cpu"), progress=False)
     assert result.step == 2 and (run / "checkpoint.pt").exists() and not (run / train.LOCK).exists()
+
+
+def _full_disk(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_saving_stops_training_in_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                         monkeypatch):
+    run = _smoke_run(tmp_path)  # a checkpoint at step 2
+    real_save = torch.save
+
+    def save_then_fail(payload, path):  # half a file, then the disk is full
+        real_save({"partial": torch.zeros(1)}, path)
+        _full_disk()
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint.pt: could not be written (the disk is full); the previous " \
+        "file is intact (step 2); stopped at step 4: make room, then --resume" in err
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "loss.csv", "loss.png", "samples"]
+
+
+def test_a_full_disk_while_writing_the_log_names_the_file_and_the_intact_checkpoint(tmp_path, capsys,
+                                                                                   monkeypatch):
+    run = _smoke_run(tmp_path)
+
+    def write_fails(path, columns, rows):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(train, "_write_rows", write_fails)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run / 'loss.csv'}: could not be written (the disk is full); the checkpoint" \
+        in err and "(step 4) is intact: make room, then --resume" in err
+
+
+def test_a_temporary_checkpoint_left_by_a_kill_is_cleared_and_does_not_block_a_new_run(tmp_path):
+    run = _smoke_run(tmp_path)
+    (run / ".checkpoint.pt.tmp-99999").write_bytes(b"")  # killed in the middle of a save
+    train.train(None, run, device=torch.device("cpu"), resume=True, extend_to=4, progress=False)
+    assert not list(run.glob(".checkpoint.pt.tmp-*"))
+    fresh = tmp_path / "fresh"  # killed during its very first save: a temporary file and nothing else
+    fresh.mkdir()
+    (fresh / ".checkpoint.pt.tmp-99999").write_bytes(b"")
+    result = train.train(train.profile_config("smoke", steps=2, checkpoint_every=2, sample_every=1000), fresh,
+                         device=torch.device("cpu"), progress=False)
+    assert result.step == 2 and not list(fresh.glob(".checkpoint.pt.tmp-*"))
+
+
+def test_resuming_a_checkpoint_copied_from_another_run_keeps_the_folders_log(tmp_path, capsys):
+    import shutil
+
+    long, short = tmp_path / "long", tmp_path / "short"
+    train.train(train.profile_config("smoke", steps=10, checkpoint_every=5, sample_every=1000), long,
+                device=torch.device("cpu"), progress=False)
+    train.train(train.profile_config("smoke", steps=5, seed=1, sample_every=1000), short,
+                device=torch.device("cpu"), progress=False)
+    log = (long / "loss.csv").read_text()
+    shutil.copy(short / "checkpoint.pt", long / "checkpoint.pt")
+    assert main(["train", "--out", str(long), "--resume", "--steps", "10", "--quiet"]) == 2
+    assert "loss.csv is not the log of the run in checkpoint.pt (step 5): it would be replaced; move it away" \
+        in capsys.readouterr().err
+    assert (long / "loss.csv").read_text() == log
+    (long / "loss.csv").rename(tmp_path / "long_loss.csv")  # moved away: the copied run carries on, with its own log
+    assert main(["train", "--out", str(long), "--resume", "--steps", "10", "--quiet"]) == 0
+    assert train.read_loss_history(long)[0] == train.read_loss_history(short)[0]
+
+
+def test_a_run_stopped_before_its_first_log_line_says_so_instead_of_nan(tmp_path, capsys):
+    assert main(["train", "--profile", "smoke", "--steps", "30", "--stop-after", "2", "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "step 2: no loss logged yet," in out and "nan" not in out
+
+
+def test_sample_refuses_steps_beyond_the_schedule_before_making_its_folder(tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert main(["sample", "--steps", "5000", "--out", str(out), "--quiet"]) == 2
+    assert "DDIM steps must lie in 1..1000, got 5000" in capsys.readouterr().err and not out.exists()
+    gif = tmp_path / "a_folder.gif"
+    gif.mkdir()
+    assert main(["sample", "--gif", str(gif), "--out", str(out), "--quiet"]) == 2
+    assert "--gif" in capsys.readouterr().err and not out.exists()

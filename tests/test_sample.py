@@ -184,6 +184,15 @@ def test_pretrained_report_reads_a_run_from_its_exported_weights(weights, tmp_pa
         report.load_run(tmp_path)
 
 
+def test_pretrained_report_keeps_the_hand_written_notes_when_it_rebuilds_the_readme(tmp_path):
+    report = _report_module()
+    readme = tmp_path / "README.md"
+    assert report.earlier_notes(readme) == []  # no README yet
+    readme.write_text("# The shipped model\n\n## Compared\n\n| a |\n\n## Notes from earlier runs\n\nThe first model "
+                      "had gray backgrounds.\n\nRebuild this README with:\n")
+    assert report.earlier_notes(readme) == ["## Notes from earlier runs", "", "The first model had gray backgrounds.", ""]
+
+
 def test_pretrained_report_names_a_learning_rate_decay():
     report = _report_module()
     assert report.decay_words({"steps": 16500, "lr_decay_steps": 4000}) == \

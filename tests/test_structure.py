@@ -1,4 +1,4 @@
-"""The shape of helpers/: imports run one way (DESIGN, section 1) and every function reads in a sitting."""
+"""The shape of helpers/: imports run one way (README, Layout) and every function reads in a sitting."""
 import ast
 
 from helpers import ROOT
@@ -39,7 +39,7 @@ def graph() -> dict[str, list[tuple[str, bool]]]:
 
 
 def test_every_module_has_a_layer():
-    assert set(graph()) == set(LAYER), "add the new module to LAYERS (and to DESIGN's layout)"
+    assert set(graph()) == set(LAYER), "add the new module to LAYERS (and to the README's layout)"
 
 
 def test_imports_run_one_way_and_none_hides_in_a_function():
@@ -86,3 +86,15 @@ def test_no_function_is_longer_than_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.stem}.{node.name}: {lines} lines")
     assert not long, f"split these into named steps: {long}"
+
+
+def test_the_readmes_layout_is_the_real_tree():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    for path in sorted((ROOT / "helpers").glob("*.py")):
+        assert path.name == "__init__.py" or f"  {path.name} " in layout, f"README's layout misses helpers/{path.name}"
+    for path in sorted(p for p in (ROOT / "tools").iterdir() if p.suffix in (".py", ".sh")):
+        assert path.name in layout, f"README's layout misses tools/{path.name}"
+    for folder in ("notebooks", "solutions", "data", "benchmarks", "tests", "tools", "helpers"):
+        assert f"\n{folder}/ " in layout, folder

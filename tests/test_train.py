@@ -274,3 +274,40 @@ def test_auto_precision_is_fp32_off_cuda(kind):
         device.autocast_dtype("fp16", torch.device(kind))
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         device.autocast_dtype("fp8", torch.device(kind))
+
+
+def test_a_run_saves_and_restores_its_whole_state_without_training(tmp_path):
+    run = train.Run.start(smoke(steps=10), tmp_path / "run", CPU)
+    with torch.no_grad():  # weights, a generator and logs that a freshly built run would not have
+        for p in run.trainer.model.parameters():
+            p.add_(0.5)
+    torch.randn(3, generator=run.trainer.generators["noise"])
+    run.step, run.window = 7, [torch.tensor(0.25), torch.tensor(0.75)]
+    run.history = [{"step": 5, "loss": 0.5, "lr": 1e-4, "seconds": 1.0}]
+    run.dir.mkdir()
+    run.save()
+    assert (run.dir / "loss.csv").read_text().splitlines() == ["step,loss,lr,seconds", "5,0.500000,1.000e-04,1.00"]
+    again = train.Run.resume(run.dir, CPU)
+    assert again.step == 7 and again.history == run.history and [float(v) for v in again.window] == [0.25, 0.75]
+    for mine, theirs in ((run.trainer.model, again.trainer.model), (run.trainer.ema, again.trainer.ema)):
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+    for name in ("data", "noise"):
+        assert torch.equal(torch.randn(3, generator=run.trainer.generators[name]),
+                           torch.randn(3, generator=again.trainer.generators[name]))
+
+
+def test_what_a_step_is_due_to_do_is_worked_out_in_one_place(tmp_path):
+    run = train.Run(smoke(steps=30, log_every=5, checkpoint_every=15, sample_every=30, bar_every=10), tmp_path, CPU)
+
+    def due(step, end=30, max_seconds=None):
+        run.step = step
+        flags = run.due(end, max_seconds)
+        return {name for name in ("check", "log", "samples", "bar", "save", "stop") if getattr(flags, name)}
+
+    assert due(3) == set()
+    assert due(5) == {"check", "log"}
+    assert due(10) == {"check", "log", "bar"}
+    assert due(15) == {"check", "log", "save"}
+    assert due(12, end=12) == {"check", "save", "stop"}  # stopped early (--stop-after): a checkpoint, no log line
+    assert due(3, max_seconds=0.0) == {"check", "bar", "save", "stop"}  # out of time: check, save and stop
+    assert due(30) == {"check", "log", "samples", "bar", "save", "stop"}

@@ -3,8 +3,6 @@
 # writes), run with the settings the device machine needs. Extra arguments go to it.
 #   OUT=/tmp/x bash tools/gpu_session.sh                      # on the GPU machine, ~9 minutes
 #   OUT=/tmp/x bash tools/gpu_session.sh --smoke              # dry run on a CPU
-# The shipped model (data/pretrained) was trained by this script's earlier form (git f87e0d4):
-# bench, then `train --profile gpu` with its steps sized to the time left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg

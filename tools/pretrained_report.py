@@ -105,17 +105,36 @@ def parse_sampler(spec: str) -> Sampler:
                                          "dpm++2m:STEPS:ETA or ddpm") from None
 
 
+def table_section(title: str, intro: str, columns: list[str], rows: list[list]) -> list[str]:
+    """A README section: a heading, a sentence, and a table whose last columns are the measured ones."""
+    header = " | ".join([*columns, measured_header()])
+    rule = "|---" * (len(columns) + measured_header().count("|") + 1) + "|"
+    return [f"## {title}", "", intro, "", f"| {header} |", rule, *(f"| {' | '.join(map(str, r))} |" for r in rows), ""]
+
+
 def sampler_lines(rows: list[dict]) -> list[str]:
     """The README's table of other samplers on the same model (empty without --also)."""
     if not rows:
         return []
-    lines = ["## Other samplers, same model", "",
-             f"`model.pt` sampled other ways (seed 0, {rows[0]['samples']} samples, threshold 0; "
-             "`samplers.json`), beside its recommended sampler:", "",
-             f"| sampler | network calls per image | {measured_header()} |", "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['sampler_words']} | {row['network_calls']} | {measured_cells(row)} |")
-    return lines + [""]
+    return table_section(
+        "Other samplers, same model",
+        f"`model.pt` sampled other ways (seed 0, {rows[0]['samples']} samples, threshold 0; `samplers.json`), "
+        "beside its recommended sampler:", ["sampler", "network calls per image"],
+        [[row["sampler_words"], row["network_calls"], measured_cells(row)] for row in rows])
+
+
+NOTES = "## Notes from earlier runs"  # a section of the README kept when it is rebuilt
+
+
+def earlier_notes(readme: Path) -> list[str]:
+    """The README's notes on earlier runs, written by hand, carried into the rebuilt README."""
+    if not readme.is_file() or NOTES not in readme.read_text(encoding="utf-8"):
+        return []
+    text = readme.read_text(encoding="utf-8")
+    section = text[text.index(NOTES):]
+    ends = [i for i in (section.find("\n## ", 1), section.find("\nRebuild this README")) if i > 0]
+    section = section[:min(ends)] if ends else section
+    return section.rstrip("\n").split("\n") + [""]
 
 
 def median_seconds(model, schedule, sampler: Sampler, n: int = 16, repeats: int = 3) -> float:
@@ -134,14 +153,13 @@ def comparison_lines(compared: list[dict], sampler_words: str) -> list[str]:
     """The README's comparison table (empty without --compare)."""
     if not compared:
         return []
-    lines = ["## Compared with other runs", "",
-             f"The same measurement ({sampler_words}, seed 0, {compared[0]['samples']} samples, threshold 0) "
-             "on each run's EMA network (`comparison.json`; the first row is `model.pt` itself):", "",
-             f"| run | predicts | steps x batch | {measured_header()} |", "|---|---|---|---|---|---|---|---|---|"]
-    for row in compared:
-        lines.append(f"| `{row['run']}` | {row['prediction']} | {row['step']} x {row['batch_size']} | "
-                     f"{measured_cells(row)} |")
-    return lines + [""]
+    return table_section(
+        "Compared with other runs",
+        f"The same measurement ({sampler_words}, seed 0, {compared[0]['samples']} samples, threshold 0) on each "
+        "run's EMA network (`comparison.json`; the first row is `model.pt` itself):",
+        ["run", "predicts", "steps x batch"],
+        [[f"`{row['run']}`", row["prediction"], f"{row['step']} x {row['batch_size']}", measured_cells(row)]
+         for row in compared])
 
 
 def main() -> int:
@@ -253,6 +271,7 @@ def main() -> int:
         "",
         *sampler_lines(others),
         *comparison_lines(compared, sampler_words),
+        *earlier_notes(args.out / "README.md"),
         "Rebuild this README (and re-export the weights) with:",
         "",
         "```",
