@@ -2,9 +2,11 @@
 
 Modules, one idea each, importing one way: ``data`` (generators, dataset folders, tensors),
 ``diffusion`` (schedules, forward jump, loss, samplers), ``unet`` (SeedUNet and UNet),
-``metrics`` (microstructure statistics, set-vs-set evaluation), ``viz`` (grids, GIFs, plots),
+``metrics`` (microstructure statistics, set-vs-set evaluation), ``conditions`` (descriptors as
+a network's condition), ``viz`` (grids, GIFs, plots),
 ``device`` (CUDA, MPS or CPU; precision; compile), ``checkpoint`` (model files), ``sample``
-(the Sampler, batches, PNGs, GIFs), ``train`` (the training run), ``bench`` (throughput),
+(the Sampler, guidance, batches, PNGs, GIFs), ``train`` (the training run), ``bench``
+(throughput), ``control`` (how well a conditional model hits its targets),
 ``notebooks`` (executing the lessons). ``python -m helpers --help`` is the command line.
 """
 import os

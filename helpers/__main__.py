@@ -7,12 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
+from .conditions import ConditionError, parse_targets, target_vector
+from .control import format_control, guidance_sweep
 from .data import DATA_ROOT, KINDS, DataError, image_size, load_uint8, make_dataset, prepare_output_dir
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
 from .diffusion import PREDICTIONS, VARIANCES
@@ -20,6 +24,7 @@ from .sample import SAMPLERS, recommended_sampler, reverse_process_gif, generate
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
 from .unet import MODELS
+from .viz import control_plot
 
 DEFAULT_MODEL = DATA_ROOT / "pretrained" / "model.pt"
 
@@ -41,9 +46,11 @@ def _data_make(args: argparse.Namespace) -> None:
           f"statistics in {out / 'README.md'}")
 
 
+# train's flags for carrying a run on: the only ones --resume takes
+RESUME_FLAGS = ("steps", "lr_decay", "stop_after", "max_minutes", "export", "quiet")
 # train's flags that define a run: stored in its checkpoint, so not to be given with --resume
 RECIPE_FLAGS = ("data", "model", "profile", "batch_size", "lr", "seed", "precision", "limit",
-                "bar_every", "bar_samples", "prediction", "eta", "compile", "memory_format")
+                "bar_every", "bar_samples", "prediction", "eta", "compile", "memory_format", "condition")
 
 
 def _number(convert, accept, expected: str):
@@ -65,6 +72,7 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive whole number")
 _non_negative_int = _number(int, lambda v: v >= 0, "a whole number of 0 or more")  # seeds
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number above 0")  # rates, minutes
 _fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")  # eta
+_non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number of 0 or more")  # guidance
 
 
 def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replaced", replace: bool = False) -> None:
@@ -79,9 +87,13 @@ def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replac
         raise DataError(f"{path} exists; choose another {flag} path{hint} ({unchanged})")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
     """The run-defining flags given on the command line, as the user typed them."""
-    return ["--" + name.replace("_", "-") for name in RECIPE_FLAGS if getattr(args, name) not in (None, False)]
+    return [_flag(name) for name in RECIPE_FLAGS if getattr(args, name) not in (None, False)]
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -93,7 +105,7 @@ def _train(args: argparse.Namespace) -> None:
         if recipe:
             raise TrainingError(f"{', '.join(recipe)}: a resumed run keeps the settings in its "
                                 f"checkpoint ({args.out / CHECKPOINT}); with --resume give only "
-                                "--steps, --lr-decay, --stop-after, --max-minutes, --export or --quiet")
+                                f"{', '.join(_flag(name) for name in RESUME_FLAGS)}")
         cfg = None
         print(f"resuming the run in {args.out} on {device}")
     else:
@@ -104,7 +116,7 @@ def _train(args: argparse.Namespace) -> None:
                              memory_format=args.memory_format,
                              prediction=args.prediction, bar_every=args.bar_every,
                              bar_samples=args.bar_samples, sample_eta=args.eta,
-                             lr_decay_steps=args.lr_decay)
+                             lr_decay_steps=args.lr_decay, condition=args.condition)
         size = image_size(cfg.data)
         print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
               f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
@@ -120,7 +132,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.export:
         checkpoint = load_checkpoint(result.run_dir / CHECKPOINT)
         sampler = TrainConfig(**checkpoint["train_config"]).sampler()
-        path = export_weights(checkpoint, args.export, sampler=sampler.stored())
+        path = export_weights(checkpoint, args.export, sampler=sampler)
         print(f"EMA weights (fp16) exported to {path}, recommending {sampler.describe()}")
 
 
@@ -134,25 +146,34 @@ def _sample(args: argparse.Namespace) -> None:
         raise DataError(f"{args.checkpoint}: its recommended sampler is unusable ({exc})") from None
     try:
         sampler = recommended.replace(kind=args.sampler, steps=args.steps, eta=args.eta, variance=args.variance,
-                                      clip=False if args.no_clip else None)
+                                      clip=False if args.no_clip else None, guidance=args.guidance)
         sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
     except ValueError as exc:
-        raise DataError(f"--sampler/--steps/--eta: {exc}") from None
+        raise DataError(f"--sampler/--steps/--eta/--guidance: {exc}") from None
+    stats, condition = payload.get("condition"), None
+    if args.condition:
+        condition = target_vector(stats, parse_targets(stats, args.condition, str(args.checkpoint)))
+    elif args.guidance:
+        raise DataError(f"--guidance {args.guidance:g} needs a --condition to guide towards")
+    elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
+        sampler = sampler.replace(guidance=0.0)
     prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
     start = time.perf_counter()
     if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
         first = min(args.n, 16)
-        head, gif = reverse_process_gif(model, schedule, first, args.gif, sampler, seed=args.seed, device=device)
+        head, gif = reverse_process_gif(model, schedule, first, args.gif, sampler, seed=args.seed, device=device,
+                                        condition=condition)
         print(f"reverse-process GIF of {first} images: {gif}")
         rest = generate(model, schedule, args.n - first, sampler, seed=args.seed + 1, batch_size=args.batch_size,
-                        device=device, progress=not args.quiet) if args.n > first else head[:0]
+                        device=device, progress=not args.quiet, condition=condition) if args.n > first else head[:0]
         images = torch.cat([head, rest])
     else:
         images = generate(model, schedule, args.n, sampler, seed=args.seed, batch_size=args.batch_size,
-                          device=device, progress=not args.quiet)
+                          device=device, progress=not args.quiet, condition=condition)
     seconds = time.perf_counter() - start
-    paths = write_pngs(images, Path(args.out), force=args.force)
-    print(f"wrote {len(paths)} samples to {args.out} ({sampler.describe()}, {args.precision}, "
+    paths = write_pngs(images, Path(args.out), force=True)  # the folder was checked before sampling (a --gif may be in it)
+    asked = f", {' '.join(args.condition)}" if args.condition else ""
+    print(f"wrote {len(paths)} samples to {args.out} ({sampler.describe()}{asked}, {args.precision}, "
           f"{seconds:.1f} s on {device}, model from step {payload['step']})")
 
 
@@ -187,6 +208,33 @@ def _bench(args: argparse.Namespace) -> None:
                        progress=(lambda line: None) if args.quiet else print)
     print(format_bench(report))
     _write_json(args.json, report)
+
+
+def _control(args: argparse.Namespace) -> None:
+    _new_file(args.json, "--json")
+    _new_file(args.plot, "--plot")
+    device = pick_device()
+    model, schedule, payload = load_model(args.checkpoint, device, args.precision)
+    stats = payload.get("condition")
+    if not stats:
+        raise ConditionError(f"{args.checkpoint} was trained without a condition; expected a conditional model")
+    name = stats["names"][0]
+    low, high = stats["low"][0], stats["high"][0]
+    margin = 0.05 * (high - low)  # 8 targets spread geometrically over the middle 90% of the training range
+    targets = args.targets or [float(round(v)) for v in np.geomspace(low + margin, high - margin, 8)]
+    parse_targets(stats, [f"{name}={t:g}" for t in targets], str(args.checkpoint))  # each inside the range
+    sampler = recommended_sampler(payload).replace(steps=args.steps)
+    start = time.perf_counter()
+    reports = guidance_sweep(model, schedule, stats, targets, args.n, sampler, scales=args.guidance,
+                             name=name, seed=args.seed, device=device, splits=args.splits)
+    print(format_control(reports))
+    print(f"({len(targets)} targets x {args.n} samples x {len(reports)} guidance scales in "
+          f"{time.perf_counter() - start:.0f} s on {device})")
+    _write_json(args.json, {"model": str(args.checkpoint), "step": payload["step"],
+                            "reports": [r.summary() for r in reports]})
+    if args.plot:
+        plt.close(control_plot(reports, args.plot))
+        print(f"wrote {args.plot}")
 
 
 def _tutorial(args: argparse.Namespace) -> None:
@@ -252,7 +300,7 @@ def _add_train(commands) -> None:
                        "compute it natively (A100, H100, RTX 30xx on), fp16 with loss scaling on older "
                        "ones (T4, V100), fp32 on a CPU or MPS")
     train.add_argument("--limit", type=_positive_int, help="use only the first N images")
-    train.add_argument("--bar-every", type=int, metavar="N", help="check the fidelity bar on EMA "
+    train.add_argument("--bar-every", type=_non_negative_int, metavar="N", help="check the fidelity bar on EMA "
                        "samples every N steps, logged to bar.csv with the training time so far")
     train.add_argument("--bar-samples", type=_positive_int, metavar="N", help="samples per fidelity-bar check (200)")
     train.add_argument("--prediction", choices=PREDICTIONS, help="what the network learns to output: "
@@ -266,8 +314,10 @@ def _add_train(commands) -> None:
                        "graphs); GPU; falls back to eager where it cannot")
     train.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of images and weights "
                        "(default: contiguous, NCHW)")
+    train.add_argument("--condition", nargs="+", metavar="COLUMN", help="condition the network on these "
+                       "numeric manifest columns (e.g. grains on voronoi_gb_range_64), for sample --condition")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--stop-after", type=int, help="stop this session at that step (resumable)")
+    train.add_argument("--stop-after", type=_positive_int, help="stop this session at that step (resumable)")
     train.add_argument("--max-minutes", type=_positive_float, help="end this session (with a checkpoint) after "
                        "this many minutes of training; --resume continues")
     train.add_argument("--export", type=Path, help="also write the EMA weights (fp16) to this file")
@@ -292,6 +342,10 @@ def _add_sample(commands) -> None:
     sample.add_argument("--variance", choices=VARIANCES,
                         help="DDPM step variance: beta_t (the original's; default) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
+    sample.add_argument("--condition", nargs="+", metavar="NAME=VALUE", help="a conditional model: the "
+                        "descriptors to ask for, e.g. grains=30 (inside the range it was trained on)")
+    sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
+                        "scale w >= 0 (0: the conditional model alone); default: the model's")
     sample.add_argument("--seed", type=_non_negative_int, default=0)
     sample.add_argument("--batch-size", type=_positive_int, default=256)
     sample.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
@@ -350,6 +404,28 @@ def _add_bench(commands) -> None:
     bench.set_defaults(run=_bench)
 
 
+def _add_control(commands) -> None:
+    """control: a conditional model's achieved descriptor against its target, by guidance."""
+    control = commands.add_parser("control", help="how well a conditional model hits its targets",
+                                  description="Sample a conditional model at several targets and guidance "
+                                              "scales: R^2 and mean absolute error of achieved against target, "
+                                              "and ratios to the noise floor against fresh real images at "
+                                              "each target.")
+    control.add_argument("--checkpoint", required=True, help="a conditional model (train --condition)")
+    control.add_argument("--targets", type=float, nargs="+", metavar="V",
+                         help="target values (default: 8 across the model's training range)")
+    control.add_argument("--n", type=_positive_int, default=64, help="samples per target (default 64)")
+    control.add_argument("--guidance", type=_non_negative_float, nargs="+", default=[0.0, 1.0, 2.0, 4.0],
+                         metavar="W", help="guidance scales to compare (default 0 1 2 4)")
+    control.add_argument("--steps", type=_positive_int, help="sampler steps (default: the model's)")
+    control.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32")
+    control.add_argument("--seed", type=_non_negative_int, default=0)
+    control.add_argument("--splits", type=_positive_int, default=20, help="random splits for each noise floor")
+    control.add_argument("--json", type=Path, help="also write the reports as JSON")
+    control.add_argument("--plot", type=Path, help="also write the control plot (PNG)")
+    control.set_defaults(run=_control)
+
+
 def _add_tutorial(commands) -> None:
     """tutorial: the lessons, executed."""
     tutorial = commands.add_parser("tutorial", help="execute the notebooks into an output folder",
@@ -363,7 +439,7 @@ def _add_tutorial(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m helpers", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_bench, _add_tutorial):
+    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_control, _add_bench, _add_tutorial):
         add(commands)
     return parser
 
@@ -372,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DataError, LessonError, FileNotFoundError, TrainingError, CheckpointError, ValueError) as exc:
+    except (DataError, LessonError, FileNotFoundError, TrainingError, CheckpointError, ConditionError,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

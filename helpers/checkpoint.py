@@ -8,7 +8,6 @@ file that is renamed over the old one, so a file is never half written.
 """
 from __future__ import annotations
 
-import errno
 import os
 import random
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .data import write_failure
 from .device import at_precision, pick_device, resolve_precision
 from .diffusion import Schedule
 from .unet import build_model
@@ -43,22 +43,16 @@ def save_atomic(payload: dict, path: str | Path) -> None:
     path = Path(path)
     temporary = _temporary(path, os.getpid())
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, temporary)
         os.replace(temporary, path)
     except (OSError, RuntimeError) as exc:  # torch's archive writer reports a failed write as RuntimeError
-        if isinstance(exc, RuntimeError) and "PytorchStreamWriter" not in str(exc):
+        if isinstance(exc, RuntimeError) and "PytorchStreamWriter" not in str(exc) and "directory" not in str(exc):
             raise
         kept = "the previous file is intact" if path.exists() else "nothing was written"
-        raise CheckpointError(f"{path}: could not be written ({_write_failure(exc)}); {kept}") from None
+        raise CheckpointError(f"{path}: could not be written ({write_failure(exc)}); {kept}") from None
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _write_failure(exc: Exception) -> str:
-    """A failed write in a few words: a full disk said as such, else the system's reason."""
-    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):
-        return "the disk is full"
-    return getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:100]
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
@@ -146,18 +140,23 @@ def build_network(payload: dict, path: str | Path) -> torch.nn.Module:
 
 
 def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torch.float16,
-                   sampler: Optional[dict] = None) -> Path:
+                   sampler=None) -> Path:
     """Write a small sampling-only file: the EMA weights (fp16 by default) and the configs.
 
-    ``sampler`` (``sample.Sampler.stored()``) is kept as the model's recommended sampler, the one
-    its published statistics were measured with; `python -m helpers sample` uses it by default.
+    ``sampler`` (a ``sample.Sampler``, checked when it was made) is kept, as ``sampler.stored()``,
+    as the model's recommended sampler, the one its published statistics were measured with;
+    `python -m helpers sample` uses it by default.
     """
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint["ema"].items()}
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "kind": "weights",
                "model_config": checkpoint["model_config"], "schedule": checkpoint["schedule"],
                "train_config": checkpoint["train_config"], "step": checkpoint["step"], "ema": weights}
+    if "condition" in checkpoint:  # a conditional model's condition names, scaling and range
+        payload["condition"] = checkpoint["condition"]
     if sampler is not None:
-        payload["sampler"] = dict(sampler)
+        if not hasattr(sampler, "stored"):
+            raise TypeError(f"sampler: expected a sample.Sampler (checked when made), got {sampler!r}")
+        payload["sampler"] = sampler.stored()
     save_atomic(payload, Path(path))
     return Path(path)
 

@@ -27,10 +27,13 @@ from PIL import Image, UnidentifiedImageError
 from . import metrics
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
-KINDS = ("voronoi-gb", "grain-growth")
+KINDS = ("voronoi-gb", "voronoi-gb-range", "grain-growth")
 MANIFEST = "manifest.csv"
 BOUNDARY, GRAIN = 255, 0  # pixel values of boundary and grain pixels in boundary images
 VORONOI_SEEDS = 15  # grains per voronoi-gb image, as in the original data
+RANGE_SEEDS = (3, 80)  # voronoi-gb-range: seeds per image, log-uniform (about 7 to 85 grains at 64x64)
+# voronoi-gb-range: the descriptors measured on each image, a manifest column each (conditions)
+RANGE_COLUMNS = ("grains", "lineal_intercept", "boundary_fraction")
 GROWTH_INITIAL_GRAINS = 120  # grains of the Voronoi map that grain-growth coarsens
 GROWTH_TARGET_GRAINS = (14, 24)  # range the final grain count is drawn from
 GROWTH_SIGMA_PER_64PX = 3.0  # MBO Gaussian width (px) at 64x64, scaled with the image size
@@ -93,6 +96,18 @@ class VoronoiSample:
 def make_voronoi_gb(seed: int, index: int, size: int = 64, n_seeds: int = VORONOI_SEEDS) -> VoronoiSample:
     """Image ``index`` of the voronoi-gb set made with ``seed``."""
     rng = image_rng(seed, index)
+    seeds = rng.uniform(0.0, size, size=(n_seeds, 2))
+    labels = periodic_voronoi(seeds, size)
+    return VoronoiSample(seeds=seeds, labels=labels, image=boundary_image(labels))
+
+
+def make_voronoi_gb_range(seed: int, index: int, size: int = 64) -> VoronoiSample:
+    """Image ``index`` of the voronoi-gb-range set: voronoi-gb with a seed count of its own, drawn
+    log-uniformly from RANGE_SEEDS by the image's generator (before its seeds), so that few and
+    many grains are equally well covered."""
+    rng = image_rng(seed, index)
+    low, high = RANGE_SEEDS
+    n_seeds = int(round(np.exp(rng.uniform(np.log(low), np.log(high)))))
     seeds = rng.uniform(0.0, size, size=(n_seeds, 2))
     labels = periodic_voronoi(seeds, size)
     return VoronoiSample(seeds=seeds, labels=labels, image=boundary_image(labels))
@@ -261,6 +276,13 @@ def check_positive(name: str, value: int) -> int:
     return int(value)
 
 
+def write_failure(exc: BaseException) -> str:
+    """A failed write in a few words: a full disk said as such, else the system's reason."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc):
+        return "the disk is full"
+    return getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:100]
+
+
 def prepare_output_dir(out: Path, force: bool) -> Path:
     """Create ``out``; refuse a non-empty folder unless ``force`` (nothing is overwritten silently)."""
     out = Path(out)
@@ -276,13 +298,16 @@ def prepare_output_dir(out: Path, force: bool) -> Path:
 
 
 # Columns of each kind's manifest: the first is the training image (what load_images reads).
-COLUMNS = {"voronoi-gb": ("file",), "grain-growth": ("file", "boundary", "labels")}
+COLUMNS = {"voronoi-gb": ("file",), "voronoi-gb-range": ("file", *RANGE_COLUMNS),
+           "grain-growth": ("file", "boundary", "labels")}
 
 
 def generate_files(kind: str, seed: int, index: int, size: int) -> dict[str, np.ndarray]:
     """The 8-bit images of one dataset row, by manifest column."""
     if kind == "voronoi-gb":
         return {"file": make_voronoi_gb(seed, index, size).image}
+    if kind == "voronoi-gb-range":
+        return {"file": make_voronoi_gb_range(seed, index, size).image}
     if kind == "grain-growth":
         sample = make_grain_growth(seed, index, size)
         return {"file": sample.gray, "boundary": sample.boundary,
@@ -290,10 +315,20 @@ def generate_files(kind: str, seed: int, index: int, size: int) -> dict[str, np.
     raise DataError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
+def measured_columns(kind: str, images: dict[str, np.ndarray]) -> dict[str, str]:
+    """The descriptor columns of one manifest row, measured by ``helpers.metrics`` on its image
+    (voronoi-gb-range; other kinds have none)."""
+    if kind != "voronoi-gb-range":
+        return {}
+    values = metrics.describe(images["file"] >= 128)
+    return {"grains": str(int(values["grains"])), "lineal_intercept": f"{values['lineal_intercept']:.4f}",
+            "boundary_fraction": f"{values['boundary_fraction']:.4f}"}
+
+
 def row_paths(kind: str, index: int) -> dict[str, str]:
     """Relative file names of one dataset row, by manifest column."""
     name = f"{index:05d}.png"
-    if kind == "voronoi-gb":
+    if kind in ("voronoi-gb", "voronoi-gb-range"):
         return {"file": name}
     return {"file": f"gray/{name}", "boundary": f"boundary/{name}", "labels": f"labels/{name}"}
 
@@ -351,7 +386,7 @@ def make_dataset(kind: str, n: int, size: int, seed: int, out: Path | str, force
                     target.parent.mkdir(parents=True, exist_ok=True)
                     save_png(image, target)
                 target = out / MANIFEST
-                writer.writerow(paths)
+                writer.writerow({**paths, **measured_columns(kind, images)})
                 fh.flush()  # a killed run's manifest lists every image written in full
                 written += 1
                 if progress is not None:
@@ -359,8 +394,9 @@ def make_dataset(kind: str, n: int, size: int, seed: int, out: Path | str, force
         target = out / "README.md"
         target.write_text(dataset_readme(kind, n, size, seed, out), encoding="utf-8")
     except OSError as exc:
-        remedy = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
-        raise DataError(f"could not write {target}: {exc.strerror or exc}; {written} of {n} images were "
+        reason = write_failure(exc)
+        remedy = "free some space" if reason == "the disk is full" else "fix that"
+        raise DataError(f"could not write {target}: {reason}; {written} of {n} images were "
                         f"written to {out} (listed in its {MANIFEST}); {remedy} and run the same "
                         "command again with --force to write the whole set") from None
     return out
@@ -371,6 +407,11 @@ DESCRIPTIONS = {
                   "{size}x{size} box, each pixel labelled by its nearest seed (periodic distance "
                   "between pixel centres), and a pixel marked boundary (255) when any of its 4 "
                   "neighbours, with wrap-around, has another label; grains are 0.",
+    "voronoi-gb-range": "Periodic Voronoi tessellations as in voronoi-gb, but each image with its own "
+                        "number of seed points, drawn log-uniformly from {range_low}..{range_high}, so "
+                        "that grain counts span a wide range: the data for conditional generation. "
+                        "`manifest.csv` gives each image's descriptors measured by `helpers.metrics` "
+                        "(grains >= 4 px, mean lineal intercept in px, boundary fraction).",
     "grain-growth": "Normal grain growth: a periodic Voronoi map of {initial} grains coarsened by "
                     "threshold dynamics (MBO: each grain's indicator smoothed by a periodic Gaussian "
                     "via FFT, sigma {sigma:g} px, widened 25% while the map is pinned; each "
@@ -384,14 +425,14 @@ DESCRIPTIONS = {
 
 def dataset_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str:
     """README.md of a generated dataset: how it was made and its measured statistics."""
-    boundary_column = "file" if kind == "voronoi-gb" else "boundary"
+    boundary_column = "boundary" if kind == "grain-growth" else "file"
     masks = metrics.boundary_masks(load_uint8(folder, boundary_column))
     stats = metrics.describe_set(masks)
     all_components = np.array([metrics.grain_count(m, min_px=1) for m in masks])
     lines = [
         f"# {folder.name}",
         "",
-        DESCRIPTIONS[kind].format(seeds=VORONOI_SEEDS, size=size, initial=GROWTH_INITIAL_GRAINS,
+        DESCRIPTIONS[kind].format(seeds=VORONOI_SEEDS, range_low=RANGE_SEEDS[0], range_high=RANGE_SEEDS[1], size=size, initial=GROWTH_INITIAL_GRAINS,
                                   sigma=GROWTH_SIGMA_PER_64PX * size / 64,
                                   low=GROWTH_TARGET_GRAINS[0], high=GROWTH_TARGET_GRAINS[1],
                                   levels=", ".join(str(v) for v in GRAY_LEVELS)),
@@ -426,6 +467,8 @@ def dataset_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str
     lines += [
         "",
         f"Images with any dangling end: {int((stats.per_image['dangling_ends'] > 0).sum())} of {n}. "
+        + (f"Grains per image (>= 4 px) from {stats.per_image['grains'].min():.0f} to "
+           f"{stats.per_image['grains'].max():.0f}. " if kind == "voronoi-gb-range" else "") +
         f"Seam ratio (pixel disagreement across the wrap-around seams / inside; 1 = tiles "
         f"seamlessly): {metrics.seam_ratio(masks):.3f}.",
         "",
@@ -477,6 +520,36 @@ def read_manifest(folder: Path, column: str = "file") -> list[Path]:
         raise DataError(f"{manifest} names a missing file: {missing[0]}"
                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return files
+
+
+def manifest_values(name_or_path: str | os.PathLike, columns: Sequence[str],
+                    limit: int | None = None) -> np.ndarray:
+    """Numeric manifest columns as a float (N, len(columns)) array, rows in the manifest's order
+    (the conditions a model can be trained on)."""
+    manifest = resolve_dataset(name_or_path) / MANIFEST
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise DataError(f"{manifest} lists no images")
+    numeric = [c for c in rows[0] if c != "file" and _is_number(rows[0][c])]
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise DataError(f"{manifest} has no column {missing[0]!r}; its numeric columns: {', '.join(numeric) or 'none'}")
+    rows = rows[:limit] if limit else rows
+    values = np.empty((len(rows), len(columns)))
+    for number, row in enumerate(rows, start=2):
+        for j, column in enumerate(columns):
+            if not _is_number(row[column]):
+                raise DataError(f"{manifest}, line {number}: {column} is {row[column]!r}; expected a number")
+            values[number - 2, j] = float(row[column])
+    return values
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        return text is not None and np.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def list_images(folder: Path, column: str = "file") -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import ROOT, data, diffusion, metrics, train, unet
+from . import ROOT, control, data, diffusion, metrics, sample, train, unet
 
 SOLUTIONS = ROOT / "solutions"
 
@@ -210,6 +210,32 @@ def _bootstrap(candidate: Callable) -> str:
     return "bootstrap intervals of a mean have the width theory predicts at levels 0.9 and 0.8"
 
 
+# ---- lesson 07: conditioning and guidance ---------------------------------------------------------
+def _guidance(candidate: Callable) -> str:
+    generator = torch.Generator().manual_seed(7)
+    conditional, unconditional = torch.randn(4, 1, 8, 8, generator=generator), torch.randn(4, 1, 8, 8, generator=generator)
+    for w in (0.0, 1.0, 3.0):
+        # the reference: sample.guided around a stand-in network that returns the two predictions
+        network = lambda x, t, c: torch.where(torch.isnan(c)[:, :1, None, None], x[..., 1:2, :, :], x[..., :1, :, :])
+        both = torch.cat([conditional, unconditional], dim=1)
+        expected = sample.guided(network, torch.zeros(1), w)(both, torch.zeros(4, dtype=torch.long))
+        _close(f"w = {w:g}", candidate(conditional, unconditional, w), expected, atol=1e-6)
+    return "(1 + w) conditional - w unconditional at w = 0, 1 and 3, as sample.guided mixes them"
+
+
+def _r_squared(candidate: Callable) -> str:
+    rng = np.random.default_rng(3)
+    targets = np.repeat([8.0, 16, 32, 64], 25)
+    for name, achieved in (("close", targets + rng.normal(0, 2, targets.size)),
+                           ("biased by +6 grains", targets + 6 + rng.normal(0, 2, targets.size)),
+                           ("ignoring the target", rng.normal(30, 5, targets.size))):
+        expected = control.r_squared(targets, achieved)
+        got = float(candidate(targets, achieved))
+        if not abs(got - expected) < 1e-9:
+            raise NotRight(f"{name}: R^2 {got:.4f}, expected {expected:.4f}")
+    return "R^2 of achieved against target for close, biased and ignored targets, as control.r_squared"
+
+
 @dataclass(frozen=True)
 class Exercise:
     """One exercise: the function a student writes and how it is checked."""
@@ -231,6 +257,8 @@ EXERCISES: dict[str, Exercise] = {
     "05_ddim_sigma": Exercise("ddim_sigma", _ddim_sigma),
     "06_wasserstein": Exercise("wasserstein_1d", _wasserstein),
     "06_bootstrap": Exercise("bootstrap_interval", _bootstrap),
+    "07_guidance": Exercise("guide", _guidance),
+    "07_r_squared": Exercise("r_squared", _r_squared),
 }
 
 

@@ -29,7 +29,8 @@ class Sampler:
     ``kind`` is a SAMPLERS name; ``steps`` the network calls of ddim and dpm++2m (ddpm takes every
     step of the schedule); ``eta`` their fresh noise per step, 0 (deterministic) to 1;
     ``variance`` DDPM's step variance (diffusion.VARIANCES); ``clip`` clips each step's estimate
-    of the clean image to [-1, 1].
+    of the clean image to [-1, 1]; ``guidance`` is classifier-free guidance's w for a conditional
+    model (0: the conditional prediction alone; see ``guided``).
     """
 
     kind: str = "ddim"
@@ -37,6 +38,7 @@ class Sampler:
     eta: float = 0.0
     variance: str = "beta"
     clip: bool = True
+    guidance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLERS:
@@ -45,9 +47,15 @@ class Sampler:
             raise ValueError(f"sampler steps must be a positive whole number, got {self.steps!r}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be a number from 0 to 1, got {self.eta!r}")
+        if not isinstance(self.clip, bool):
+            raise ValueError(f"clip must be true or false, got {self.clip!r}")
         if self.variance not in VARIANCES:
             raise ValueError(f"unknown variance {self.variance!r}; expected one of {', '.join(VARIANCES)}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or \
+                not 0 <= self.guidance < float("inf"):
+            raise ValueError(f"guidance must be a number of 0 (none) or more, got {self.guidance!r}")
         object.__setattr__(self, "eta", float(self.eta))
+        object.__setattr__(self, "guidance", float(self.guidance))
 
     def describe(self) -> str:
         """Short words, e.g. 'DDIM-50, eta 1' or 'DDPM (every step)'; settings left at their
@@ -56,7 +64,7 @@ class Sampler:
             words = f"DDPM (every step{', posterior variance' if self.variance == 'posterior' else ''})"
         else:
             words = f"{SAMPLER_NAMES[self.kind]}-{self.steps}, eta {self.eta:g}"
-        return words + ("" if self.clip else ", no clipping")
+        return words + ("" if self.clip else ", no clipping") + (f", guidance {self.guidance:g}" if self.guidance else "")
 
     def timesteps(self, schedule: Schedule) -> list[int]:
         """The timesteps the sampler passes through, in order (T-1 down to 0)."""
@@ -77,23 +85,26 @@ class Sampler:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def stored(self) -> dict:
-        """The recommendation a model file keeps: {sampler, steps, eta}, plus variance and clip
-        when they differ from the defaults."""
+        """The recommendation a model file keeps: {sampler, steps, eta}, plus variance, clip and
+        guidance when they differ from the defaults."""
         settings = {"sampler": self.kind, "steps": self.steps, "eta": self.eta}
         if self.variance != "beta":
             settings["variance"] = self.variance
         if not self.clip:
             settings["clip"] = False
+        if self.guidance:
+            settings["guidance"] = self.guidance
         return settings
 
     @classmethod
     def from_stored(cls, settings: dict) -> "Sampler":
         """The sampler a model file recommends (``stored``'s dict); a clear error for anything else."""
-        if not isinstance(settings, dict) or not set(STORED_KEYS) <= set(settings) <= {*STORED_KEYS, "variance", "clip"}:
+        optional = {"variance": "beta", "clip": True, "guidance": 0.0}
+        if not isinstance(settings, dict) or not set(STORED_KEYS) <= set(settings) <= {*STORED_KEYS, *optional}:
             raise ValueError(f"sampler settings {settings!r}: expected the keys {', '.join(STORED_KEYS)} "
-                             "(and optionally variance, clip)")
-        return cls(settings["sampler"], settings["steps"], settings["eta"], settings.get("variance", "beta"),
-                   settings.get("clip", True))
+                             f"(and optionally {', '.join(optional)})")
+        return cls(settings["sampler"], settings["steps"], settings["eta"],
+                   **{key: settings.get(key, default) for key, default in optional.items()})
 
 
 # DDIM-50 without noise (Song et al.'s deterministic sampler), for models that recommend nothing else
@@ -123,21 +134,46 @@ def reduced_precision(model: torch.nn.Module, dtype: torch.dtype):
     """A network whose weights are in ``dtype`` (bf16, fp16) as a float32 function: the sampler's
     arithmetic stays in float32, only the network runs in the smaller type."""
 
-    def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x.to(dtype), t).float()
+    def network(x: torch.Tensor, t: torch.Tensor, *condition: torch.Tensor) -> torch.Tensor:
+        return model(x.to(dtype), t, *condition).float()
 
     return network
+
+
+def guided(network: Callable, condition: torch.Tensor, guidance: float) -> Callable:
+    """Classifier-free guidance (Ho & Salimans 2022) as a network ``f(x, t)``: with ``c`` the condition
+    and the null condition (NaN) for "none",
+
+        f(x, t) = (1 + w) f(x, t, c) - w f(x, t, none),      w = ``guidance``,
+
+    the conditional prediction pushed away from the unconditional one. Both eps and v are linear in
+    the network's output, so the same mix serves either. w = 0 is the conditional model alone (one
+    network call); w > 0 makes both predictions in one batch of twice the size.
+    """
+    condition = condition.reshape(1, -1)
+    if not guidance:
+        return lambda x, t: network(x, t, condition.to(x.device).expand(len(x), -1))
+
+    def mixed(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        c = condition.to(x.device).expand(len(x), -1)
+        both = network(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, torch.full_like(c, float("nan"))]))
+        conditional, unconditional = both.chunk(2)
+        return (1 + guidance) * conditional - guidance * unconditional
+
+    return mixed
 
 
 @torch.no_grad()
 def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
              batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
-             progress: bool = False) -> torch.Tensor:
+             progress: bool = False, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
 
     Seeded through one generator, so the same arguments give the same images. ``callback`` is
     passed to the sampler for the first batch only (GIF frames). A network whose weights are
-    bf16 or fp16 runs in that type, the sampler's own arithmetic in float32.
+    bf16 or fp16 runs in that type, the sampler's own arithmetic in float32. ``condition`` (a
+    conditional network's normalised vector, ``conditions.target_vector``) asks every image for
+    it, guided by ``sampler.guidance``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"--n must be a positive whole number, got {n!r}")
@@ -148,6 +184,12 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
     device = device or weights.device
     size = model.config()["size"]
     network = model if weights.dtype == torch.float32 else reduced_precision(model, weights.dtype)
+    if condition is not None:
+        if "conditions" not in model.config():
+            raise ValueError("this model was trained without a condition; sample it without one")
+        network = guided(network, condition, sampler.guidance)
+    elif sampler.guidance:
+        raise ValueError(f"guidance {sampler.guidance:g} needs a condition to guide towards")
     generator = torch.Generator(device=device).manual_seed(seed)
     starts = range(0, n, batch_size)
     # the bar counts network calls (denoising steps), so a single large batch still shows progress
@@ -195,7 +237,7 @@ def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Pat
 
 def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
                         seed: int = 0, max_frames: int = 60, device: Optional[torch.device] = None,
-                        show_x0: bool = True) -> tuple[torch.Tensor, Path]:
+                        show_x0: bool = True, condition: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Path]:
     """Sample ``n`` images and write the reverse process as a GIF; returns (samples, gif path).
 
     Each frame shows the batch after the step and, with ``show_x0``, beside it the step's estimate
@@ -211,5 +253,6 @@ def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: 
                 frame = np.concatenate([frame, to_frame(x0_hat, label="estimate of x0")], axis=1)
             frames.append(frame)
 
-    images = generate(model, schedule, n, sampler, seed=seed, batch_size=n, device=device, callback=capture)
+    images = generate(model, schedule, n, sampler, seed=seed, batch_size=n, device=device, callback=capture,
+                      condition=condition)
     return images, save_gif(frames, path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import errno
 import os
 import random
 import time
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_module
 from . import metrics
+from .conditions import condition_stats, normalise
 from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, checkpoint_step, is_temporary, load_checkpoint,
                          load_weights, remove_stale_temporaries, restore_rng_states, rng_states, save_atomic)
 from .device import autocast_dtype, check_compile_mode, compile_network, configure_backends, memory_format, pick_device
@@ -90,6 +90,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     bar_every: int = 0  # check the fidelity bar every N steps (0: never); rows go to bar.csv
     bar_samples: int = 200  # EMA samples (DDIM, sample_steps, sample_eta) per fidelity-bar check
+    condition: list = field(default_factory=list)  # manifest columns the network is conditioned on
+    condition_dropout: float = 0.15  # share of images trained without their condition (guidance)
     compile: str = "none"  # torch.compile mode (device.COMPILE_MODES); eager where unavailable
     memory_format: str = "contiguous"  # layout of images and weights (device.MEMORY_FORMATS)
 
@@ -105,8 +107,16 @@ class TrainConfig:
             raise TrainingError(f"--lr must be a number above 0, got {self.lr!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise TrainingError(f"--seed must be a whole number of 0 or more, got {self.seed!r}")
+        if not isinstance(self.bar_every, int) or self.bar_every < 0:
+            raise TrainingError(f"--bar-every must be 0 (never) or a number of steps, got {self.bar_every!r}")
         if not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 0:
             raise TrainingError(f"--lr-decay must be 0 (no decay) or a number of steps, got {self.lr_decay_steps!r}")
+        if not isinstance(self.condition, list) or not all(isinstance(c, str) and c for c in self.condition):
+            raise TrainingError(f"--condition: expected manifest column names, got {self.condition!r}")
+        if self.condition and self.model != "unet":
+            raise TrainingError(f"--condition needs --model unet ({self.model} takes no condition)")
+        if not 0 <= self.condition_dropout < 1:
+            raise TrainingError(f"condition_dropout must be from 0 to below 1, got {self.condition_dropout!r}")
         for flag, value, table in (("--model", self.model, MODELS), ("--prediction", self.prediction, PREDICTIONS),
                                    ("schedule", self.schedule, SCHEDULES)):
             if value not in table:
@@ -167,7 +177,8 @@ def model_config(cfg: TrainConfig, size: int) -> dict:
     """The network's config dict for images of ``size`` pixels."""
     if cfg.model == "seed-unet":
         return {"name": "seed-unet", "size": size, "steps": cfg.diffusion_steps}
-    return {"name": cfg.model, "size": size, **cfg.model_options}
+    conditions = {"conditions": len(cfg.condition)} if cfg.condition else {}
+    return {"name": cfg.model, "size": size, **cfg.model_options, **conditions}
 
 
 def describe_model(cfg: TrainConfig, size: int) -> str:
@@ -220,8 +231,11 @@ class Trainer:
     loss comes back as a device tensor, read only when the loop logs.
     """
 
-    def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device):
+    def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device,
+                 conditions: Optional[torch.Tensor] = None):
         self.cfg, self.device = cfg, device
+        # each image's condition vector (normalised descriptors) in a conditional run, else None
+        self.conditions = None if conditions is None else conditions.to(device)
         configure_backends(device)
         self.memory_format = memory_format(cfg.memory_format)
         self.images = images.to(device).contiguous(memory_format=self.memory_format)
@@ -264,15 +278,28 @@ class Trainer:
         """Forward and backward passes at the real batch (compiles; records CUDA graphs), no update."""
         index = torch.arange(self.cfg.batch_size, device=self.device) % len(self.images)
         x, t = self.images[index], torch.zeros(self.cfg.batch_size, dtype=torch.long, device=self.device)
+        conditioned = self._with_condition(network, index, drop=False)
         for _ in range(3):  # reduce-overhead records its CUDA graphs on the later calls
             self._mark_step()
             with self.autocast():
-                loss = network(x, t).float().square().mean()
+                loss = conditioned(x, t).float().square().mean()
             # fresh gradients each time, as in a step: under CUDA graphs a gradient is a graph
             # output, overwritten by the next replay, so it must not be accumulated into
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _with_condition(self, network: Callable, index: torch.Tensor, drop: bool) -> Callable:
+        """The network as the loss calls it, ``network(x, t)``: in a conditional run with the batch's
+        conditions, each replaced by the null condition (NaN) with probability condition_dropout
+        when ``drop``, so that the one network also learns the unconditional model guidance needs."""
+        if self.conditions is None:
+            return network
+        condition = self.conditions[index]
+        if drop:
+            dropped = torch.rand(len(index), generator=self.generators["data"], device=self.device)
+            condition = condition.masked_fill((dropped < self.cfg.condition_dropout)[:, None], float("nan"))
+        return lambda x, t: network(x, t, condition)
 
     def _mark_step(self) -> None:
         """Tell CUDA graphs (compile mode reduce-overhead) that a new step begins."""
@@ -285,12 +312,12 @@ class Trainer:
         cfg = self.cfg
         index = torch.randint(0, len(self.images), (cfg.batch_size,), generator=self.generators["data"],
                               device=self.device)
-        x0 = self.images[index]
+        x0, network = self.images[index], self._with_condition(self.network, index, drop=True)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         self._mark_step()
         with self.autocast():
-            loss = diffusion_loss(self.network, self.schedule, x0, self.generators["noise"])
+            loss = diffusion_loss(network, self.schedule, x0, self.generators["noise"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -309,15 +336,26 @@ def _read_numeric_csv(path: Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    try:
+        return [{k: float(v) for k, v in row.items()} for row in rows]
+    except (TypeError, ValueError):
+        raise TrainingError(f"{path}: a row is cut short or not numbers; expected a log written by "
+                            "`python -m helpers train`") from None
 
 
 def _write_rows(path: Path, columns: dict, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({name: write(row[name]) for name, write in columns.items()})
+    """A CSV log, written to a temporary file and renamed over the old one: never half a file."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({name: write(row[name]) for name, write in columns.items()})
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_loss_history(run_dir: Path) -> list[dict]:
@@ -398,10 +436,9 @@ def check_new_run_folder(run_dir: Path) -> None:
                             "empty --out (nothing in it was changed)")
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"--out {run_dir} is a file; expected a folder for the run")
-
-
-def _write_failure(exc: OSError) -> str:
-    return "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    parent = next((p for p in run_dir.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise TrainingError(f"--out {run_dir}: {parent} is a file; expected a folder for the run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +481,10 @@ class Run:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, device: torch.device):
         self.cfg, self.dir, self.device = cfg, Path(run_dir), device
         images = data_module.load_images(cfg.data, limit=cfg.limit)
-        self.trainer = Trainer(cfg, images, device)
+        values = data_module.manifest_values(cfg.data, cfg.condition, limit=cfg.limit) if cfg.condition else None
+        # a conditional run's scaling and range of each condition (kept in its model files)
+        self.condition_stats = condition_stats(cfg.condition, values) if cfg.condition else None
+        self.trainer = Trainer(cfg, images, device, None if values is None else normalise(self.condition_stats, values))
         # the fidelity bar compares EMA samples with the training images' statistics
         self.reference = metrics.describe_set(metrics.boundary_masks(images)) if cfg.bar_every else None
         self.step = 0
@@ -495,7 +535,8 @@ class Run:
                 "schedule": self.trainer.schedule.config(), "train_config": asdict(self.cfg),
                 "step": self.step, "seconds": self.seconds(), "check_seconds": self.check_seconds,
                 **self.trainer.state_dict(), "loss_window": [float(v) for v in self.window],
-                "history": self.history, "bar_history": self.bar_rows}
+                "history": self.history, "bar_history": self.bar_rows,
+                **({"condition": self.condition_stats} if self.condition_stats else {})}
 
     def restore(self, state: dict) -> None:
         """Put back the state of a ``checkpoint()`` dict (from the file at ``checkpoint_path``)."""
@@ -505,8 +546,10 @@ class Run:
         self.window = [torch.tensor(v, device=self.device) for v in state.get("loss_window", [])]
         self.checked = len(self.window)
         # checkpoints written before the logs went into them: the folder's rows up to their step
-        self.history = state.get("history") or [r for r in read_loss_history(self.dir) if r["step"] <= self.step]
-        self.bar_rows = state.get("bar_history") or [r for r in read_bar_history(self.dir) if r["step"] <= self.step]
+        self.history = state["history"] if "history" in state else \
+            [r for r in read_loss_history(self.dir) if r["step"] <= self.step]
+        self.bar_rows = state["bar_history"] if "bar_history" in state else \
+            [r for r in read_bar_history(self.dir) if r["step"] <= self.step]
 
     @contextmanager
     def claimed(self) -> Iterator[None]:
@@ -516,6 +559,8 @@ class Run:
         try:
             if self.resumed:
                 self._check_log_belongs()
+            else:  # again, under the lock: a run that finished meanwhile must not be replaced
+                check_new_run_folder(self.dir)
             remove_stale_temporaries(self.checkpoint_path)
             (self.dir / SAMPLES).mkdir(exist_ok=True)
             yield
@@ -523,12 +568,22 @@ class Run:
             lock.unlink(missing_ok=True)
 
     def _check_log_belongs(self) -> None:
-        """Refuse to rewrite a loss.csv that is not this run's (a checkpoint copied from another
-        run): resuming writes the checkpoint's own log, which would cut the folder's."""
+        """Resuming rewrites loss.csv from the checkpoint's own log. Refuse when the folder's file is
+        another run's (a checkpoint copied in); when it is this run's and goes further (an earlier
+        checkpoint put back), keep its rows beyond the checkpoint in a file of their own."""
         on_disk = read_loss_history(self.dir)
-        if on_disk and not _same_log(on_disk, self.history[:len(on_disk)]):
+        kept = [row for row in on_disk if row["step"] <= self.step]
+        if not _same_log(kept, self.history[:len(kept)]):
             raise TrainingError(f"{self.dir / LOSS_CSV} is not the log of the run in {CHECKPOINT} (step "
                                 f"{self.step}): it would be replaced; move it away, then --resume again")
+        if len(kept) < len(on_disk):
+            aside = self.dir / f"loss_to_step_{int(on_disk[-1]['step'])}.csv"
+            if aside.exists():
+                raise TrainingError(f"{self.dir / LOSS_CSV} goes beyond the checkpoint's step {self.step}, and "
+                                    f"{aside} exists; move one of them away, then --resume again")
+            os.replace(self.dir / LOSS_CSV, aside)
+            print(f"{LOSS_CSV} went on to step {int(on_disk[-1]['step'])}, beyond the checkpoint (step {self.step}): "
+                  f"kept as {aside.name}")
 
     # -- the loop's parts ---------------------------------------------------------------------
     def start_clock(self) -> None:
@@ -678,9 +733,11 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
             # 3. the session's end
             run.plot_loss()
         except OSError as exc:  # a full disk while writing a log, a picture or a grid
-            raise TrainingError(f"{exc.filename or run.dir}: could not be written ({_write_failure(exc)}); the "
-                                f"checkpoint {run.checkpoint_path} (step {checkpoint_step(run.checkpoint_path)}) "
-                                "is intact: make room, then --resume") from None
+            saved = checkpoint_step(run.checkpoint_path)
+            kept = (f"the checkpoint {run.checkpoint_path} (step {saved}) is intact: make room, then --resume"
+                    if saved != "none" else "no checkpoint was written yet: make room, then start again")
+            raise TrainingError(f"{exc.filename or run.dir}: could not be written "
+                                f"({data_module.write_failure(exc)}); {kept}") from None
         finally:
             bar.close()
     return run.result(start_step)

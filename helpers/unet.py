@@ -6,7 +6,7 @@ the same shape as ``x_t``. ``build_model(config)`` rebuilds either from the plai
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -191,21 +191,32 @@ class UNet(nn.Module):
     ``attention_at`` the image sizes at which self-attention follows each block (and always in
     the middle). ``periodic`` pads every convolution circularly, so the network sees the image
     as a torus, like the training data: a shifted input gives a shifted output, and samples tile.
+    ``conditions`` > 0 adds a condition vector of that length (normalised descriptors): a small
+    MLP embeds it and adds it to the time embedding, and a learned *null* embedding stands in for
+    a missing condition (a row of NaN), so one network is both conditional and unconditional
+    (classifier-free guidance, Ho & Salimans 2022).
     """
 
     def __init__(self, size: int = 64, widths: Sequence[int] = (32, 64, 128), blocks: int = 2,
-                 attention_at: Sequence[int] = (16,), periodic: bool = True, dropout: float = 0.0):
+                 attention_at: Sequence[int] = (16,), periodic: bool = True, dropout: float = 0.0,
+                 conditions: int = 0):
         super().__init__()
         if size % 2 ** (len(widths) - 1):
             raise ValueError(f"image size {size} must be divisible by {2 ** (len(widths) - 1)} "
                              f"for {len(widths)} levels")
         self.settings = {"size": size, "widths": list(widths), "blocks": blocks,
                          "attention_at": list(attention_at), "periodic": periodic, "dropout": dropout}
+        if conditions:  # unconditional networks keep the config (and weights) they always had
+            self.settings["conditions"] = conditions
         padding = "circular" if periodic else "zeros"
         self.embed_dim = widths[0]
         time_dim = 4 * widths[0]
         self.time_mlp = nn.Sequential(nn.Linear(self.embed_dim, time_dim), nn.SiLU(),
                                       nn.Linear(time_dim, time_dim))
+        if conditions:
+            self.condition_mlp = nn.Sequential(nn.Linear(conditions, time_dim), nn.SiLU(),
+                                               nn.Linear(time_dim, time_dim))
+            self.null_condition = nn.Parameter(torch.zeros(time_dim))
         self.stem = _conv3(1, widths[0], padding)
 
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -240,9 +251,22 @@ class UNet(nn.Module):
     def config(self) -> dict:
         return {"name": "unet", **self.settings}
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def embed_condition(self, condition: Optional[torch.Tensor], n: int, dtype: torch.dtype) -> torch.Tensor:
+        """The condition's embedding per image: the MLP's, or the null embedding for a missing
+        condition (``None``, or a row holding NaN)."""
+        if condition is None:
+            return self.null_condition.to(dtype).expand(n, -1)
+        missing = torch.isnan(condition).any(dim=1, keepdim=True)
+        embedded = self.condition_mlp(torch.nan_to_num(condition).to(dtype))
+        return torch.where(missing, self.null_condition.to(dtype), embedded)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         # in the input's type, so the network also runs with bf16 or fp16 weights (sampling)
         emb = self.time_mlp(sinusoidal_embedding(t, self.embed_dim).to(x.dtype))
+        if "conditions" in self.settings:
+            emb = emb + self.embed_condition(condition, len(x), emb.dtype)
+        elif condition is not None:
+            raise ValueError("this network was trained without a condition")
         h = self.stem(x)
         skips = [h]
         for i, level in enumerate(self.down):

@@ -386,3 +386,28 @@ def nearest_pairs(generated: np.ndarray, training: np.ndarray, nearest: np.ndarr
         ax.set_axis_off()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def control_plot(reports: Sequence, path: str | Path | None = None) -> plt.Figure:
+    """Achieved against target (mean and spread of each target's samples, the diagonal is perfect
+    control), one series per report (a guidance scale), and each report's R^2 and worst ratio to
+    the noise floor: the trade between control and fidelity. ``reports``: control.ControlReport."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    low, high = min(min(r.targets) for r in reports), max(max(r.targets) for r in reports)
+    left.plot([low, high], [low, high], color="0.6", lw=1, label="achieved = target")
+    for report in reports:
+        means = [np.mean(a) for a in report.achieved]
+        spreads = [np.std(a) for a in report.achieved]
+        left.errorbar(report.targets, means, yerr=spreads, marker="o", ms=4, capsize=3, label=report.sampler)
+    label = descriptor_label(report.name, rule=False)
+    left.set(xlabel=f"target {label}", ylabel=f"achieved {label}", title="control (mean ± std per target)")
+    left.legend(fontsize=7)
+    names = [r.sampler.split(", ")[-1] if "guidance" in r.sampler else "guidance 0" for r in reports]
+    right.plot(names, [r.r2 for r in reports], "o-", label="R² (left axis)")
+    right.set(ylabel="R² of achieved vs target", title="guidance: control against fidelity")
+    twin = right.twinx()
+    twin.plot(names, [max(max(x.values()) for x in r.ratios) for r in reports], "s--", color="C3",
+              label="worst ratio to the noise floor")
+    twin.set_ylabel("worst ratio to the noise floor (1: like real)", color="C3")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -75,6 +75,8 @@ MISTAKES = {
     "05_ddim_sigma": _sigma_without_eta,
     "06_wasserstein": lambda a, b: abs(np.mean(a) - np.mean(b)),
     "06_bootstrap": _bootstrap_without_replacement,
+    "07_guidance": lambda c, u, w: w * c + (1 - w) * u,  # a guidance *scale* s = w, not Ho & Salimans' w
+    "07_r_squared": lambda t, a: np.corrcoef(t, a)[0, 1] ** 2,  # blind to a bias: hits +6 grains score 1
 }
 
 

@@ -285,3 +285,90 @@ def test_sample_refuses_steps_beyond_the_schedule_before_making_its_folder(tmp_p
     gif.mkdir()
     assert main(["sample", "--gif", str(gif), "--out", str(out), "--quiet"]) == 2
     assert "--gif" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_that_finished_while_another_was_setting_up_is_not_replaced(tmp_path):
+    folder = tmp_path / "run"
+    cfg = train.profile_config("smoke", steps=2, checkpoint_every=2, sample_every=1000)
+    late = train.Run.start(cfg, folder, torch.device("cpu"))  # checked the folder: new
+    train.train(cfg, folder, device=torch.device("cpu"), progress=False)  # meanwhile another run finished there
+    before = (folder / "checkpoint.pt").read_bytes()
+    with pytest.raises(train.TrainingError, match="already holds a run"):
+        with late.claimed():
+            pass
+    assert (folder / "checkpoint.pt").read_bytes() == before and not (folder / train.LOCK).exists()
+
+
+def test_logs_are_written_whole_or_not_at_all_and_a_cut_log_is_named(tmp_path, capsys, monkeypatch):
+    import csv
+
+    run = _smoke_run(tmp_path)
+    log = (run / "loss.csv").read_text()
+    real_writerow, calls = csv.DictWriter.writerow, []
+
+    def full_after_one_row(self, row):
+        calls.append(row)
+        if len(calls) > 1:
+            _full_disk()
+        return real_writerow(self, row)
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", full_after_one_row)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 2
+    monkeypatch.undo()
+    assert (run / "loss.csv").read_text() == log and not list(run.glob(".loss.csv.tmp-*"))  # the old log, whole
+    (run / "loss.csv").write_text("step,loss,lr,seconds\n2,1.18\n")  # cut mid-row by something else
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "loss.csv: a row is cut short or not numbers" in err and "Traceback" not in err
+
+
+def test_putting_back_an_earlier_checkpoint_of_the_run_keeps_the_later_log_rows(tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    cfg = train.profile_config("smoke", steps=6, checkpoint_every=2, sample_every=1000)
+    train.train(cfg, run, device=torch.device("cpu"), progress=False, stop_after=2)
+    shutil.copy(run / "checkpoint.pt", tmp_path / "step2.pt")
+    train.train(None, run, device=torch.device("cpu"), progress=False, resume=True)  # on to step 6
+    rows = (run / "loss.csv").read_text()
+    shutil.copy(tmp_path / "step2.pt", run / "checkpoint.pt")  # rewind
+    train.train(None, run, device=torch.device("cpu"), progress=False, resume=True)
+    assert (run / "loss_to_step_6.csv").read_text() == rows
+    assert "went on to step 6, beyond the checkpoint (step 2): kept as loss_to_step_6.csv" in capsys.readouterr().out
+    again = [(r["step"], r["loss"]) for r in train.read_loss_history(run)]
+    assert again == [(r["step"], r["loss"]) for r in train._read_numeric_csv(run / "loss_to_step_6.csv")]  # exactly as before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stop-after", "0"], "argument --stop-after: expected a positive whole number, got '0'"),
+    (["--bar-every", "-1"], "argument --bar-every: expected a whole number of 0 or more, got '-1'")])
+def test_train_refuses_step_counts_that_would_do_nothing_or_everything(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "--profile", "smoke", "--out", str(tmp_path / "run"), "--quiet", *args])
+    assert refused.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_folder_under_a_file_before_any_work(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["train", "--profile", "smoke", "--steps", "2", "--out", str(tmp_path / "notes.txt" / "run"),
+                 "--quiet"]) == 2
+    assert "notes.txt is a file; expected a folder for the run" in capsys.readouterr().err
+
+
+def test_export_into_a_new_folder_and_a_gif_inside_the_sample_folder(tmp_path):
+    assert main(["train", "--profile", "smoke", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet",
+                 "--export", str(tmp_path / "new" / "w.pt")]) == 0
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(tmp_path / "new" / "w.pt"), "--n", "2", "--steps", "2",
+                 "--out", str(out), "--gif", str(out / "reverse.gif"), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "manifest.csv", "reverse.gif"]
+
+
+def test_a_sampler_is_checked_before_it_is_stored():
+    from helpers.checkpoint import export_weights
+
+    with pytest.raises(ValueError, match="clip must be true or false, got 'no'"):
+        sample.Sampler.from_stored({"sampler": "ddim", "steps": 5, "eta": 0, "clip": "no"})
+    with pytest.raises(TypeError, match="expected a sample.Sampler"):
+        export_weights({"ema": {}, "model_config": {}, "schedule": {}, "train_config": {}, "step": 0}, "x.pt",
+                       sampler={"sampler": "bogus"})

@@ -46,7 +46,7 @@ def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights,
     checkpoint = load_checkpoint(weights.parent / "checkpoint.pt")
     assert sample.recommended_sampler(checkpoint) == Sampler("ddim", 50, 0.0)
     stored = export_weights(checkpoint, tmp_path / "stochastic.pt",
-                                  sampler=Sampler("ddim", 3, 1).stored())
+                                  sampler=Sampler("ddim", 3, 1))
     assert sample.recommended_sampler(load_checkpoint(stored)) == Sampler("ddim", 3, 1.0)
     gif = tmp_path / "reverse.gif"
     assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--out", str(tmp_path / "a"),

@@ -6,11 +6,11 @@ from helpers import ROOT
 # Each module may import modules of its own layer or of the layers before it, never after.
 LAYERS = [
     {"__init__"},
-    {"data", "diffusion", "unet", "metrics"},
+    {"data", "diffusion", "unet", "metrics", "conditions"},
     {"viz", "device", "checkpoint"},
     {"sample"},
     {"train"},
-    {"bench", "notebooks", "exercises", "__main__"},
+    {"bench", "control", "notebooks", "exercises", "__main__"},
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 # deliberately lazy: papermill takes seconds to import and only `python -m helpers tutorial` needs it
@@ -24,6 +24,11 @@ def sibling_imports(tree: ast.Module, module: str) -> list[tuple[str, bool]]:
               for node in ast.walk(fn)}
     found = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.Import):  # import helpers.x
+            for alias in node.names:
+                if alias.name.startswith("helpers."):
+                    name = alias.name.split(".")[1]
+                    found.append((name if name in LAYER else "__init__", id(node) in inside))
         if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("helpers")):
             base = (node.module or "").removeprefix("helpers").lstrip(".")
             names = [base] if base else [alias.name for alias in node.names]
@@ -72,8 +77,8 @@ def test_there_is_no_import_cycle():
 
 def test_the_checks_above_catch_a_cycle_and_a_hidden_import():
     """The parser sees what the tests rely on: a function-level import, and an edge back up the layers."""
-    tree = ast.parse("from . import data\n\ndef f():\n    from .train import train\n")
-    assert sibling_imports(tree, "metrics") == [("data", False), ("train", True)]
+    tree = ast.parse("from . import data\n\ndef f():\n    from .train import train\n    import helpers.sample\n")
+    assert sorted(sibling_imports(tree, "metrics")) == [("data", False), ("sample", True), ("train", True)]
     assert LAYER["train"] > LAYER["metrics"]
 
 

@@ -235,7 +235,7 @@ def main() -> None:
               f"{result.seconds:.0f} s of training; bar first met: {record['first_met']}")
         checkpoint = load_checkpoint(run_dir / train.CHECKPOINT)
         sampler = train.TrainConfig(**checkpoint["train_config"]).sampler()
-        export_weights(checkpoint, s.out / "model.pt", sampler=sampler.stored())
+        export_weights(checkpoint, s.out / "model.pt", sampler=sampler)
         for name in (train.LOSS_CSV, train.BAR_CSV):
             shutil.copy(run_dir / name, s.out / name)
         s.log(f"exported {s.out / 'model.pt'} recommending {sampler.describe()}")

@@ -190,7 +190,7 @@ def main() -> int:
 
     checkpoint = load_run(args.run)
     args.out.mkdir(parents=True, exist_ok=True)
-    weights = export_weights(checkpoint, args.out / "model.pt", sampler=settings.stored())
+    weights = export_weights(checkpoint, args.out / "model.pt", sampler=settings)
     cpu = torch.device("cpu")
     model, schedule, _ = load_model(weights, cpu)
     seconds_16 = median_seconds(model, schedule, settings)

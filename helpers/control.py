@@ -1,0 +1,134 @@
+"""How well a conditional model does what it is asked: achieved descriptor against target, and
+fidelity at each target against fresh real images drawn at that target.
+
+The generator of the training data is ours, so "real images with about 30 grains" need not be
+looked up: draw voronoi-gb-range images (with seeds the model never saw) and keep those whose
+measured grain count is within a tolerance of 30. That is the training distribution conditioned on
+the target, the reference a conditional sample should be indistinguishable from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import data as data_module
+from . import metrics
+from .conditions import target_vector
+from .sample import Sampler, generate
+
+REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
+# the ratios reported per target; dangling ends have no floor to speak of (real images have none),
+# so they are reported as a mean per image instead
+RATIO_NAMES = ("boundary_fraction", "grains", "lineal_intercept")
+
+
+def tolerance(target: float) -> float:
+    """How close a real image's grain count must be to the target: 5%, at least one grain."""
+    return max(1.0, 0.05 * target)
+
+
+def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int = REAL_SEED,
+                    max_draws: int = 200_000) -> dict[float, np.ndarray]:
+    """``n`` fresh voronoi-gb-range boundary masks per target grain count (within ``tolerance``),
+    drawn in one pass over image indices; refused if the draws run out first (a target outside
+    what the generator makes)."""
+    found: dict[float, list[np.ndarray]] = {t: [] for t in targets}
+    for index in range(max_draws):
+        mask = data_module.make_voronoi_gb_range(seed, index, size).image >= 128
+        grains = metrics.grain_count(mask)
+        for target, masks in found.items():
+            if len(masks) < n and abs(grains - target) <= tolerance(target):
+                masks.append(mask)
+        if all(len(masks) == n for masks in found.values()):
+            return {t: np.stack(masks) for t, masks in found.items()}
+    short = {t: len(m) for t, m in found.items() if len(m) < n}
+    raise ValueError(f"only {short} real images near these grain counts in {max_draws} draws; expected {n} each")
+
+
+def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:
+    """1 - sum (achieved - target)^2 / sum (achieved - mean)^2: 1 when every image hits its target,
+    0 when the targets explain nothing of where the images land."""
+    residual = float(np.sum((achieved - targets) ** 2))
+    spread = float(np.sum((achieved - achieved.mean()) ** 2))
+    return 1.0 - residual / spread if spread > 0 else float("nan")
+
+
+@dataclass
+class ControlReport:
+    """One sampler's (and guidance's) control over a descriptor, over a list of targets."""
+
+    name: str  # the descriptor asked for (a manifest column the model was trained on)
+    sampler: str  # the sampler's words, guidance included
+    targets: list[float]
+    achieved: list[list[float]]  # per target: each sample's measured value
+    ratios: list[dict[str, float]]  # per target: distance / noise floor, against real images at the target
+    dangling_ends: list[float]  # per target: mean dangling ends per sample
+
+    @property
+    def r2(self) -> float:
+        pairs = [(t, a) for t, values in zip(self.targets, self.achieved) for a in values]
+        return r_squared(*map(np.array, zip(*pairs)))
+
+    @property
+    def mae(self) -> float:
+        return float(np.mean([abs(a - t) for t, values in zip(self.targets, self.achieved) for a in values]))
+
+    def summary(self) -> dict:
+        return {"name": self.name, "sampler": self.sampler, "r2": self.r2, "mae": self.mae,
+                "worst_ratio": max(max(r.values()) for r in self.ratios),
+                "dangling_ends": float(np.mean(self.dangling_ends)),
+                "targets": self.targets, "achieved_mean": [float(np.mean(a)) for a in self.achieved],
+                "ratios": self.ratios}
+
+
+def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
+                    name: str = "grains", seed: int = 0, device: Optional[torch.device] = None,
+                    real: Optional[dict[float, np.ndarray]] = None, splits: int = 20) -> ControlReport:
+    """Sample ``n`` images at each target value of ``name`` and measure them: achieved against target,
+    and each target's ratios to the noise floor against ``real`` images at that target (drawn
+    fresh, 2n per target, when not given)."""
+    if stats is None or stats["names"] != [name]:
+        raise ValueError(f"controllability measures a model conditioned on {name} alone; "
+                         f"this one is conditioned on {stats and stats['names']}")
+    real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"])
+    achieved, ratios, ends = [], [], []
+    for i, target in enumerate(targets):
+        images = generate(model, schedule, n, sampler, seed=seed + i, device=device,
+                          condition=target_vector(stats, {name: target}))
+        generated = metrics.describe_set(metrics.boundary_masks(images))
+        comparison = metrics.compare_sets(generated, metrics.describe_set(real[target]), splits=splits, seed=i)
+        achieved.append(generated.per_image[name].astype(float).tolist())
+        ratios.append({d: comparison.ratio(d) for d in RATIO_NAMES})
+        ends.append(float(generated.per_image["dangling_ends"].mean()))
+    return ControlReport(name, sampler.describe(), [float(t) for t in targets], achieved, ratios, ends)
+
+
+def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,
+                   scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0), **options) -> list[ControlReport]:
+    """``controllability`` at each guidance scale, on the same targets, real images and seeds:
+    how much control the guidance buys, and what it costs in fidelity."""
+    real = real_at_targets(targets, 2 * n, model.config()["size"])
+    return [controllability(model, schedule, stats, targets, n, sampler.replace(guidance=w), real=real, **options)
+            for w in scales]
+
+
+def format_control(reports: Sequence[ControlReport]) -> str:
+    """The reports as a plain-text table: one row per sampler/guidance, then the per-target rows
+    of the first."""
+    lines = [f"{'sampler':<34} {'R^2':>6} {'MAE':>6} {'worst ratio':>11} {'dangling ends':>13}"]
+    for report in reports:
+        s = report.summary()
+        lines.append(f"{s['sampler']:<34} {s['r2']:>6.3f} {s['mae']:>6.2f} {s['worst_ratio']:>11.2f} "
+                     f"{s['dangling_ends']:>13.2f}")
+    first = reports[0]
+    headers = [metrics.DESCRIPTOR_TABLE[n].short for n in RATIO_NAMES]
+    lines.append(f"{first.sampler}: ratios to the noise floor against real images at each target")
+    lines.append(f"{first.name + ' target':>14} {'achieved':>10} " + " ".join(f"{h:>18}" for h in headers)
+                 + f" {'dangling ends':>14}")
+    for target, values, ratio, ends in zip(first.targets, first.achieved, first.ratios, first.dangling_ends):
+        lines.append(f"{target:>14g} {np.mean(values):>10.1f} " + " ".join(f"{ratio[n]:>18.2f}" for n in RATIO_NAMES)
+                     + f" {ends:>14.2f}")
+    return "\n".join(lines)
