@@ -25,32 +25,33 @@ REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never 
 RATIO_NAMES = ("boundary_fraction", "grains", "lineal_intercept")
 
 
-def tolerance(target: float) -> float:
-    """How close a real image's grain count must be to the target: 5%, at least one grain."""
-    return max(1.0, 0.05 * target)
+def tolerance(target: float, name: str = "grains") -> float:
+    """How close a real image's descriptor must be to the target: 5%, and at least one grain."""
+    return max(1.0, 0.05 * target) if name == "grains" else 0.05 * abs(target)
 
 
 def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int = REAL_SEED,
-                    max_draws: int = 200_000) -> dict[float, np.ndarray]:
-    """``n`` fresh voronoi-gb-range boundary masks per target grain count (within ``tolerance``),
-    drawn in one pass over image indices; refused if the draws run out first (a target outside
-    what the generator makes)."""
+                    max_draws: int = 200_000, name: str = "grains") -> dict[float, np.ndarray]:
+    """``n`` fresh voronoi-gb-range boundary masks per target value of the descriptor ``name``
+    (within ``tolerance``), drawn in one pass over image indices; refused if the draws run out
+    first (a target outside what the generator makes)."""
+    measure = metrics.grain_count if name == "grains" else (lambda mask: metrics.describe(mask)[name])
     found: dict[float, list[np.ndarray]] = {t: [] for t in targets}
     for index in range(max_draws):
         mask = data_module.make_voronoi_gb_range(seed, index, size).image >= 128
-        grains = metrics.grain_count(mask)
+        value = measure(mask)
         for target, masks in found.items():
-            if len(masks) < n and abs(grains - target) <= tolerance(target):
+            if len(masks) < n and abs(value - target) <= tolerance(target, name):
                 masks.append(mask)
         if all(len(masks) == n for masks in found.values()):
             return {t: np.stack(masks) for t, masks in found.items()}
     short = {t: len(m) for t, m in found.items() if len(m) < n}
-    raise ValueError(f"only {short} real images near these grain counts in {max_draws} draws; expected {n} each")
+    raise ValueError(f"only {short} real images near these values of {name} in {max_draws} draws; expected {n} each")
 
 
 def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:
     """1 - sum (achieved - target)^2 / sum (achieved - mean)^2: 1 when every image hits its target,
-    0 when the targets explain nothing of where the images land."""
+    below 0 when the images sit further from their targets than from their own mean."""
     residual = float(np.sum((achieved - targets) ** 2))
     spread = float(np.sum((achieved - achieved.mean()) ** 2))
     return 1.0 - residual / spread if spread > 0 else float("nan")
@@ -93,7 +94,7 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
     if stats is None or stats["names"] != [name]:
         raise ValueError(f"controllability measures a model conditioned on {name} alone; "
                          f"this one is conditioned on {stats and stats['names']}")
-    real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"])
+    real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"], name=name)
     achieved, ratios, ends = [], [], []
     for i, target in enumerate(targets):
         images = generate(model, schedule, n, sampler, seed=seed + i, device=device,
@@ -110,7 +111,7 @@ def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: in
                    scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0), **options) -> list[ControlReport]:
     """``controllability`` at each guidance scale, on the same targets, real images and seeds:
     how much control the guidance buys, and what it costs in fidelity."""
-    real = real_at_targets(targets, 2 * n, model.config()["size"])
+    real = real_at_targets(targets, 2 * n, model.config()["size"], name=options.get("name", "grains"))
     return [controllability(model, schedule, stats, targets, n, sampler.replace(guidance=w), real=real, **options)
             for w in scales]
 

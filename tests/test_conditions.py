@@ -145,11 +145,13 @@ def test_real_images_at_a_target_have_about_that_many_grains_and_r2_scores_contr
     for target, masks in real.items():
         grains = [metrics.grain_count(m) for m in masks]
         assert len(masks) == 6 and all(abs(g - target) <= control.tolerance(target) for g in grains)
+    by_intercept = control.real_at_targets([15.0], 3, max_draws=3000, name="lineal_intercept")[15.0]
+    assert all(abs(metrics.describe(m)["lineal_intercept"] - 15.0) <= 0.75 for m in by_intercept)
     targets = np.array([10.0, 10, 40, 40])
     achieved = targets + [1, -1, 1, -1]  # one grain off, every image
     assert control.r_squared(targets, achieved) == pytest.approx(1 - 4 / float(np.sum((achieved - 25) ** 2)))
     assert control.r_squared(targets, np.array([25.0, 24, 26, 25])) < 0  # misses every target
-    with pytest.raises(ValueError, match="only .* real images near these grain counts"):
+    with pytest.raises(ValueError, match="only .* real images near these values of grains"):
         control.real_at_targets([500], 2, max_draws=50)
 
 

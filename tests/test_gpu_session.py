@@ -25,3 +25,16 @@ def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_pa
     with tarfile.open(out / "samples.tar.gz") as tar:
         names = tar.getnames()
     assert "./samples/00007.png" in names and "./samples_eta0/manifest.csv" in names
+
+
+def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
+                           "--phases", "train", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
+                           "--deadline", "600"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    phases = json.loads((out / "session.json").read_text())["phases"]
+    assert [phases[p]["status"] for p in ("train", "control")] == ["done", "done"], phases
+    assert phases["train"]["config"]["condition"] == ["grains"]
+    assert [r["sampler"] for r in phases["control"]["reports"]] == ["DDIM-5, eta 0", "DDIM-5, eta 0, guidance 2"]

@@ -16,6 +16,8 @@ every phase, so a session cut short still brings back what it measured.
             every --bar-every steps on 200 EMA samples
   samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
             several samplers, packed for evaluation off the GPU machine
+  control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains): the conditional
+            model's control at 8 targets x 64 samples and guidance 0, 1, 2, 4 (python -m helpers control)
 
 Files in --out (the device tool brings back at most 8): session.json, session.log (what was
 printed), model.pt, loss.csv, bar.csv, samples.tar.gz (sample folders, progress grids, loss.png).
@@ -37,14 +39,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from helpers import bench, data, train  # noqa: E402
 from helpers.device import MEMORY_FORMATS, device_name, pick_device  # noqa: E402
 from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
-from helpers.sample import Sampler, generate, write_pngs  # noqa: E402
+from helpers.control import format_control, guidance_sweep  # noqa: E402
+from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  # noqa: E402
 
-PHASES = ["env", "eager", "compiled", "sampling", "train", "samples"]
+PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control"]
 PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "model.pt"
 
 
@@ -110,6 +114,11 @@ def main() -> None:
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
                         "eager phase's fastest, else auto)")
     parser.add_argument("--smoke", action="store_true", help="small settings for a dry run on a CPU")
+    parser.add_argument("--data", default="voronoi_gb_64", help="the training set of the train phase")
+    parser.add_argument("--condition", nargs="+", default=[], metavar="COLUMN",
+                        help="train a conditional model on these manifest columns (e.g. --data "
+                             "voronoi_gb_range_64 --condition grains); the export recommends --guidance")
+    parser.add_argument("--guidance", type=float, default=2.0, help="the guidance a conditional export recommends")
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
@@ -216,6 +225,7 @@ def main() -> None:
         profile = "gpu"
         if smoke:
             profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
+        overrides.update(data=args.data, condition=list(args.condition))
         cfg = train.profile_config(profile, **overrides)
         record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
                       chosen_from=best, planned_seconds=seconds)
@@ -235,6 +245,8 @@ def main() -> None:
               f"{result.seconds:.0f} s of training; bar first met: {record['first_met']}")
         checkpoint = load_checkpoint(run_dir / train.CHECKPOINT)
         sampler = train.TrainConfig(**checkpoint["train_config"]).sampler()
+        if args.condition:
+            sampler = sampler.replace(guidance=args.guidance)
         export_weights(checkpoint, s.out / "model.pt", sampler=sampler)
         for name in (train.LOSS_CSV, train.BAR_CSV):
             shutil.copy(run_dir / name, s.out / name)
@@ -263,6 +275,22 @@ def main() -> None:
             tar.add(pack, arcname=".")
         shutil.rmtree(pack)
 
+    def control_phase(until, record):
+        """A conditional model's control (R^2, MAE, ratios at each target) at guidance 0, 1, 2, 4."""
+        model, schedule, payload = load_model(s.out / "model.pt", device)
+        if "condition" not in payload:
+            s.log("control: the model is unconditional; skipped")
+            return
+        stats, name = payload["condition"], payload["condition"]["names"][0]
+        low, high = stats["low"][0], stats["high"][0]
+        targets = [float(round(v)) for v in np.geomspace(low + 0.05 * (high - low), high - 0.05 * (high - low), 8)]
+        n, scales = (2, (0.0, 2.0)) if smoke else (64, (0.0, 1.0, 2.0, 4.0))
+        reports = guidance_sweep(model, schedule, stats, targets[:2] if smoke else targets, n,
+                                 recommended_sampler(payload), scales=scales, name=name, device=device,
+                                 splits=2 if smoke else 20)
+        record["reports"] = [r.summary() for r in reports]
+        s.log(format_control(reports))
+
     budgets = {"env": (30, env), "eager": (50 if smoke else 75, eager),
                "compiled": (200 if smoke else 170, compiled), "sampling": (200 if smoke else 90, sampling)}
     for name in ("env", "eager", "compiled", "sampling"):
@@ -271,7 +299,9 @@ def main() -> None:
     if "train" in args.phases:
         s.phase("train", max(30.0, s.left() - args.after), train_phase)
     if "samples" in args.phases:
-        s.phase("samples", max(10.0, s.left()), samples)
+        s.phase("samples", max(10.0, s.left() - (args.after / 2 if args.condition else 0)), samples)
+    if "control" in args.phases and args.condition:
+        s.phase("control", max(10.0, s.left()), control_phase)
     s.report["total_seconds"] = s.elapsed()
     s.save()
     s.log("done")
