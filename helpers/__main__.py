@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -16,7 +15,7 @@ from . import metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
 from .conditions import ConditionError, parse_targets, target_vector
-from .control import format_control, guidance_sweep
+from .control import default_targets, format_control, guidance_sweep
 from .data import DATA_ROOT, KINDS, DataError, image_size, load_uint8, make_dataset, prepare_output_dir
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
 from .diffusion import PREDICTIONS, VARIANCES
@@ -219,9 +218,7 @@ def _control(args: argparse.Namespace) -> None:
     if not stats:
         raise ConditionError(f"{args.checkpoint} was trained without a condition; expected a conditional model")
     name = stats["names"][0]
-    low, high = stats["low"][0], stats["high"][0]
-    margin = 0.05 * (high - low)  # 8 targets spread geometrically over the middle 90% of the training range
-    targets = args.targets or [float(round(v)) for v in np.geomspace(low + margin, high - margin, 8)]
+    targets = args.targets or default_targets(stats)
     parse_targets(stats, [f"{name}={t:g}" for t in targets], str(args.checkpoint))  # each inside the range
     sampler = recommended_sampler(payload).replace(steps=args.steps)
     start = time.perf_counter()

@@ -49,6 +49,14 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
     raise ValueError(f"only {short} real images near these values of {name} in {max_draws} draws; expected {n} each")
 
 
+def default_targets(stats: dict, count: int = 8) -> list[float]:
+    """``count`` whole-number targets of a model's first condition, spread geometrically over the
+    middle 90% of its training range (the ends hold too few real images to compare with)."""
+    low, high = stats["low"][0], stats["high"][0]
+    margin = 0.05 * (high - low)
+    return [float(round(v)) for v in np.geomspace(low + margin, high - margin, count)]
+
+
 def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:
     """1 - sum (achieved - target)^2 / sum (achieved - mean)^2: 1 when every image hits its target,
     below 0 when the images sit further from their targets than from their own mean."""

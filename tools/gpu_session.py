@@ -39,13 +39,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from helpers import bench, data, train  # noqa: E402
 from helpers.device import MEMORY_FORMATS, device_name, pick_device  # noqa: E402
 from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
-from helpers.control import format_control, guidance_sweep  # noqa: E402
+from helpers.control import default_targets, format_control, guidance_sweep  # noqa: E402
 from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  # noqa: E402
 
 PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control"]
@@ -282,8 +281,7 @@ def main() -> None:
             s.log("control: the model is unconditional; skipped")
             return
         stats, name = payload["condition"], payload["condition"]["names"][0]
-        low, high = stats["low"][0], stats["high"][0]
-        targets = [float(round(v)) for v in np.geomspace(low + 0.05 * (high - low), high - 0.05 * (high - low), 8)]
+        targets = default_targets(stats)
         n, scales = (2, (0.0, 2.0)) if smoke else (64, (0.0, 1.0, 2.0, 4.0))
         reports = guidance_sweep(model, schedule, stats, targets[:2] if smoke else targets, n,
                                  recommended_sampler(payload), scales=scales, name=name, device=device,
