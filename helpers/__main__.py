@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
 from .conditions import ConditionError, parse_targets, target_vector
@@ -19,7 +20,9 @@ from .control import default_targets, format_control, guidance_sweep
 from .data import DATA_ROOT, KINDS, DataError, image_size, load_uint8, make_dataset, prepare_output_dir
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
 from .diffusion import PREDICTIONS, VARIANCES
-from .sample import SAMPLERS, recommended_sampler, reverse_process_gif, generate, write_pngs
+from .distributed import RankError, World
+from .sample import (SAMPLERS, each_batch, generate, recommended_sampler, reverse_process_gif, write_batch,
+                     write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
 from .unet import MODELS
@@ -96,48 +99,90 @@ def _recipe_flags_given(args: argparse.Namespace) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    _new_file(args.export, "--export", "nothing was trained")
-    device = pick_device()
-    resume = args.resume
-    if resume:
-        recipe = _recipe_flags_given(args)
-        if recipe:
-            raise TrainingError(f"{', '.join(recipe)}: a resumed run keeps the settings in its "
-                                f"checkpoint ({args.out / CHECKPOINT}); with --resume give only "
-                                f"{', '.join(_flag(name) for name in RESUME_FLAGS)}")
-        cfg = None
-        print(f"resuming the run in {args.out} on {device}")
-    else:
-        profile = args.profile or default_profile(device)
-        cfg = profile_config(profile, data=args.data, model=args.model, steps=args.steps,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             precision=args.precision, limit=args.limit, compile=args.compile,
-                             memory_format=args.memory_format,
-                             prediction=args.prediction, bar_every=args.bar_every,
-                             bar_samples=args.bar_samples, sample_eta=args.eta,
-                             lr_decay_steps=args.lr_decay, condition=args.condition)
-        size = image_size(cfg.data)
-        print(f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
-              f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
-    print(f"writing to {args.out}/ ({RUN_FILES}); "
-          f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
-    result = train(cfg, args.out, device=device, resume=resume, progress=not args.quiet,
-                   stop_after=args.stop_after, extend_to=args.steps if resume else None,
-                   lr_decay_steps=args.lr_decay if resume else None,
+    world, device = distributed.join()  # alone, or one rank of a torchrun job
+    say = print if world.main else _silent
+    with distributed.together():  # what can fail: refused on every rank, said once
+        _new_file(args.export, "--export", "nothing was trained")
+        cfg, message = _train_config(args, device)
+    say(message + (f"; {world.describe().split(' of ')[1]} processes share each batch" if world.size > 1 else ""))
+    say(f"writing to {args.out}/ ({RUN_FILES}); "
+        f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
+    result = train(cfg, args.out, device=device, resume=args.resume, progress=not args.quiet,
+                   stop_after=args.stop_after, extend_to=args.steps if args.resume else None,
+                   lr_decay_steps=args.lr_decay if args.resume else None,
                    max_seconds=60 * args.max_minutes if args.max_minutes else None)
     loss = "no loss logged yet" if result.final_loss is None else f"loss {result.final_loss:.4f}"
-    print(f"step {result.step}: {loss}, {result.seconds:.0f} s in all, "
-          f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / CHECKPOINT}")
-    if args.export:
+    say(f"step {result.step}: {loss}, {result.seconds:.0f} s in all, "
+        f"{result.images_per_second:.0f} images/s this session; checkpoint {result.run_dir / CHECKPOINT}")
+    if args.export and world.main:
         checkpoint = load_checkpoint(result.run_dir / CHECKPOINT)
         sampler = TrainConfig(**checkpoint["train_config"]).sampler()
         path = export_weights(checkpoint, args.export, sampler=sampler)
         print(f"EMA weights (fp16) exported to {path}, recommending {sampler.describe()}")
 
 
+def _silent(*_args, **_kwargs) -> None:
+    """What ``print`` is on ranks other than 0: one job, one set of messages."""
+
+
+def _train_config(args: argparse.Namespace, device: torch.device) -> tuple[TrainConfig | None, str]:
+    """The new run's settings (None to resume the one in --out) and the line that announces it."""
+    if args.resume:
+        recipe = _recipe_flags_given(args)
+        if recipe:
+            raise TrainingError(f"{', '.join(recipe)}: a resumed run keeps the settings in its "
+                                f"checkpoint ({args.out / CHECKPOINT}); with --resume give only "
+                                f"{', '.join(_flag(name) for name in RESUME_FLAGS)}")
+        return None, f"resuming the run in {args.out} on {device}"
+    profile = args.profile or default_profile(device)
+    cfg = profile_config(profile, data=args.data, model=args.model, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         precision=args.precision, limit=args.limit, compile=args.compile,
+                         memory_format=args.memory_format,
+                         prediction=args.prediction, bar_every=args.bar_every,
+                         bar_samples=args.bar_samples, sample_eta=args.eta,
+                         lr_decay_steps=args.lr_decay, condition=args.condition)
+    size = image_size(cfg.data)
+    return cfg, (f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
+                 f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
+
+
 def _sample(args: argparse.Namespace) -> None:
+    world, device = distributed.join()  # alone, or one rank of a torchrun job sharing the images
+    with distributed.together():  # what can fail: refused on every rank, said once
+        model, schedule, payload, sampler, condition = _sampling_setup(args, device, world)
+    start = time.perf_counter()
+    if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
+        first = min(args.n, 16)
+        head, gif = reverse_process_gif(model, schedule, first, args.gif, sampler, seed=args.seed, device=device,
+                                        condition=condition)
+        print(f"reverse-process GIF of {first} images: {gif}")
+        rest = generate(model, schedule, args.n - first, sampler, seed=args.seed + 1, batch_size=args.batch_size,
+                        device=device, progress=not args.quiet, condition=condition) if args.n > first else head[:0]
+        write_pngs(torch.cat([head, rest]), Path(args.out), force=True)  # checked before sampling (the GIF may be in it)
+    else:
+        with distributed.together():  # a rank that cannot write its images stops the job
+            batches = world.batches(-(-args.n // args.batch_size))
+            for first_index, images in each_batch(model, schedule, args.n, sampler, seed=args.seed,
+                                                  batch_size=args.batch_size, device=device, condition=condition,
+                                                  progress=not args.quiet and world.main, batches=batches):
+                write_batch(images, Path(args.out), first_index, args.n)
+        if world.main:
+            write_manifest(Path(args.out), args.n)
+    seconds = time.perf_counter() - start
+    asked = f", {' '.join(args.condition)}" if args.condition else ""
+    shared = f", {world.size} processes" if world.size > 1 else ""
+    if world.main:
+        print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, {args.precision}, "
+              f"{seconds:.1f} s on {device}{shared}, model from step {payload['step']})")
+
+
+def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World) -> tuple:
+    """The model, schedule, checkpoint, sampler and condition a sample command asked for, checked
+    before any work; rank 0 makes the output folder (refusing one with files in it)."""
+    if args.gif and world.size > 1:
+        raise DataError("--gif follows one process's images; sample with python -m helpers, not torchrun")
     _new_file(args.gif, "--gif", replace=args.force)
-    device = pick_device()
     model, schedule, payload = load_model(args.checkpoint, device, args.precision)
     try:
         recommended = recommended_sampler(payload)
@@ -156,24 +201,9 @@ def _sample(args: argparse.Namespace) -> None:
         raise DataError(f"--guidance {args.guidance:g} needs a --condition to guide towards")
     elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
         sampler = sampler.replace(guidance=0.0)
-    prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
-    start = time.perf_counter()
-    if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
-        first = min(args.n, 16)
-        head, gif = reverse_process_gif(model, schedule, first, args.gif, sampler, seed=args.seed, device=device,
-                                        condition=condition)
-        print(f"reverse-process GIF of {first} images: {gif}")
-        rest = generate(model, schedule, args.n - first, sampler, seed=args.seed + 1, batch_size=args.batch_size,
-                        device=device, progress=not args.quiet, condition=condition) if args.n > first else head[:0]
-        images = torch.cat([head, rest])
-    else:
-        images = generate(model, schedule, args.n, sampler, seed=args.seed, batch_size=args.batch_size,
-                          device=device, progress=not args.quiet, condition=condition)
-    seconds = time.perf_counter() - start
-    paths = write_pngs(images, Path(args.out), force=True)  # the folder was checked before sampling (a --gif may be in it)
-    asked = f", {' '.join(args.condition)}" if args.condition else ""
-    print(f"wrote {len(paths)} samples to {args.out} ({sampler.describe()}{asked}, {args.precision}, "
-          f"{seconds:.1f} s on {device}, model from step {payload['step']})")
+    if world.main:
+        prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
+    return model, schedule, payload, sampler, condition
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -328,7 +358,8 @@ def _add_sample(commands) -> None:
                                  description="Sample PNGs (and optionally a GIF) from a checkpoint.")
     sample.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="checkpoint or weights file "
                         "(default: the shipped pretrained model)")
-    sample.add_argument("--n", type=_positive_int, default=16, help="number of samples")
+    sample.add_argument("--n", "--count", dest="n", type=_positive_int, default=16,
+                        help="number of samples (--count under torchrun, which reads --n as its own --nnodes)")
     sample.add_argument("--sampler", choices=SAMPLERS,
                         help="default: the model's recommended sampler, else ddim (dpm++2m: "
                         "DPM-Solver++(2M), good in 10-25 steps)")
@@ -441,14 +472,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the commands that run as several processes under torchrun; the others run in one
+DISTRIBUTED_COMMANDS = ("train", "sample")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise DataError(f"{args.command} runs in one process; start it with python -m helpers, not torchrun "
+                            f"(torchrun runs {' and '.join(DISTRIBUTED_COMMANDS)})")
         args.run(args)
+    except RankError:  # another rank failed and said why; this one stops with it
+        return 2
     except (DataError, LessonError, FileNotFoundError, TrainingError, CheckpointError, ConditionError,
             ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {distributed.prefix()}{exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.leave()
     return 0
 
 

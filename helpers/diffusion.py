@@ -162,14 +162,19 @@ def predicted_noise(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
 
 
 def diffusion_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
-                   x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                   x0: torch.Tensor, generator: Optional[torch.Generator] = None,
+                   rows: slice = slice(None)) -> torch.Tensor:
     """The simplified DDPM objective: MSE between the noise added and the noise predicted.
 
     Each image gets its own random timestep, uniform in 0..T-1, and its own noise. For a
     schedule with ``prediction="v"`` the target is the velocity instead of the noise.
+    ``rows`` keeps part of the batch once the draws are made: a rank of a data-parallel job
+    draws the timesteps and noise of the whole global batch, exactly as one process would, and
+    trains on its share of it.
     """
-    t = torch.randint(0, schedule.steps, (x0.shape[0],), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = torch.randint(0, schedule.steps, (x0.shape[0],), generator=generator, device=x0.device)[rows]
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)[rows]
+    x0 = x0[rows]
     x_t = q_sample(schedule, x0, t, noise, check=False)  # t is in range by construction
     target = noise if schedule.prediction == "eps" else velocity(schedule, x0, t, noise)
     return F.mse_loss(model(x_t, t), target)

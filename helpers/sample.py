@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -164,17 +164,21 @@ def guided(network: Callable, condition: torch.Tensor, guidance: float) -> Calla
 
 
 @torch.no_grad()
-def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
-             batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
-             progress: bool = False, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch number ``batch`` of a draw seeded ``seed``. The first batch keeps
+    ``seed``; each later one gets its own, so that a batch's images do not depend on which
+    process draws it or on the batches before it (a sharded job draws the same images)."""
+    if batch == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
-    Seeded through one generator, so the same arguments give the same images. ``callback`` is
-    passed to the sampler for the first batch only (GIF frames). A network whose weights are
-    bf16 or fp16 runs in that type, the sampler's own arithmetic in float32. ``condition`` (a
-    conditional network's normalised vector, ``conditions.target_vector``) asks every image for
-    it, guided by ``sampler.guidance``.
-    """
+
+def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
+               batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
+               progress: bool = False, condition: Optional[torch.Tensor] = None,
+               batches: Optional[Iterable[int]] = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """The batches of ``generate`` one at a time, as (index of the batch's first image, images):
+    all of them, or only the batch numbers in ``batches`` (a rank's share of a sharded job)."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"--n must be a positive whole number, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -190,25 +194,43 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
         network = guided(network, condition, sampler.guidance)
     elif sampler.guidance:
         raise ValueError(f"guidance {sampler.guidance:g} needs a condition to guide towards")
-    generator = torch.Generator(device=device).manual_seed(seed)
-    starts = range(0, n, batch_size)
+    numbers = list(range(-(-n // batch_size)) if batches is None else batches)
     # the bar counts network calls (denoising steps), so a single large batch still shows progress
-    bar = tqdm(total=len(starts) * per_batch, desc=f"sampling {n} ({sampler.kind})", unit="step",
+    bar = tqdm(total=len(numbers) * per_batch, desc=f"sampling {n} ({sampler.kind})", unit="step",
                disable=not progress)
-    batches = []
-    for start in starts:
-        first = callback if start == 0 else None
+    for number in numbers:
+        first = callback if number == 0 else None
 
         def hook(step, t, x, x0_hat, first=first):
             bar.update()
             if first is not None:
                 first(step, t, x, x0_hat)
 
+        start = number * batch_size
+        generator = torch.Generator(device=device).manual_seed(batch_seed(seed, number))
         shape = (min(batch_size, n - start), 1, size, size)
-        x = sampler.draw(network, schedule, shape, device=device, generator=generator, callback=hook)
-        batches.append(x.float().cpu())
+        yield start, sampler.draw(network, schedule, shape, device=device, generator=generator,
+                                  callback=hook).float().cpu()
     bar.close()
-    return torch.cat(batches)
+
+
+def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
+             batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
+             progress: bool = False, condition: Optional[torch.Tensor] = None,
+             batches: Optional[Iterable[int]] = None) -> torch.Tensor:
+    """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
+
+    Each batch has its own seed (``batch_seed``), so the same arguments give the same images,
+    and image i is the same image whichever process draws it. ``batches`` draws only those
+    batch numbers (a rank's share). ``callback`` is passed to the sampler for the first batch only
+    (GIF frames). A network whose weights are bf16 or fp16 runs in that type, the sampler's own
+    arithmetic in float32. ``condition`` (a conditional network's normalised vector,
+    ``conditions.target_vector``) asks every image for it, guided by ``sampler.guidance``.
+    """
+    parts = [images for _, images in each_batch(model, schedule, n, sampler, seed=seed, batch_size=batch_size,
+                                                 device=device, callback=callback, progress=progress,
+                                                 condition=condition, batches=batches)]
+    return torch.cat(parts) if parts else torch.zeros(0, 1, model.config()["size"], model.config()["size"])
 
 
 def sample_grid(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
@@ -223,15 +245,33 @@ def sample_grid(model, schedule: Schedule, n: int, path: Path, sampler: Sampler 
     return Path(path)
 
 
+def png_name(index: int, n: int) -> str:
+    """The file name of image ``index`` of a set of ``n``: zero-padded (at least five digits) so
+    that the names sort in the images' order."""
+    return f"{index:0{max(5, len(str(n - 1)))}d}.png"
+
+
+def write_batch(images: torch.Tensor, out: Path, start: int, n: int) -> list[Path]:
+    """Save a batch of samples (images ``start``... of a set of ``n``) as 8-bit PNGs in ``out``
+    (fixed mapping [-1, 1] -> [0, 255])."""
+    paths = []
+    for i, image in enumerate(data_module.to_uint8(images.numpy()[:, 0]), start):
+        path = Path(out) / png_name(i, n)
+        data_module.save_png(image, path)
+        paths.append(path)
+    return paths
+
+
+def write_manifest(out: Path, n: int) -> None:
+    """The manifest.csv of a folder of ``n`` samples written by ``write_batch``."""
+    (Path(out) / data_module.MANIFEST).write_text("file\n" + "".join(f"{png_name(i, n)}\n" for i in range(n)))
+
+
 def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Path]:
     """Save samples as 8-bit PNGs (fixed mapping [-1, 1] -> [0, 255]) with a manifest.csv."""
     out = data_module.prepare_output_dir(Path(out), force)
-    paths = []
-    for i, image in enumerate(data_module.to_uint8(images.numpy()[:, 0])):
-        path = out / f"{i:05d}.png"
-        data_module.save_png(image, path)
-        paths.append(path)
-    (out / data_module.MANIFEST).write_text("file\n" + "".join(f"{p.name}\n" for p in paths))
+    paths = write_batch(images, out, 0, len(images))
+    write_manifest(out, len(images))
     return paths
 
 

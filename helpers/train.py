@@ -28,11 +28,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from . import metrics
+from . import distributed, metrics
 from .conditions import condition_stats, normalise
 from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, checkpoint_step, is_temporary, load_checkpoint,
                          load_weights, remove_stale_temporaries, restore_rng_states, rng_states, save_atomic)
 from .device import autocast_dtype, check_compile_mode, compile_network, configure_backends, memory_format, pick_device
+from .distributed import World
 from .diffusion import PREDICTIONS, SCHEDULES, Schedule, diffusion_loss
 from .sample import Sampler, generate, sample_grid
 from .unet import MODELS, build_model, count_parameters
@@ -232,8 +233,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device,
-                 conditions: Optional[torch.Tensor] = None):
+                 conditions: Optional[torch.Tensor] = None, world: World = World()):
         self.cfg, self.device = cfg, device
+        # this process's rows of each global batch (all of them in a single process)
+        self.rows = world.rows(cfg.batch_size)
         # each image's condition vector (normalised descriptors) in a conditional run, else None
         self.conditions = None if conditions is None else conditions.to(device)
         configure_backends(device)
@@ -252,8 +255,10 @@ class Trainer:
         # data indices are drawn on the device: a host-side index would be copied over and wait
         self.generators = {"data": torch.Generator(device=device).manual_seed(cfg.seed),
                            "noise": torch.Generator(device=device).manual_seed(cfg.seed + 1)}
+        # the network the loss calls: in a data-parallel job, wrapped so that backward averages the
+        # gradients over the ranks (self.model stays the plain module the optimiser and EMA see)
         self.network, self.compile_mode, self.compile_seconds = compile_network(
-            self.model, cfg.compile, self._warm_up)
+            distributed.parallel(self.model, device), cfg.compile, self._warm_up)
 
     def state_dict(self) -> dict:
         """The state a checkpoint keeps: weights, EMA, optimiser, loss scaler and random states."""
@@ -275,9 +280,10 @@ class Trainer:
                               enabled=self.dtype is not None)
 
     def _warm_up(self, network: torch.nn.Module) -> None:
-        """Forward and backward passes at the real batch (compiles; records CUDA graphs), no update."""
-        index = torch.arange(self.cfg.batch_size, device=self.device) % len(self.images)
-        x, t = self.images[index], torch.zeros(self.cfg.batch_size, dtype=torch.long, device=self.device)
+        """Forward and backward passes at this rank's real batch (compiles; records CUDA graphs), no update."""
+        batch = self.rows.stop - self.rows.start
+        index = torch.arange(batch, device=self.device) % len(self.images)
+        x, t = self.images[index], torch.zeros(batch, dtype=torch.long, device=self.device)
         conditioned = self._with_condition(network, index, drop=False)
         for _ in range(3):  # reduce-overhead records its CUDA graphs on the later calls
             self._mark_step()
@@ -289,16 +295,19 @@ class Trainer:
             loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _with_condition(self, network: Callable, index: torch.Tensor, drop: bool) -> Callable:
-        """The network as the loss calls it, ``network(x, t)``: in a conditional run with the batch's
-        conditions, each replaced by the null condition (NaN) with probability condition_dropout
-        when ``drop``, so that the one network also learns the unconditional model guidance needs."""
+    def _with_condition(self, network: Callable, index: torch.Tensor, drop: bool,
+                        rows: slice = slice(None)) -> Callable:
+        """The network as the loss calls it, ``network(x, t)``: in a conditional run with the
+        conditions of the batch ``index`` (its ``rows``), each replaced by the null condition (NaN)
+        with probability condition_dropout when ``drop``, so that the one network also learns the
+        unconditional model guidance needs."""
         if self.conditions is None:
             return network
         condition = self.conditions[index]
-        if drop:
+        if drop:  # drawn for the whole batch, as for the timesteps and noise
             dropped = torch.rand(len(index), generator=self.generators["data"], device=self.device)
             condition = condition.masked_fill((dropped < self.cfg.condition_dropout)[:, None], float("nan"))
+        condition = condition[rows]
         return lambda x, t: network(x, t, condition)
 
     def _mark_step(self) -> None:
@@ -308,16 +317,21 @@ class Trainer:
 
     def step(self, step: int) -> torch.Tensor:
         """One optimisation step (``step`` counts from 0: it sets the learning rate and EMA decay);
-        returns the loss as a device tensor."""
+        returns this rank's loss as a device tensor.
+
+        Every rank draws the whole global batch (its images, timesteps, noise and dropped
+        conditions) from generators seeded alike, and trains on its rows of it: the ranks
+        together take the step one process would, and their generators stay in one state.
+        """
         cfg = self.cfg
         index = torch.randint(0, len(self.images), (cfg.batch_size,), generator=self.generators["data"],
                               device=self.device)
-        x0, network = self.images[index], self._with_condition(self.network, index, drop=True)
+        x0, network = self.images[index], self._with_condition(self.network, index, drop=True, rows=self.rows)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         self._mark_step()
         with self.autocast():
-            loss = diffusion_loss(network, self.schedule, x0, self.generators["noise"])
+            loss = diffusion_loss(network, self.schedule, x0, self.generators["noise"], rows=self.rows)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -480,13 +494,21 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, device: torch.device):
         self.cfg, self.dir, self.device = cfg, Path(run_dir), device
-        images = data_module.load_images(cfg.data, limit=cfg.limit)
-        values = data_module.manifest_values(cfg.data, cfg.condition, limit=cfg.limit) if cfg.condition else None
+        self.world = distributed.current()  # rank 0 alone writes the folder, the logs and the bar
+        with distributed.together():  # every rank reads the data set: a path may be missing on one
+            try:
+                self.world.rows(cfg.batch_size)
+            except ValueError as exc:
+                raise TrainingError(str(exc)) from None
+            images = data_module.load_images(cfg.data, limit=cfg.limit)
+            values = data_module.manifest_values(cfg.data, cfg.condition, limit=cfg.limit) if cfg.condition else None
         # a conditional run's scaling and range of each condition (kept in its model files)
         self.condition_stats = condition_stats(cfg.condition, values) if cfg.condition else None
-        self.trainer = Trainer(cfg, images, device, None if values is None else normalise(self.condition_stats, values))
+        self.trainer = Trainer(cfg, images, device, None if values is None else normalise(self.condition_stats, values),
+                               self.world)
         # the fidelity bar compares EMA samples with the training images' statistics
-        self.reference = metrics.describe_set(metrics.boundary_masks(images)) if cfg.bar_every else None
+        self.reference = (metrics.describe_set(metrics.boundary_masks(images))
+                          if cfg.bar_every and self.world.main else None)
         self.step = 0
         self.history: list[dict] = []  # loss.csv's rows
         self.bar_rows: list[dict] = []  # bar.csv's rows
@@ -504,26 +526,34 @@ class Run:
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: str | Path, device: torch.device) -> "Run":
         """A new run in ``run_dir`` (new or empty; refused otherwise, before any work)."""
-        check_new_run_folder(Path(run_dir))
+        with distributed.together():
+            if distributed.current().main:
+                check_new_run_folder(Path(run_dir))
         return cls(cfg, run_dir, device)
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: torch.device, extend_to: Optional[int] = None,
                lr_decay_steps: Optional[int] = None) -> "Run":
         """The run in ``run_dir`` as its checkpoint left it; ``extend_to`` raises its total steps and
-        ``lr_decay_steps`` sets how many of its last steps decay the learning rate."""
-        path = Path(run_dir) / CHECKPOINT
-        state = load_checkpoint(path, map_location=device)
-        if state.get("kind") != "training":
-            raise CheckpointError(f"{path}: holds weights only; cannot resume from it")
-        settings = dict(state["train_config"])
-        if extend_to is not None:
-            if extend_to < state["step"]:
-                raise TrainingError(f"--steps {extend_to} is below the checkpoint's step {state['step']}")
-            settings["steps"] = extend_to
-        if lr_decay_steps is not None:
-            settings["lr_decay_steps"] = lr_decay_steps
-        run = cls(TrainConfig(**settings), run_dir, device)
+        ``lr_decay_steps`` sets how many of its last steps decay the learning rate. In a
+        data-parallel job rank 0 reads the checkpoint and hands it to the other ranks."""
+        state, cfg, alone = None, None, distributed.current().size == 1
+        with distributed.together():
+            if distributed.current().main:
+                path = Path(run_dir) / CHECKPOINT
+                state = load_checkpoint(path, map_location=device if alone else "cpu")
+                if state.get("kind") != "training":
+                    raise CheckpointError(f"{path}: holds weights only; cannot resume from it")
+                settings = dict(state["train_config"])
+                if extend_to is not None:
+                    if extend_to < state["step"]:
+                        raise TrainingError(f"--steps {extend_to} is below the checkpoint's step {state['step']}")
+                    settings["steps"] = extend_to
+                if lr_decay_steps is not None:
+                    settings["lr_decay_steps"] = lr_decay_steps
+                cfg = TrainConfig(**settings)
+        state, cfg = distributed.share((state, cfg))
+        run = cls(cfg, run_dir, device)
         run.restore(state)
         return run
 
@@ -534,6 +564,7 @@ class Run:
                 "model_config": model_config(self.cfg, self.trainer.size),
                 "schedule": self.trainer.schedule.config(), "train_config": asdict(self.cfg),
                 "step": self.step, "seconds": self.seconds(), "check_seconds": self.check_seconds,
+                "world_size": self.world.size,
                 **self.trainer.state_dict(), "loss_window": [float(v) for v in self.window],
                 "history": self.history, "bar_history": self.bar_rows,
                 **({"condition": self.condition_stats} if self.condition_stats else {})}
@@ -553,7 +584,20 @@ class Run:
 
     @contextmanager
     def claimed(self) -> Iterator[None]:
-        """Hold the folder while training in it: its lock, no stale temporary files, samples/."""
+        """Hold the folder while training in it (rank 0 does, for every rank): its lock, no stale
+        temporary files, samples/."""
+        lock = None
+        with distributed.together():
+            if self.world.main:
+                lock = self._claim()
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.unlink(missing_ok=True)
+
+    def _claim(self) -> Path:
+        """Take the folder's lock and check the folder under it; returns the lock's path."""
         self.dir.mkdir(parents=True, exist_ok=True)
         lock = acquire_run_lock(self.dir)  # refuses a folder another live process is training in
         try:
@@ -563,9 +607,10 @@ class Run:
                 check_new_run_folder(self.dir)
             remove_stale_temporaries(self.checkpoint_path)
             (self.dir / SAMPLES).mkdir(exist_ok=True)
-            yield
-        finally:
+        except BaseException:
             lock.unlink(missing_ok=True)
+            raise
+        return lock
 
     def _check_log_belongs(self) -> None:
         """Resuming rewrites loss.csv from the checkpoint's own log. Refuse when the folder's file is
@@ -607,9 +652,11 @@ class Run:
         """What the step just made has to do: every rule about logging, saving and checking."""
         cfg, step = self.cfg, self.step
         last = step == cfg.steps
-        out_of_time = max_seconds is not None and self.session_seconds() > max_seconds
-        stop = step == end or out_of_time
         log = step % cfg.log_every == 0 or last
+        out_of_time = max_seconds is not None and self.session_seconds() > max_seconds
+        if self.world.size > 1:  # the ranks' clocks differ: rank 0's, read at the log steps, decides
+            out_of_time = max_seconds is not None and log and distributed.decide(out_of_time)
+        stop = step == end or out_of_time
         save = step % cfg.checkpoint_every == 0 or stop
         bar = bool(cfg.bar_every) and (step % cfg.bar_every == 0 or last or out_of_time)
         return Due(check=log or save, log=log, samples=step % cfg.sample_every == 0 or last, bar=bar,
@@ -617,8 +664,11 @@ class Run:
 
     def check(self) -> None:
         """Stop on a loss that is not finite (the last checkpoint is kept), naming its step."""
-        losses = torch.stack(self.window[self.checked:]) if self.window[self.checked:] else None
+        # each step's loss over the global batch (the mean over the ranks; the window keeps it, for
+        # the log and the checkpoint): a NaN on any rank stops every rank at the same step
+        losses = distributed.mean(torch.stack(self.window[self.checked:])) if self.window[self.checked:] else None
         if losses is not None:
+            self.window[self.checked:] = list(losses)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
                 first = int(bad[0])
@@ -629,7 +679,8 @@ class Run:
         self.checked = len(self.window)
 
     def log(self) -> dict:
-        """A loss.csv row: the mean loss since the last row, the learning rate, the time so far."""
+        """A loss.csv row: the mean loss since the last row (the window, checked), the learning
+        rate, the time so far."""
         row = {"step": self.step, "loss": torch.stack(self.window).mean().item(),
                "lr": learning_rate(self.cfg, self.step - 1), "seconds": self.seconds()}
         self.history.append(row)
@@ -642,20 +693,33 @@ class Run:
                            self.dir / SAMPLES / f"step_{self.step:06d}.png", self.cfg.sampler(),
                            device=self.device, title=f"EMA samples, step {self.step}")
 
-    def check_bar(self) -> dict:
-        """The fidelity bar on ``bar_samples`` EMA samples (the run's sampler, seed 0): a bar.csv row.
-        Its time is left out of the training time."""
+    def check_bar(self) -> Optional[dict]:
+        """The fidelity bar on ``bar_samples`` EMA samples (the run's sampler, seed 0), drawn in one
+        batch per rank and gathered: a bar.csv row on rank 0 (None on the others). Its time is
+        left out of the training time."""
         start = time.perf_counter()
-        images = generate(self.trainer.ema, self.trainer.schedule, self.cfg.bar_samples, self.cfg.sampler(),
-                          seed=0, device=self.device)
-        row = {"step": self.step, **metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)),
-                                                        self.reference)}
+        n, size = self.cfg.bar_samples, self.world.size
+        batch = -(-n // size)
+        mine = generate(self.trainer.ema, self.trainer.schedule, n, self.cfg.sampler(), seed=0, batch_size=batch,
+                        device=self.device, batches=self.world.batches(-(-n // batch)))
+        images = torch.cat(distributed.gather([mine]))
+        row = None
+        if self.world.main:
+            row = {"step": self.step, **metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)),
+                                                            self.reference)}
         self.check_seconds += time.perf_counter() - start
-        self.bar_rows.append({**row, "seconds": self.seconds() - self.check_seconds})
+        if row is not None:
+            self.bar_rows.append({**row, "seconds": self.seconds() - self.check_seconds})
         return row
 
     def save(self) -> None:
-        """The checkpoint (atomically), then the CSV logs it holds; a failed write says what is intact."""
+        """The checkpoint (atomically), then the CSV logs it holds; a failed write says what is intact.
+        Rank 0 writes; the other ranks wait, and stop with it if it fails."""
+        with distributed.together():
+            if self.world.main:
+                self._save()
+
+    def _save(self) -> None:
         try:
             save_atomic(self.checkpoint(), self.checkpoint_path)
         except CheckpointError as exc:
@@ -666,7 +730,7 @@ class Run:
             _write_rows(self.dir / BAR_CSV, BAR_COLUMNS, self.bar_rows)
 
     def plot_loss(self) -> None:
-        if self.history:
+        if self.history and self.world.main:
             plt.close(loss_curve(self.history, path=self.dir / LOSS_PNG, prediction=self.cfg.prediction))
 
     def result(self, start_step: int) -> TrainResult:
@@ -702,6 +766,7 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
     device = device or pick_device()
     run = (Run.resume(run_dir, device, extend_to, lr_decay_steps) if resume
            else Run.start(cfg, run_dir, device))
+    progress = progress and run.world.main  # one progress bar for the job
     if progress and run.cfg.compile != "none":
         print(f"network: {run.trainer.compile_mode}, {run.trainer.compile_seconds:.0f} s to compile")
     end = run.cfg.steps if stop_after is None else min(run.cfg.steps, stop_after)
@@ -722,10 +787,10 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
                     bar.set_postfix(loss=f"{run.log()['loss']:.4f}")
                     if on_log is not None:
                         on_log(run.history)
-                if due.samples:
+                if due.samples and run.world.main:
                     run.save_samples()
-                if due.bar:
-                    bar.write(describe_bar_row(run.check_bar()))
+                if due.bar and (row := run.check_bar()) is not None:
+                    bar.write(describe_bar_row(row))
                 if due.save:
                     run.save()
                 if due.stop:

@@ -82,9 +82,9 @@ def test_a_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     real_loss = train.diffusion_loss
     calls = []
 
-    def loss_that_explodes(*args):
+    def loss_that_explodes(*args, **kwargs):
         calls.append(1)
-        return real_loss(*args) * (float("nan") if len(calls) > 5 else 1.0)
+        return real_loss(*args, **kwargs) * (float("nan") if len(calls) > 5 else 1.0)
 
     monkeypatch.setattr(train, "diffusion_loss", loss_that_explodes)
     with pytest.raises(train.TrainingError, match=r"loss became nan at step 6; stopped.*step 4"):
