@@ -487,23 +487,34 @@ def gray_background_rate(images) -> float:
     return float(np.mean(np.median(images, axis=1) > GRAY_BACKGROUND))
 
 
+# IoU values nearest_iou holds at once (4 bytes each: 64 MB a block)
+NEAREST_BLOCK = 16_000_000
+
+
 def nearest_iou(queries: np.ndarray, library: np.ndarray, exclude_self: bool = False
                 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query mask, the library mask with the highest IoU of boundary pixels.
 
     Returns (best IoU, index of that library image) per query. With ``exclude_self`` (queries
     and library the same set) an image is not its own neighbour. IoU is taken at the same
-    position only: a copy shifted by a few pixels is not caught.
+    position only: a copy shifted by a few pixels is not caught. The queries go in blocks, so
+    that memory stays near ``NEAREST_BLOCK`` IoU values at once whatever the sizes of the sets.
     """
     q = queries.reshape(len(queries), -1).astype(np.float32)
     lib = library.reshape(len(library), -1).astype(np.float32)
-    intersection = q @ lib.T
-    union = q.sum(1)[:, None] + lib.sum(1)[None, :] - intersection
-    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
-    if exclude_self:
-        np.fill_diagonal(iou, -1.0)
-    best = iou.argmax(axis=1)
-    return iou[np.arange(len(q)), best], best
+    lib_sizes = lib.sum(1)
+    best_iou, best = np.empty(len(q), dtype=np.float32), np.empty(len(q), dtype=np.int64)
+    rows = max(1, NEAREST_BLOCK // max(len(lib), 1))  # queries a block
+    for start in range(0, len(q), rows):
+        block = q[start:start + rows]
+        intersection = block @ lib.T
+        union = block.sum(1)[:, None] + lib_sizes[None, :] - intersection
+        iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+        if exclude_self:  # query i is library image i
+            iou[np.arange(len(block)), start + np.arange(len(block))] = -1.0
+        best[start:start + rows] = iou.argmax(axis=1)
+        best_iou[start:start + rows] = iou[np.arange(len(block)), best[start:start + rows]]
+    return best_iou, best
 
 
 @dataclass

@@ -197,3 +197,15 @@ def test_every_report_names_descriptors_from_the_one_table(tmp_path, monkeypatch
     readme = (tmp_path / "set" / "README.md").read_text()
     assert "| grain count (at least 4 px) |" in readme and "| grain count (every component) |" in readme
     assert "grains per image" not in readme
+
+
+def test_nearest_iou_in_blocks_finds_what_one_block_finds(monkeypatch):
+    masks = np.random.default_rng(0).random((23, 8, 8)) < 0.3
+    library = np.concatenate([masks[:5], np.random.default_rng(1).random((12, 8, 8)) < 0.3])
+    whole = metrics.nearest_iou(masks, library), metrics.nearest_iou(library, library, exclude_self=True)
+    monkeypatch.setattr(metrics, "NEAREST_BLOCK", 3 * len(library))  # blocks of 3 queries, the last of 2
+    blocks = metrics.nearest_iou(masks, library), metrics.nearest_iou(library, library, exclude_self=True)
+    for (iou, index), (block_iou, block_index) in zip(whole, blocks):
+        assert np.array_equal(index, block_index) and np.array_equal(iou, block_iou)
+    assert np.array_equal(whole[0][1][:5], np.arange(5)) and np.all(whole[0][0][:5] == 1.0)  # copies find themselves
+    assert np.all(whole[1][1] != np.arange(len(library)))  # no image is its own neighbour
