@@ -38,3 +38,16 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
     assert [phases[p]["status"] for p in ("train", "control")] == ["done", "done"], phases
     assert phases["train"]["config"]["condition"] == ["grains"]
     assert [r["sampler"] for r in phases["control"]["reports"]] == ["DDIM-5, eta 0", "DDIM-5, eta 0, guidance 2"]
+
+
+def test_the_ddp_phase_times_torchrun_against_the_plain_loop(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
+                           "--phases", "ddp", "--deadline", "300"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((out / "session.json").read_text())["phases"]["ddp"]
+    assert record["status"] == "done", record
+    plain, ranks = record["median"]["plain"], record["median"]["torchrun x1"]
+    assert plain > 0 and ranks > 0 and record["ratio_to_plain"] == ranks / plain
+    assert record["settings"]["nproc"] == "1" and record["machine"]["cpu_count"] == os.cpu_count()

@@ -18,6 +18,8 @@ every phase, so a session cut short still brings back what it measured.
             several samplers, packed for evaluation off the GPU machine
   control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains): the conditional
             model's control at 8 targets x 64 samples and guidance 0, 1, 2, 4 (python -m helpers control)
+  ddp       only when named in --phases: what data parallelism costs, one NCCL rank under torchrun
+            against the plain loop, side by side (tools/ddp_overhead.py; gpu profile, batch 128)
 
 Files in --out (the device tool brings back at most 8): session.json, session.log (what was
 printed), model.pt, loss.csv, bar.csv, samples.tar.gz (sample folders, progress grids, loss.png).
@@ -31,13 +33,16 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -47,7 +52,8 @@ from helpers.checkpoint import export_weights, load_checkpoint, load_model  # no
 from helpers.control import default_targets, format_control, guidance_sweep  # noqa: E402
 from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  # noqa: E402
 
-PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control"]
+PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control", "ddp"]
+DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by name
 PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "model.pt"
 
 
@@ -106,7 +112,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
     parser.add_argument("--after", type=float, default=45, help="seconds kept after training (export, samples)")
     parser.add_argument("--bar-every", type=int, default=500)
-    parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES, help="phases to run")
+    parser.add_argument("--phases", nargs="+", default=DEFAULT_PHASES, choices=PHASES, help="phases to run")
     parser.add_argument("--compile-modes", nargs="+", default=["default", "reduce-overhead"])
     parser.add_argument("--no-512", action="store_true", help="no compiled batch-512 row")
     parser.add_argument("--models", nargs="+", default=["unet", "seed-unet"])
@@ -289,6 +295,19 @@ def main() -> None:
         record["reports"] = [r.summary() for r in reports]
         s.log(format_control(reports))
 
+    def ddp_phase(until, record):
+        settings = (["--profile", "smoke", "--batch-size", "8", "--stop-after", "10", "--repeats", "1"] if smoke
+                    else ["--profile", "gpu", "--batch-size", "128", "--stop-after", "150", "--repeats", "2"])
+        with tempfile.TemporaryDirectory() as scratch:
+            report = Path(scratch) / "ddp.json"
+            done = subprocess.run([sys.executable, str(ROOT / "tools" / "ddp_overhead.py"), "--nproc", "1",
+                                   *settings, "--json", str(report)], capture_output=True, text=True,
+                                  timeout=max(10.0, until - s.elapsed()))
+            s.log(done.stdout)
+            if done.returncode:
+                raise RuntimeError(done.stderr[-300:])
+            record.update(json.loads(report.read_text()))
+
     budgets = {"env": (30, env), "eager": (50 if smoke else 75, eager),
                "compiled": (200 if smoke else 170, compiled), "sampling": (200 if smoke else 90, sampling)}
     for name in ("env", "eager", "compiled", "sampling"):
@@ -300,6 +319,8 @@ def main() -> None:
         s.phase("samples", max(10.0, s.left() - (args.after / 2 if args.condition else 0)), samples)
     if "control" in args.phases and args.condition:
         s.phase("control", max(10.0, s.left()), control_phase)
+    if "ddp" in args.phases:
+        s.phase("ddp", max(10.0, s.left()), ddp_phase)
     s.report["total_seconds"] = s.elapsed()
     s.save()
     s.log("done")
