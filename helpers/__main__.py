@@ -17,7 +17,7 @@ from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
 from .conditions import ConditionError, parse_targets, target_vector
 from .control import default_targets, format_control, guidance_sweep
-from .data import DATA_ROOT, KINDS, DataError, image_size, load_uint8, make_dataset, prepare_output_dir
+from .data import DATA_ROOT, KINDS, DataError, image_size, load_uint8, make_dataset, prepare_output_dir, write_failure
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
 from .diffusion import PREDICTIONS, VARIANCES
 from .distributed import RankError, World
@@ -161,20 +161,41 @@ def _sample(args: argparse.Namespace) -> None:
                         device=device, progress=not args.quiet, condition=condition) if args.n > first else head[:0]
         write_pngs(torch.cat([head, rest]), Path(args.out), force=True)  # checked before sampling (the GIF may be in it)
     else:
-        with distributed.together():  # a rank that cannot write its images stops the job
-            batches = world.batches(-(-args.n // args.batch_size))
-            for first_index, images in each_batch(model, schedule, args.n, sampler, seed=args.seed,
-                                                  batch_size=args.batch_size, device=device, condition=condition,
-                                                  progress=not args.quiet and world.main, batches=batches):
-                write_batch(images, Path(args.out), first_index, args.n)
-        if world.main:
-            write_manifest(Path(args.out), args.n)
+        _write_samples(model, schedule, sampler, args, device, condition, world)
     seconds = time.perf_counter() - start
     asked = f", {' '.join(args.condition)}" if args.condition else ""
     shared = f", {world.size} processes" if world.size > 1 else ""
     if world.main:
         print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, {args.precision}, "
               f"{seconds:.1f} s on {device}{shared}, model from step {payload['step']})")
+
+
+def _write_samples(model, schedule, sampler, args: argparse.Namespace, device: torch.device,
+                   condition: torch.Tensor | None, world: World) -> None:
+    """Draw ``args.n`` samples in batches and write each as it comes, then the manifest. Under
+    torchrun the batches go round the ranks, which compare notes after every round: a rank that
+    cannot write stops the job at once, and rank 0's bar counts every rank's images."""
+    count, out = -(-args.n // args.batch_size), Path(args.out)
+    common = dict(seed=args.seed, batch_size=args.batch_size, device=device, condition=condition)
+    try:
+        if world.size == 1:  # one process: a bar that counts denoising steps, so one batch shows progress too
+            for first, images in each_batch(model, schedule, args.n, sampler, progress=not args.quiet, **common):
+                write_batch(images, out, first, args.n)
+        else:
+            bar = tqdm(total=args.n, desc=f"sampling {args.n} on {world.size} processes", unit="img",
+                       disable=args.quiet or not world.main)
+            for round_start in range(0, count, world.size):
+                number = round_start + world.rank
+                with distributed.together():
+                    if number < count:
+                        images = generate(model, schedule, args.n, sampler, batches=[number], **common)
+                        write_batch(images, out, number * args.batch_size, args.n)
+                bar.update(min(args.n, (round_start + world.size) * args.batch_size) - bar.n)
+            bar.close()
+    except OSError as exc:  # a full disk, a folder made read-only
+        raise DataError(f"{exc.filename or out}: could not be written ({write_failure(exc)})") from None
+    if world.main:
+        write_manifest(out, args.n)
 
 
 def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World) -> tuple:
@@ -480,9 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            if os.environ["RANK"] != "0":  # every rank refuses; rank 0 says why
+                return 2
             raise DataError(f"{args.command} runs in one process; start it with python -m helpers, not torchrun "
                             f"(torchrun runs {' and '.join(DISTRIBUTED_COMMANDS)})")
         args.run(args)
+        distributed.barrier()  # every rank done before the group is taken down
     except RankError:  # another rank failed and said why; this one stops with it
         return 2
     except (DataError, LessonError, FileNotFoundError, TrainingError, CheckpointError, ConditionError,

@@ -49,6 +49,9 @@ LOCK = ".lock"
 RUN_FILES = f"{CHECKPOINT}, {LOSS_CSV}, {LOSS_PNG}, {SAMPLES}/"  # for messages
 # The columns of the CSV logs and how each value is written.
 LOSS_COLUMNS = {"step": int, "loss": "{:.6f}".format, "lr": "{:.3e}".format, "seconds": "{:.2f}".format}
+# the fidelity bar's samples are drawn in batches of this size, shared out among the ranks of a
+# data-parallel job (the same images whatever their number)
+BAR_BATCH = 256
 BAR_COLUMNS = {"step": int, "seconds": "{:.2f}".format, "boundary_fraction": "{:.4f}".format,
                "grains": "{:.3f}".format, "dangling_ends": "{:.3f}".format, "met": int}
 
@@ -255,10 +258,15 @@ class Trainer:
         # data indices are drawn on the device: a host-side index would be copied over and wait
         self.generators = {"data": torch.Generator(device=device).manual_seed(cfg.seed),
                            "noise": torch.Generator(device=device).manual_seed(cfg.seed + 1)}
-        # the network the loss calls: in a data-parallel job, wrapped so that backward averages the
-        # gradients over the ranks (self.model stays the plain module the optimiser and EMA see)
-        self.network, self.compile_mode, self.compile_seconds = compile_network(
-            distributed.parallel(self.model, device), cfg.compile, self._warm_up)
+        # the network the loss calls, compiled (and warmed up) as the module itself, then, in a
+        # data-parallel job, wrapped so that backward averages the gradients over the ranks
+        # (self.model stays the plain module the optimiser and EMA see)
+        network, self.compile_mode, self.compile_seconds = compile_network(self.model, cfg.compile, self._warm_up)
+        modes = distributed.gather([self.compile_mode])
+        if any(mode.startswith("eager") for mode in modes) and not self.compile_mode.startswith("eager"):
+            # a rank that could not compile runs eager, so all do: the ranks then do the same work
+            network, self.compile_mode = self.model, f"eager (another process could not compile: {modes})"
+        self.network = distributed.parallel(network, device)
 
     def state_dict(self) -> dict:
         """The state a checkpoint keeps: weights, EMA, optimiser, loss scaler and random states."""
@@ -455,6 +463,16 @@ def check_new_run_folder(run_dir: Path) -> None:
         raise TrainingError(f"--out {run_dir}: {parent} is a file; expected a folder for the run")
 
 
+def _check_same_data(name: str, images: torch.Tensor) -> None:
+    """Refuse a data-parallel run whose ranks read different images (another version of the set at
+    the same path on another machine): each would train on batches the others do not see."""
+    prints = distributed.gather([(tuple(images.shape), round(float(images.double().sum()), 3))])
+    with distributed.together():
+        if len(set(prints)) > 1:
+            raise TrainingError(f"{name}: the processes read different images (shape and sum per rank: {prints}); "
+                                "expected the same data set on every machine")
+
+
 # ---------------------------------------------------------------------------------------------
 # A run
 # ---------------------------------------------------------------------------------------------
@@ -502,13 +520,14 @@ class Run:
                 raise TrainingError(str(exc)) from None
             images = data_module.load_images(cfg.data, limit=cfg.limit)
             values = data_module.manifest_values(cfg.data, cfg.condition, limit=cfg.limit) if cfg.condition else None
+            # the fidelity bar compares EMA samples with the training images' statistics (rank 0's)
+            self.reference = (metrics.describe_set(metrics.boundary_masks(images))
+                              if cfg.bar_every and self.world.main else None)
+        _check_same_data(cfg.data, images)
         # a conditional run's scaling and range of each condition (kept in its model files)
         self.condition_stats = condition_stats(cfg.condition, values) if cfg.condition else None
         self.trainer = Trainer(cfg, images, device, None if values is None else normalise(self.condition_stats, values),
                                self.world)
-        # the fidelity bar compares EMA samples with the training images' statistics
-        self.reference = (metrics.describe_set(metrics.boundary_masks(images))
-                          if cfg.bar_every and self.world.main else None)
         self.step = 0
         self.history: list[dict] = []  # loss.csv's rows
         self.bar_rows: list[dict] = []  # bar.csv's rows
@@ -554,7 +573,8 @@ class Run:
                 cfg = TrainConfig(**settings)
         state, cfg = distributed.share((state, cfg))
         run = cls(cfg, run_dir, device)
-        run.restore(state)
+        with distributed.together():  # a mismatched checkpoint fails alike everywhere: said once
+            run.restore(state)
         return run
 
     # -- state --------------------------------------------------------------------------------
@@ -670,12 +690,13 @@ class Run:
         if losses is not None:
             self.window[self.checked:] = list(losses)
             bad = (~torch.isfinite(losses)).nonzero()
-            if len(bad):
+            if len(bad):  # the same on every rank: said once
                 first = int(bad[0])
-                raise TrainingError(
-                    f"loss became {losses[first].item()} at step {self.step - len(losses) + first + 1}; "
-                    f"stopped. The last good checkpoint (step {checkpoint_step(self.checkpoint_path)}) is kept "
-                    f"in {self.checkpoint_path}; try a lower --lr or fp32")
+                with distributed.together():
+                    raise TrainingError(
+                        f"loss became {losses[first].item()} at step {self.step - len(losses) + first + 1}; "
+                        f"stopped. The last good checkpoint (step {checkpoint_step(self.checkpoint_path)}) is kept "
+                        f"in {self.checkpoint_path}; try a lower --lr or fp32")
         self.checked = len(self.window)
 
     def log(self) -> dict:
@@ -687,8 +708,13 @@ class Run:
         self.window, self.checked = [], 0
         return row
 
-    def save_samples(self) -> Path:
-        """A grid of EMA samples in samples/, by the run's sampler (seed 0)."""
+    def save_samples(self) -> None:
+        """A grid of EMA samples in samples/, by the run's sampler (seed 0), drawn by rank 0."""
+        with distributed.together():
+            if self.world.main:
+                self._grid()
+
+    def _grid(self) -> Path:
         return sample_grid(self.trainer.ema, self.trainer.schedule, self.cfg.sample_count,
                            self.dir / SAMPLES / f"step_{self.step:06d}.png", self.cfg.sampler(),
                            device=self.device, title=f"EMA samples, step {self.step}")
@@ -698,15 +724,15 @@ class Run:
         batch per rank and gathered: a bar.csv row on rank 0 (None on the others). Its time is
         left out of the training time."""
         start = time.perf_counter()
-        n, size = self.cfg.bar_samples, self.world.size
-        batch = -(-n // size)
-        mine = generate(self.trainer.ema, self.trainer.schedule, n, self.cfg.sampler(), seed=0, batch_size=batch,
-                        device=self.device, batches=self.world.batches(-(-n // batch)))
+        n = self.cfg.bar_samples
+        mine = generate(self.trainer.ema, self.trainer.schedule, n, self.cfg.sampler(), seed=0, batch_size=BAR_BATCH,
+                        device=self.device, batches=self.world.batches(-(-n // BAR_BATCH)))
         images = torch.cat(distributed.gather([mine]))
         row = None
-        if self.world.main:
-            row = {"step": self.step, **metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)),
-                                                            self.reference)}
+        with distributed.together():
+            if self.world.main:
+                row = {"step": self.step,
+                       **metrics.bar_summary(metrics.describe_set(metrics.boundary_masks(images)), self.reference)}
         self.check_seconds += time.perf_counter() - start
         if row is not None:
             self.bar_rows.append({**row, "seconds": self.seconds() - self.check_seconds})
@@ -730,8 +756,9 @@ class Run:
             _write_rows(self.dir / BAR_CSV, BAR_COLUMNS, self.bar_rows)
 
     def plot_loss(self) -> None:
-        if self.history and self.world.main:
-            plt.close(loss_curve(self.history, path=self.dir / LOSS_PNG, prediction=self.cfg.prediction))
+        with distributed.together():
+            if self.history and self.world.main:
+                plt.close(loss_curve(self.history, path=self.dir / LOSS_PNG, prediction=self.cfg.prediction))
 
     def result(self, start_step: int) -> TrainResult:
         trained, session = self.step - start_step, self.session_seconds()
@@ -787,7 +814,7 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
                     bar.set_postfix(loss=f"{run.log()['loss']:.4f}")
                     if on_log is not None:
                         on_log(run.history)
-                if due.samples and run.world.main:
+                if due.samples:
                     run.save_samples()
                 if due.bar and (row := run.check_bar()) is not None:
                     bar.write(describe_bar_row(row))

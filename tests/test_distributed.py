@@ -124,9 +124,8 @@ TRAINER_SCRIPT = textwrap.dedent("""
     from tests.test_distributed import conditional_trainer
     world, device = distributed.join()
     trainer = conditional_trainer(world)
-    for step in range(5):
-        trainer.step(step)
-    torch.save({{"model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(),
+    losses = [float(trainer.step(step)) for step in range(5)]
+    torch.save({{"model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(), "losses": losses,
                 "rng": trainer.generators["data"].get_state(), "rows": (trainer.rows.start, trainer.rows.stop)}},
                {out!r} + f"/rank{{world.rank}}.pt")
     distributed.leave()
@@ -155,12 +154,14 @@ def test_two_ranks_take_the_step_one_process_takes(tmp_path):
     torch.set_num_threads(1)  # as each rank ran: the same kernels, the same rounding
     try:
         alone = conditional_trainer()
-        for step in range(5):
-            alone.step(step)
+        losses = [float(alone.step(step)) for step in range(5)]
     finally:
         torch.set_num_threads(threads)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert (rank0["rows"], rank1["rows"]) == ((0, 4), (4, 8))  # each rank trains on its half of the batch
+    # each rank trains on its half of the batch: its losses are its own, their mean the whole batch's
+    assert (rank0["rows"], rank1["rows"]) == ((0, 4), (4, 8))
+    assert all(abs(a - b) > 1e-4 for a, b in zip(rank0["losses"], rank1["losses"]))
+    assert [(a + b) / 2 for a, b in zip(rank0["losses"], rank1["losses"])] == pytest.approx(losses, rel=1e-5)
     single = {"model": alone.model.state_dict(), "ema": alone.ema.state_dict()}
     for part in ("model", "ema"):
         for name, value in rank0[part].items():
@@ -269,3 +270,21 @@ def test_a_rank_that_cannot_read_the_data_ends_the_job_with_one_line(tmp_path):
     errors = [line for line in results[1][1].splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: rank 1 of 2: data/voronoi_gb_64"), errors
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_rank_writes_only_its_own_batches(tmp_path):
+    """What _sample does on rank 1 of 2 (no process group is needed to run one rank's share)."""
+    from argparse import Namespace
+    from helpers.__main__ import _write_samples
+    from helpers.sample import Sampler
+    torch.manual_seed(0)
+    model = build_model({"name": "unet", "size": 16, "widths": [8, 16], "blocks": 1, "attention_at": []}).eval()
+    schedule, sampler = Schedule.create("cosine", 20, "v"), Sampler("ddim", steps=3, eta=1.0)
+    for out, world in ((tmp_path / "alone", World()), (tmp_path / "rank1", World(1, 2))):
+        out.mkdir()
+        args = Namespace(n=5, batch_size=2, seed=3, quiet=True, out=out)
+        _write_samples(model, schedule, sampler, args, torch.device("cpu"), None, world)
+    assert sorted(p.name for p in (tmp_path / "rank1").iterdir()) == ["00002.png", "00003.png"]  # batch 1 of 0-2
+    for name in ("00002.png", "00003.png"):
+        assert (tmp_path / "rank1" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+    assert len(list((tmp_path / "alone").iterdir())) == 6  # five images and the manifest
