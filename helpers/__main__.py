@@ -104,7 +104,7 @@ def _train(args: argparse.Namespace) -> None:
     with distributed.together():  # what can fail: refused on every rank, said once
         _new_file(args.export, "--export", "nothing was trained")
         cfg, message = _train_config(args, device)
-    say(message + (f"; {world.describe().split(' of ')[1]} processes share each batch" if world.size > 1 else ""))
+    say(message + (f"; {world.size} processes share each batch" if world.size > 1 else ""))
     say(f"writing to {args.out}/ ({RUN_FILES}); "
         f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
     result = train(cfg, args.out, device=device, resume=args.resume, progress=not args.quiet,
@@ -380,7 +380,8 @@ def _add_sample(commands) -> None:
     sample.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="checkpoint or weights file "
                         "(default: the shipped pretrained model)")
     sample.add_argument("--n", "--count", dest="n", type=_positive_int, default=16,
-                        help="number of samples (--count under torchrun, which reads --n as its own --nnodes)")
+                        help="number of samples (write --count under torchrun, whose parser refuses --n as an "
+                        "abbreviation of its own options)")
     sample.add_argument("--sampler", choices=SAMPLERS,
                         help="default: the model's recommended sampler, else ddim (dpm++2m: "
                         "DPM-Solver++(2M), good in 10-25 steps)")
