@@ -1,11 +1,13 @@
 # `make tutorial` runs every lesson notebook into outputs/; `make test` runs the test suite.
-# Both create (or reuse) the virtual environment .venv and install requirements.txt first.
+# Both create (or reuse) the virtual environment .venv and install requirements.txt first; `make test`
+# also installs requirements-materials.txt (the export formats' libraries), `make materials` alone.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MATERIALS_STAMP := $(VENV)/.installed-materials
 
-.PHONY: tutorial test lab install clean-outputs
+.PHONY: tutorial test lab install materials clean-outputs
 
 install: $(STAMP)
 
@@ -14,10 +16,16 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
 
+materials: $(MATERIALS_STAMP)
+
+$(MATERIALS_STAMP): $(STAMP) requirements-materials.txt
+	$(PY) -m pip install -r requirements.txt -r requirements-materials.txt
+	touch $(MATERIALS_STAMP)
+
 tutorial: $(STAMP)
 	$(PY) -m helpers tutorial --out outputs
 
-test: $(STAMP)
+test: $(STAMP) $(MATERIALS_STAMP)
 	$(PY) -m pytest
 
 lab: $(STAMP)

@@ -17,12 +17,15 @@ from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
 from .conditions import ConditionError, parse_targets, target_vector
 from .control import default_targets, format_control, guidance_sweep
-from .data import DATA_ROOT, KINDS, DataError, image_size, load_uint8, make_dataset, prepare_output_dir, write_failure
+from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
+                   read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
 from .diffusion import PREDICTIONS, VARIANCES
 from .distributed import RankError, World
-from .sample import (SAMPLERS, each_batch, generate, recommended_sampler, reverse_process_gif, write_batch,
-                     write_manifest, write_pngs)
+from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
+from .export import export as export_microstructure
+from .sample import (SAMPLERS, canvas_size, each_batch, generate, recommended_sampler, reverse_process_gif,
+                     write_batch, write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
 from .unet import MODELS
@@ -154,16 +157,18 @@ def _sample(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
         first = min(args.n, 16)
+        canvas = dict(condition=condition, size=args.size, windows=args.windows)
         head, gif = reverse_process_gif(model, schedule, first, args.gif, sampler, seed=args.seed, device=device,
-                                        condition=condition)
+                                        **canvas)
         print(f"reverse-process GIF of {first} images: {gif}")
         rest = generate(model, schedule, args.n - first, sampler, seed=args.seed + 1, batch_size=args.batch_size,
-                        device=device, progress=not args.quiet, condition=condition) if args.n > first else head[:0]
+                        device=device, progress=not args.quiet, **canvas) if args.n > first else head[:0]
         write_pngs(torch.cat([head, rest]), Path(args.out), force=True)  # checked before sampling (the GIF may be in it)
     else:
         _write_samples(model, schedule, sampler, args, device, condition, world)
     seconds = time.perf_counter() - start
     asked = f", {' '.join(args.condition)}" if args.condition else ""
+    asked += f", {args.size}x{args.size}{' in windows' if args.windows else ''}" if args.size else ""
     shared = f", {world.size} processes" if world.size > 1 else ""
     if world.main:
         print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, {args.precision}, "
@@ -176,7 +181,8 @@ def _write_samples(model, schedule, sampler, args: argparse.Namespace, device: t
     torchrun the batches go round the ranks, which compare notes after every round: a rank that
     cannot write stops the job at once, and rank 0's bar counts every rank's images."""
     count, out = -(-args.n // args.batch_size), Path(args.out)
-    common = dict(seed=args.seed, batch_size=args.batch_size, device=device, condition=condition)
+    common = dict(seed=args.seed, batch_size=args.batch_size, device=device, condition=condition, size=args.size,
+                  windows=args.windows)
     try:
         if world.size == 1:  # one process: a bar that counts denoising steps, so one batch shows progress too
             for first, images in each_batch(model, schedule, args.n, sampler, progress=not args.quiet, **common):
@@ -205,6 +211,15 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         raise DataError("--gif follows one process's images; sample with python -m helpers, not torchrun")
     _new_file(args.gif, "--gif", replace=args.force)
     model, schedule, payload = load_model(args.checkpoint, device, args.precision)
+    try:
+        trained, side = model.config()["size"], canvas_size(model, args.size)
+    except ValueError as exc:
+        raise DataError(f"--size: {exc}") from None
+    if args.windows and side <= trained:
+        raise DataError(f"--windows draws a canvas larger than the {trained}x{trained} the network was trained on; "
+                        f"give --size (e.g. --size {4 * trained})")
+    if args.batch_size is None:  # as many pixels per batch as 256 images of the training size
+        args.batch_size = max(1, 256 * trained ** 2 // side ** 2)
     try:
         recommended = recommended_sampler(payload)
     except ValueError as exc:
@@ -283,6 +298,30 @@ def _control(args: argparse.Namespace) -> None:
     if args.plot:
         plt.close(control_plot(reports, args.plot))
         print(f"wrote {args.plot}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    """Each image of a folder labelled and written in one format; nothing existing is replaced."""
+    require(args.format)
+    paths = list_images(Path(args.input))
+    targets = [export_targets(args.format, Path(args.out) / path.stem) for path in paths]
+    clash = next((t for group in targets for t in group if t.exists()), None)
+    if clash is not None:
+        raise FileExistsError(f"{clash}: already exists; nothing was written (choose another --out)")
+    masks = metrics.boundary_masks(read_images(paths))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    start, counts = time.perf_counter(), []
+    for index, (path, mask) in enumerate(tqdm(list(zip(paths, masks)), desc=f"export {args.format}", unit="img",
+                                              disable=args.quiet)):
+        try:
+            micro = microstructure(mask, texture=args.texture if args.format != "npy" else None, spread=args.spread,
+                                   seed=(args.seed, index), pixel_size=args.pixel_size, periodic=not args.not_periodic)
+        except ValueError as exc:
+            raise DataError(f"{path}: {exc}") from None
+        export_microstructure(micro, args.format, Path(args.out) / path.stem, periodic=not args.not_periodic)
+        counts.append(micro.grains)
+    print(f"exported {len(paths)} microstructures to {args.out} as {args.format} ({min(counts)}-{max(counts)} grains, "
+          f"{sum(counts) / len(counts):.1f} on average; {time.perf_counter() - start:.1f} s)")
 
 
 def _tutorial(args: argparse.Namespace) -> None:
@@ -397,7 +436,12 @@ def _add_sample(commands) -> None:
     sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
                         "scale w >= 0 (0: the conditional model alone); default: the model's")
     sample.add_argument("--seed", type=_non_negative_int, default=0)
-    sample.add_argument("--batch-size", type=_positive_int, default=256)
+    sample.add_argument("--batch-size", type=_positive_int, help="images per batch (default: 256 at the "
+                        "training size, fewer on a larger canvas: the same pixels per batch)")
+    sample.add_argument("--size", type=_positive_int, help="draw a larger canvas than the network was trained on, "
+                        "e.g. 256 (a periodic UNet's samples tile at any size; a multiple of 4 for the default UNet)")
+    sample.add_argument("--windows", action="store_true", help="with --size: denoise the canvas as overlapping "
+                        "windows of the training size, blended at every step (MultiDiffusion; 4x the arithmetic)")
     sample.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
                         help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
                         "float32 (faster on processors with bf16 arithmetic; measured in the README); "
@@ -486,10 +530,36 @@ def _add_tutorial(commands) -> None:
     tutorial.set_defaults(run=_tutorial)
 
 
+def _add_export(commands) -> None:
+    """export: boundary images as grain label maps in a simulation's file format."""
+    export = commands.add_parser("export", help="label grains and write them for a simulation",
+                                 description="Turn boundary images (a folder of PNGs) into periodic grain label "
+                                 "maps and write each in a format of the field's tools, with a grain table "
+                                 "(<name>_grains.csv). damask, ang and vtk need: pip install -r requirements-materials.txt")
+    export.add_argument("--in", dest="input", required=True, type=Path, help="folder of boundary PNGs "
+                        "(white boundaries on black, e.g. the output of sample)")
+    export.add_argument("--format", required=True, choices=FORMATS, help="damask: DAMASK grid geometry (.vti) "
+                        "and material.yaml; ang: EBSD map (EDAX/TSL); vtk: image data for ParaView; npy: labels")
+    export.add_argument("--out", required=True, type=Path, help="folder for the files (existing files are "
+                        "never replaced)")
+    export.add_argument("--texture", choices=("random", *TEXTURES), default="random",
+                        help="orientations of the grains (damask, ang, vtk): uniformly random, or scattered "
+                        "about an fcc texture component")
+    export.add_argument("--spread", type=_non_negative_float, default=10.0,
+                        help="Gaussian scatter about the texture component, degrees (default 10)")
+    export.add_argument("--pixel-size", type=_positive_float, default=1.0, help="pixel edge in micrometres")
+    export.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the orientations")
+    export.add_argument("--not-periodic", action="store_true", help="the images do not tile: a grain cut by an "
+                        "edge is not joined to the other side")
+    export.add_argument("--quiet", action="store_true")
+    export.set_defaults(run=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m helpers", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_control, _add_bench, _add_tutorial):
+    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_control, _add_bench, _add_export,
+                _add_tutorial):
         add(commands)
     return parser
 
@@ -510,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         distributed.barrier()  # every rank done before the group is taken down
     except RankError:  # another rank failed and said why; this one stops with it
         return 2
-    except (DataError, LessonError, FileNotFoundError, TrainingError, CheckpointError, ConditionError,
-            ValueError) as exc:
+    except (DataError, LessonError, FileNotFoundError, FileExistsError, TrainingError, CheckpointError,
+            ConditionError, MissingPackage, ValueError) as exc:
         print(f"error: {distributed.prefix()}{exc}", file=sys.stderr)
         return 2
     finally:

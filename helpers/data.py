@@ -93,6 +93,11 @@ class VoronoiSample:
     image: np.ndarray  # (S, S) uint8 boundary image
 
 
+def voronoi_seeds(size: int) -> int:
+    """Seeds of a voronoi-gb image of side ``size`` at the training set's density (15 per 64x64)."""
+    return max(1, round(VORONOI_SEEDS * (size / 64) ** 2))
+
+
 def make_voronoi_gb(seed: int, index: int, size: int = 64, n_seeds: int = VORONOI_SEEDS) -> VoronoiSample:
     """Image ``index`` of the voronoi-gb set made with ``seed``."""
     rng = image_rng(seed, index)
@@ -192,13 +197,15 @@ def mbo_coarsen(labels: np.ndarray, target_grains: int, sigma: float = 3.0,
                        f"{max_iterations} iterations ({np.unique(labels).size} left)")
 
 
-def grain_neighbours(labels: np.ndarray) -> list[set[int]]:
-    """For each grain, the set of grains it touches (4-neighbours, with wrap-around)."""
+def grain_neighbours(labels: np.ndarray, periodic: bool = True) -> list[set[int]]:
+    """For each grain, the set of grains it touches (4-neighbours, with wrap-around when ``periodic``)."""
     n = int(labels.max()) + 1
     neighbours: list[set[int]] = [set() for _ in range(n)]
     for axis in (0, 1):
         other = np.roll(labels, 1, axis=axis)
         differ = labels != other
+        if not periodic:  # the first row (column) met the last one only through the wrap
+            differ[(slice(None),) * axis + (0,)] = False
         for a, b in set(zip(labels[differ].tolist(), other[differ].tolist())):
             neighbours[a].add(b)
             neighbours[b].add(a)

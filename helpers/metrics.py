@@ -279,6 +279,46 @@ def seam_ratio(masks) -> float:
     return float(seams / inside) if inside > 0 else float("nan")
 
 
+def seam_band(masks, resamples: int = 500, seed: int = 0) -> tuple[float, float]:
+    """``seam_ratio`` of a set and its standard error (bootstrap over images): a handful of
+    images has few seam pixels, so a ratio of 0.95 may be chance."""
+    masks = np.asarray(masks, dtype=bool)
+    rng = np.random.default_rng(seed)
+    draws = [seam_ratio(masks[rng.integers(0, len(masks), len(masks))]) for _ in range(resamples)]
+    return seam_ratio(masks), float(np.std(draws))
+
+
+def crops(masks, window: int) -> np.ndarray:
+    """Every non-overlapping ``window``-sized crop of a set of (N, H, W) masks, row by row."""
+    masks = np.asarray(masks)
+    n, height, width = masks.shape
+    if height % window or width % window:
+        raise ValueError(f"{height}x{width} images do not split into {window}x{window} crops")
+    blocks = masks.reshape(n, height // window, window, width // window, window)
+    return blocks.transpose(0, 1, 3, 2, 4).reshape(-1, window, window)
+
+
+def canvas_report(generated: np.ndarray, reference: np.ndarray, window: int, splits: int = 20,
+                  seed: int = 0) -> dict:
+    """Large generated canvases against real ones of the same size and seed density, as masks:
+    each descriptor's means and ratio to the noise floor for the whole canvases and for their
+    ``window``-sized crops (does the network keep the training size's statistics everywhere?),
+    and how the canvases tile (``seam_band``)."""
+    mine, real = describe_set(generated), describe_set(reference)
+    whole = compare_sets(mine, real, splits, seed)
+    in_crops = compare_sets(describe_set(crops(generated, window)), describe_set(crops(reference, window)),
+                            splits, seed)
+    means = {name: (mine.summary()[name][0], real.summary()[name][0]) for name in DESCRIPTORS}
+    return {
+        "size": int(generated.shape[-1]), "window": window, "generated": len(generated), "reference": len(reference),
+        "subset_size": whole.subset_size, "crop_subset_size": in_crops.subset_size,
+        "means": means,
+        "ratios": {name: whole.ratio(name) for name in SET_DISTANCES},
+        "crop_ratios": {name: in_crops.ratio(name) for name in SET_DISTANCES},
+        "seam": {"generated": seam_band(generated), "reference": seam_band(reference)},
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Set against set: distances, the real-vs-real noise floor, defects, memorisation
 # ---------------------------------------------------------------------------------------------

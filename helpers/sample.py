@@ -163,6 +163,63 @@ def guided(network: Callable, condition: torch.Tensor, guidance: float) -> Calla
     return mixed
 
 
+def canvas_size(model, size: Optional[int] = None) -> int:
+    """The side of the images ``model`` draws: its training size, or ``size`` when the network
+    can take it. A UNet is convolutional apart from its attention (which has no positions), so
+    it runs on any canvas its down-sampling divides; a periodic one samples a torus of that size,
+    which tiles. SeedUNet's LayerNorms fix its size."""
+    config = model.config()
+    if size is None or size == config["size"]:
+        return config["size"]
+    if config["name"] != "unet":
+        raise ValueError(f"a {config['name']} draws only the {config['size']}x{config['size']} images it was "
+                         f"built for, not {size}x{size}")
+    factor = 2 ** (len(config["widths"]) - 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < factor or size % factor:
+        raise ValueError(f"--size must be a multiple of {factor} (this network halves the image "
+                         f"{len(config['widths']) - 1} times), got {size!r}")
+    return size
+
+
+def window_weights(window: int) -> torch.Tensor:
+    """A (window, window) weight that is near 0 at a window's edges and peaks at its centre:
+    sin^2 along each axis. Windows half a window apart add up to exactly 1 everywhere
+    (sin^2 + cos^2 = 1), so the weighted average needs no division."""
+    ramp = torch.sin(torch.pi * (torch.arange(window, dtype=torch.float64) + 0.5) / window) ** 2
+    return (ramp[:, None] * ramp[None, :]).float()
+
+
+def windowed(network: Callable, window: int) -> Callable:
+    """A network ``f(x, t)`` for a canvas larger than the one it was trained on, as overlapping
+    windows (MultiDiffusion, Bar-Tal et al. 2023, on a torus): the canvas is cut into
+    ``window``-sized crops every ``window // 2`` pixels, wrapping around its edges; the network
+    predicts each crop; the predictions are blended with ``window_weights``. The sampler then
+    takes one step with the blended prediction, so every window agrees on one canvas at every
+    step. Each crop is the size the network was trained on, so its attention sees the field it
+    knows; the weights hide the crop edges, where a periodic network sees a false wrap.
+    Costs 4 network calls per pixel of canvas.
+    """
+    stride = window // 2
+    weights = window_weights(window)
+
+    def blended(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        if height % stride or width % stride or height < window or width < window:
+            raise ValueError(f"a canvas of {height}x{width} does not split into {window}-pixel windows "
+                             f"every {stride} pixels")
+        shifts = [(r, c) for r in range(0, height, stride) for c in range(0, width, stride)]
+        crops = torch.cat([torch.roll(x, (-r, -c), dims=(2, 3))[..., :window, :window] for r, c in shifts])
+        predicted = network(crops, t.repeat(len(shifts))).float() * weights.to(x.device)
+        out = torch.zeros(n, x.shape[1], height, width, device=x.device)
+        for (r, c), part in zip(shifts, predicted.split(n)):
+            placed = torch.zeros_like(out)
+            placed[..., :window, :window] = part
+            out += torch.roll(placed, (r, c), dims=(2, 3))
+        return out.to(x.dtype)
+
+    return blended
+
+
 @torch.no_grad()
 def batch_seed(seed: int, batch: int) -> int:
     """The seed of batch number ``batch`` of a draw seeded ``seed``. The first batch keeps
@@ -176,7 +233,8 @@ def batch_seed(seed: int, batch: int) -> int:
 def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
                batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
                progress: bool = False, condition: Optional[torch.Tensor] = None,
-               batches: Optional[Iterable[int]] = None) -> Iterator[tuple[int, torch.Tensor]]:
+               batches: Optional[Iterable[int]] = None, size: Optional[int] = None,
+               windows: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
     """The batches of ``generate`` one at a time, as (index of the batch's first image, images):
     all of them, or only the batch numbers in ``batches`` (a rank's share of a sharded job)."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -186,7 +244,7 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
     per_batch = len(sampler.timesteps(schedule))  # also checks the steps against the schedule
     weights = next(model.parameters())
     device = device or weights.device
-    size = model.config()["size"]
+    trained, size = model.config()["size"], canvas_size(model, size)
     network = model if weights.dtype == torch.float32 else reduced_precision(model, weights.dtype)
     if condition is not None:
         if "conditions" not in model.config():
@@ -194,6 +252,8 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
         network = guided(network, condition, sampler.guidance)
     elif sampler.guidance:
         raise ValueError(f"guidance {sampler.guidance:g} needs a condition to guide towards")
+    if windows:
+        network = windowed(network, trained)
     numbers = list(range(-(-n // batch_size)) if batches is None else batches)
     # the bar counts network calls (denoising steps), so a single large batch still shows progress
     bar = tqdm(total=len(numbers) * per_batch, desc=f"sampling {n} ({sampler.kind})", unit="step",
@@ -217,7 +277,8 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
 def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
              batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
              progress: bool = False, condition: Optional[torch.Tensor] = None,
-             batches: Optional[Iterable[int]] = None) -> torch.Tensor:
+             batches: Optional[Iterable[int]] = None, size: Optional[int] = None,
+             windows: bool = False) -> torch.Tensor:
     """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
 
     Each batch has its own seed (``batch_seed``), so the same arguments give the same images,
@@ -226,11 +287,14 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
     (GIF frames). A network whose weights are bf16 or fp16 runs in that type, the sampler's own
     arithmetic in float32. ``condition`` (a conditional network's normalised vector,
     ``conditions.target_vector``) asks every image for it, guided by ``sampler.guidance``.
+    ``size`` draws a larger (or smaller) canvas than the network was trained on (``canvas_size``);
+    ``windows`` draws it as overlapping windows of the training size (``windowed``).
     """
     parts = [images for _, images in each_batch(model, schedule, n, sampler, seed=seed, batch_size=batch_size,
                                                  device=device, callback=callback, progress=progress,
-                                                 condition=condition, batches=batches)]
-    return torch.cat(parts) if parts else torch.zeros(0, 1, model.config()["size"], model.config()["size"])
+                                                 condition=condition, batches=batches, size=size, windows=windows)]
+    side = canvas_size(model, size)
+    return torch.cat(parts) if parts else torch.zeros(0, 1, side, side)
 
 
 def sample_grid(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
@@ -277,7 +341,8 @@ def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Pat
 
 def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
                         seed: int = 0, max_frames: int = 60, device: Optional[torch.device] = None,
-                        show_x0: bool = True, condition: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Path]:
+                        show_x0: bool = True, condition: Optional[torch.Tensor] = None, size: Optional[int] = None,
+                        windows: bool = False) -> tuple[torch.Tensor, Path]:
     """Sample ``n`` images and write the reverse process as a GIF; returns (samples, gif path).
 
     Each frame shows the batch after the step and, with ``show_x0``, beside it the step's estimate
@@ -294,5 +359,5 @@ def reverse_process_gif(model, schedule: Schedule, n: int, path: Path, sampler: 
             frames.append(frame)
 
     images = generate(model, schedule, n, sampler, seed=seed, batch_size=n, device=device, callback=capture,
-                      condition=condition)
+                      condition=condition, size=size, windows=windows)
     return images, save_gif(frames, path)

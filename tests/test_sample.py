@@ -251,3 +251,53 @@ def test_gif_frames_show_the_x0_estimate_beside_the_images(weights, tmp_path):
             widths[show] = image.size[0]
             assert image.n_frames == 3
     assert widths[True] == 2 * widths[False]
+
+
+# ---- larger canvases ---------------------------------------------------------------------------
+def test_windows_half_a_window_apart_weigh_every_pixel_once():
+    weights = sample.window_weights(8)
+    canvas = torch.zeros(24, 24)
+    for r in range(0, 24, 4):
+        for c in range(0, 24, 4):
+            canvas += torch.roll(torch.nn.functional.pad(weights, (0, 16, 0, 16)), (r, c), dims=(0, 1))
+    assert torch.allclose(canvas, torch.ones(24, 24), atol=1e-6)
+    wide = sample.window_weights(64)
+    assert wide[0].max() < 1e-3 and wide[28:36, 28:36].min() > 0.9  # edges hidden, centre kept
+
+
+def test_blending_windows_changes_nothing_for_a_network_that_sees_one_pixel():
+    x, t = torch.randn(2, 1, 24, 32), torch.tensor([5, 9])
+    pointwise = lambda x, t: 3 * x + t[:, None, None, None]  # noqa: E731
+    assert torch.allclose(sample.windowed(pointwise, 8)(x, t), pointwise(x, t), atol=1e-5)
+    with pytest.raises(ValueError, match="does not split into 8-pixel windows every 4 pixels"):
+        sample.windowed(pointwise, 8)(torch.randn(1, 1, 20, 6), t[:1])
+
+
+def test_a_periodic_unet_draws_a_larger_canvas_that_tiles(weights):
+    model, schedule, _ = load_model(weights, CPU)
+    x, t = torch.randn(1, 1, 128, 128), torch.tensor([500])
+    with torch.no_grad():  # every layer wraps: shifting the torus (by whole strides) shifts the prediction
+        shifted = model(torch.roll(x, (36, 88), dims=(2, 3)), t)
+        assert torch.allclose(shifted, torch.roll(model(x, t), (36, 88), dims=(2, 3)), atol=1e-4)
+    images = sample.generate(model, schedule, 2, Sampler("ddim", 3), size=128, windows=True)
+    assert images.shape == (2, 1, 128, 128) and torch.isfinite(images).all()
+    assert sample.canvas_size(model) == 64 and sample.canvas_size(model, 96) == 96
+    with pytest.raises(ValueError, match="--size must be a multiple of 4"):
+        sample.canvas_size(model, 98)
+    seed = torch.nn.Module()
+    seed.config = lambda: {"name": "seed-unet", "size": 64}
+    with pytest.raises(ValueError, match="a seed-unet draws only the 64x64 images it was built for, not 128x128"):
+        sample.canvas_size(seed, 128)
+
+
+def test_the_sample_command_draws_a_large_canvas(weights, tmp_path, capsys):
+    out = tmp_path / "large"
+    assert main(["sample", "--checkpoint", str(weights), "--n", "3", "--steps", "2", "--size", "96",
+                 "--out", str(out), "--quiet"]) == 0
+    assert data.load_uint8(out).shape == (3, 96, 96) and "96x96" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--size", "98",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--size: --size must be a multiple of 4" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--windows", "--out", str(tmp_path / "c")]) == 2
+    assert "--windows draws a canvas larger than the 64x64" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -7,7 +7,7 @@ from helpers import ROOT
 LAYERS = [
     {"__init__"},
     {"data", "diffusion", "unet", "metrics", "conditions"},
-    {"viz", "device", "checkpoint", "distributed"},
+    {"viz", "device", "checkpoint", "distributed", "grains", "export"},
     {"sample"},
     {"train"},
     {"bench", "control", "notebooks", "exercises", "__main__"},
