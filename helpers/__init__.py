@@ -3,7 +3,8 @@
 Modules, one idea each, importing one way: ``data`` (generators, dataset folders, tensors),
 ``diffusion`` (schedules, forward jump, loss, samplers), ``unet`` (SeedUNet and UNet),
 ``metrics`` (microstructure statistics, set-vs-set evaluation), ``conditions`` (descriptors as
-a network's condition), ``viz`` (grids, GIFs, plots),
+a network's condition), ``viz`` (grids, GIFs, plots), ``grains`` (label maps from boundaries),
+``export`` (label maps in simulation formats),
 ``device`` (CUDA, MPS or CPU; precision; compile), ``checkpoint`` (model files), ``sample``
 (the Sampler, guidance, batches, PNGs, GIFs), ``train`` (the training run), ``bench``
 (throughput), ``control`` (how well a conditional model hits its targets),

@@ -218,6 +218,9 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     if args.windows and side <= trained:
         raise DataError(f"--windows draws a canvas larger than the {trained}x{trained} the network was trained on; "
                         f"give --size (e.g. --size {4 * trained})")
+    if args.windows and side % (trained // 2):
+        raise DataError(f"--size {side} with --windows: expected a multiple of {trained // 2} (windows of {trained} "
+                        f"every {trained // 2} pixels)")
     if args.batch_size is None:  # as many pixels per batch as 256 images of the training size
         args.batch_size = max(1, 256 * trained ** 2 // side ** 2)
     try:
@@ -439,7 +442,8 @@ def _add_sample(commands) -> None:
     sample.add_argument("--batch-size", type=_positive_int, help="images per batch (default: 256 at the "
                         "training size, fewer on a larger canvas: the same pixels per batch)")
     sample.add_argument("--size", type=_positive_int, help="draw a larger canvas than the network was trained on, "
-                        "e.g. 256 (a periodic UNet's samples tile at any size; a multiple of 4 for the default UNet)")
+                        "e.g. 256 (a periodic UNet's samples tile at any size it takes: a multiple of 4 for the default UNet, of 32 "
+                        "with --windows)")
     sample.add_argument("--windows", action="store_true", help="with --size: denoise the canvas as overlapping "
                         "windows of the training size, blended at every step (MultiDiffusion; 4x the arithmetic)")
     sample.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",

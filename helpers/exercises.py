@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import ROOT, control, data, diffusion, metrics, sample, train, unet
+from . import ROOT, control, data, diffusion, grains, metrics, sample, train, unet
 
 SOLUTIONS = ROOT / "solutions"
 
@@ -236,6 +236,33 @@ def _r_squared(candidate: Callable) -> str:
     return "R^2 of achieved against target for close, biased and ignored targets, as control.r_squared"
 
 
+# ---- lesson 08: from image to simulation ---------------------------------------------------
+def _window_weights(candidate: Callable) -> str:
+    for window in (8, 64):
+        got = torch.as_tensor(candidate(window)).float()
+        _close(f"window {window}", got, sample.window_weights(window), atol=1e-6)
+    canvas = torch.zeros(32, 32)
+    weights = torch.nn.functional.pad(torch.as_tensor(candidate(8)).float(), (0, 24, 0, 24))
+    for r in range(0, 32, 4):
+        for c in range(0, 32, 4):
+            canvas += torch.roll(weights, (r, c), dims=(0, 1))
+    _close("windows half a window apart, added up", canvas, torch.ones(32, 32), atol=1e-5)
+    return "sin^2 weights as sample.window_weights, adding up to 1 at every pixel of the canvas"
+
+
+def _periodic_centroid(candidate: Callable) -> str:
+    cases = {"a grain in the middle": np.array([30.5, 31.5, 32.5, 33.5]),
+             "a grain across the edge": np.array([62.5, 63.5, 0.5, 1.5, 2.5]),
+             "a wide grain across the edge": np.arange(50, 76) % 64 + 0.5}
+    for name, coordinates in cases.items():
+        expected = grains._periodic_mean(coordinates, np.zeros(len(coordinates), dtype=int), 64)[0]
+        got = float(candidate(coordinates, 64))
+        gap = abs((got - expected + 32) % 64 - 32)  # 63.99 and 0.01 are neighbours on the circle
+        if not gap < 1e-6:
+            raise NotRight(f"{name}: centre {got:.3f}, expected {expected:.3f}")
+    return "centres of grains in the middle and across the edge, as grains.grain_table finds them"
+
+
 @dataclass(frozen=True)
 class Exercise:
     """One exercise: the function a student writes and how it is checked."""
@@ -259,6 +286,8 @@ EXERCISES: dict[str, Exercise] = {
     "06_bootstrap": Exercise("bootstrap_interval", _bootstrap),
     "07_guidance": Exercise("guide", _guidance),
     "07_r_squared": Exercise("r_squared", _r_squared),
+    "08_window_weights": Exercise("window_weights", _window_weights),
+    "08_periodic_centroid": Exercise("periodic_centroid", _periodic_centroid),
 }
 
 

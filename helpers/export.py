@@ -6,15 +6,22 @@ Each format is written by the library its users read it with (an optional extra,
 - ``damask``: DAMASK's grid-solver geometry (VTK image data, .vti, cell data ``material`` = the
   grain number) through the ``damask`` package, with a ``material.yaml`` that gives each grain an
   orientation (phase ``Ni``, fcc; the constitutive parameters are yours to add).
-- ``ang``: an EBSD map in EDAX/TSL's .ang text format through ``orix`` (Bunge Euler angles per
-  pixel, phase Ni with space group 225, the grain number as an extra column), for MTEX, orix,
-  OIM Analysis, Dream3D.
-- ``vtk``: VTK image data (.vti) for ParaView through ``vtk``: cell data ``grain``, ``boundary``
-  (the generated image's mask) and ``euler`` (the grain's Bunge Euler angles, degrees).
+- ``ang``: an EBSD map in EDAX/TSL's .ang text format through ``orix`` (Bunge Euler angles in
+  radians per pixel, x and y in micrometres, phase Ni with nickel's fcc lattice, the grain number
+  as an extra column). The round trip through orix is tested; other readers (MTEX, OIM) may need
+  their setting for how the Euler frame sits on x and y.
+- ``vtk``: VTK image data (.vti) for ParaView through ``vtk``, spacing in micrometres: cell data
+  ``grain``, ``boundary`` (the generated image's mask) and ``euler`` (the grain's Bunge Euler
+  angles, degrees).
 - ``npy``: the label map as a NumPy int32 array (nothing extra to install).
 
-Orientations are drawn per grain by DAMASK's ``Rotation``: uniformly at random, or scattered
-about a named texture component (``TEXTURES``) with a Gaussian spread.
+Frame: x along the image's columns (rightwards), y along its rows (downwards), z into the image,
+so ParaView (y up) shows the image upside down. ``damask`` and ``vtk`` both write ``<name>.vti``:
+one folder per format.
+
+Orientations are drawn per grain by DAMASK's ``Rotation``: uniformly at random, or about one
+variant of a named texture component (``TEXTURES``), each grain misoriented from it by an angle
+drawn from |N(0, spread)| about a random axis (``Rotation.from_spherical_component``).
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ FORMATS = {"damask": (".vti", ("damask",)), "ang": (".ang", ("orix", "damask")),
 TEXTURES = {"cube": (0.0, 0.0, 0.0), "goss": (0.0, 45.0, 0.0), "brass": (35.26, 45.0, 0.0),
             "copper": (90.0, 35.26, 45.0), "s": (58.98, 36.7, 63.43)}
 NICKEL_LATTICE = 3.524  # fcc lattice parameter of nickel, angstrom
-GRID_UNIT = 1e-6  # DAMASK and VTK sizes in metres: one pixel is pixel_size micrometres
+GRID_UNIT = 1e-6  # DAMASK's sizes are in metres: one pixel is pixel_size micrometres (VTK, .ang: micrometres)
 
 
 class MissingPackage(ImportError):

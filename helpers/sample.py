@@ -194,10 +194,13 @@ def windowed(network: Callable, window: int) -> Callable:
     windows (MultiDiffusion, Bar-Tal et al. 2023, on a torus): the canvas is cut into
     ``window``-sized crops every ``window // 2`` pixels, wrapping around its edges; the network
     predicts each crop; the predictions are blended with ``window_weights``. The sampler then
-    takes one step with the blended prediction, so every window agrees on one canvas at every
-    step. Each crop is the size the network was trained on, so its attention sees the field it
-    knows; the weights hide the crop edges, where a periodic network sees a false wrap.
-    Costs 4 network calls per pixel of canvas.
+    takes one step with the blended prediction and one noise field for the canvas, so every window
+    agrees on one canvas at every step (for a deterministic step without clipping this is exactly
+    MultiDiffusion's average of the windows' own steps; with clipping or fresh noise, a variant
+    that keeps the noise at its right variance). Each crop is the size the network was trained
+    on, so its attention sees a field of the size it knows; the weights down-weight the crop
+    edges, next to the false wrap a periodic network sees in a crop. Costs 4 network calls per
+    pixel of canvas.
     """
     stride = window // 2
     weights = window_weights(window)
@@ -253,6 +256,9 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
     elif sampler.guidance:
         raise ValueError(f"guidance {sampler.guidance:g} needs a condition to guide towards")
     if windows:
+        if size < trained or size % (trained // 2):
+            raise ValueError(f"--windows needs a canvas that {trained // 2}-pixel steps divide, of at least "
+                             f"{trained}, got {size}")
         network = windowed(network, trained)
     numbers = list(range(-(-n // batch_size)) if batches is None else batches)
     # the bar counts network calls (denoising steps), so a single large batch still shows progress

@@ -148,6 +148,24 @@ def size_distribution(sets: Mapping[str, np.ndarray], path: str | Path | None = 
     return _save(fig, path)
 
 
+def grain_map(labels: np.ndarray, boundary: np.ndarray | None = None, title: str | None = None,
+              path: str | Path | None = None) -> plt.Figure:
+    """A grain label map in random colours (neighbours rarely alike), beside the boundary image
+    it came from when given."""
+    colours = np.random.default_rng(0).uniform(0.15, 1.0, size=(int(labels.max()) + 1, 3))
+    panels = ([("boundary image", boundary.astype(float), "gray")] if boundary is not None else []) + \
+        [(f"{int(labels.max()) + 1} grains", colours[labels], None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    for ax, (name, image, cmap) in zip(axes[0], panels):
+        ax.imshow(image, cmap=cmap, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def s2_curves(sets: Mapping[str, SetDescriptors], path: str | Path | None = None) -> plt.Figure:
     """Mean two-point correlation S2(r) per set, with its limits f (r = 0) and f^2 (long range)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -282,7 +282,7 @@ def test_a_rank_writes_only_its_own_batches(tmp_path):
     schedule, sampler = Schedule.create("cosine", 20, "v"), Sampler("ddim", steps=3, eta=1.0)
     for out, world in ((tmp_path / "alone", World()), (tmp_path / "rank1", World(1, 2))):
         out.mkdir()
-        args = Namespace(n=5, batch_size=2, seed=3, quiet=True, out=out)
+        args = Namespace(n=5, batch_size=2, seed=3, quiet=True, out=out, size=None, windows=False)
         _write_samples(model, schedule, sampler, args, torch.device("cpu"), None, world)
     assert sorted(p.name for p in (tmp_path / "rank1").iterdir()) == ["00002.png", "00003.png"]  # batch 1 of 0-2
     for name in ("00002.png", "00003.png"):

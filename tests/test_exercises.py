@@ -77,6 +77,9 @@ MISTAKES = {
     "06_bootstrap": _bootstrap_without_replacement,
     "07_guidance": lambda c, u, w: w * c + (1 - w) * u,  # a guidance *scale* s = w, not Ho & Salimans' w
     "07_r_squared": lambda t, a: np.corrcoef(t, a)[0, 1] ** 2,  # blind to a bias: hits +6 grains score 1
+    "08_window_weights": lambda w: torch.outer(*[torch.sin(torch.pi * (torch.arange(w) + 0.5) / w)] * 2),  # sin, not
+    # sin^2: overlapping windows then add up to more than 1
+    "08_periodic_centroid": lambda x, size: float(np.mean(x)),  # the plain mean: a grain across the edge lands mid-image
 }
 
 

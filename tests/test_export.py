@@ -96,3 +96,18 @@ def test_the_export_command_labels_a_folder_and_never_replaces_a_file(tmp_path, 
     assert "00000_grains.csv: already exists" in capsys.readouterr().err
     assert main(["export", "--in", str(tmp_path / "nowhere"), "--format", "npy", "--out", str(out)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_axes_are_columns_then_rows_in_every_format(tmp_path):
+    """A map that is not square: a swap of x and y cannot pass."""
+    labels = (np.arange(48 * 32).reshape(48, 32) // 5 % 7).astype(np.int32)  # 48 rows, 32 columns
+    micro = export.Microstructure(labels, labels == 0, export.orientations(7, seed=1), pixel_size=2.0)
+    import damask
+    from orix import io
+
+    grid = damask.GeomGrid.load(export.export(micro, "damask", tmp_path / "d")[0])
+    assert tuple(grid.cells) == (32, 48, 1) and grid.material[5, 7, 0] == labels[7, 5]
+    assert np.array_equal(export.read_labels(export.export(micro, "vtk", tmp_path / "v")[0]), labels)
+    xmap = io.load(export.export(micro, "ang", tmp_path / "a")[0])
+    assert xmap.shape == (48, 32) and np.allclose(xmap.x.reshape(48, 32)[7, 5], 10.0)
+    assert np.allclose(xmap.y.reshape(48, 32)[7, 5], 14.0)

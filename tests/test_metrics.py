@@ -209,3 +209,29 @@ def test_nearest_iou_in_blocks_finds_what_one_block_finds(monkeypatch):
         assert np.array_equal(index, block_index) and np.array_equal(iou, block_iou)
     assert np.array_equal(whole[0][1][:5], np.arange(5)) and np.all(whole[0][0][:5] == 1.0)  # copies find themselves
     assert np.all(whole[1][1] != np.arange(len(library)))  # no image is its own neighbour
+
+
+# ---- large canvases ----------------------------------------------------------------------------
+def test_crops_cut_each_canvas_row_by_row():
+    masks = np.arange(2 * 4 * 6).reshape(2, 4, 6) % 5 == 0
+    pieces = metrics.crops(masks, 2)
+    assert pieces.shape == (12, 2, 2)
+    assert np.array_equal(pieces[0], masks[0, :2, :2]) and np.array_equal(pieces[4], masks[0, 2:, 2:4])
+    assert np.array_equal(pieces[11], masks[1, 2:, 4:])
+    with pytest.raises(ValueError, match="4x6 images do not split into 4x4 crops"):
+        metrics.crops(masks, 4)
+
+
+def test_real_canvases_tile_and_match_the_training_density():
+    assert data.voronoi_seeds(64) == data.VORONOI_SEEDS and data.voronoi_seeds(256) == 240
+    real = np.stack([data.make_voronoi_gb(1, i, 128, data.voronoi_seeds(128)).image > 127 for i in range(8)])
+    ratio, error = metrics.seam_band(real)
+    assert abs(ratio - 1) < 3 * error and 0 < error < 0.2  # 8 canvases: 2,048 seam pairs, a noisy ratio
+    shifted = np.roll(real, 7, axis=2)[:, :, :-3]  # cut a strip: the seam is now a jump
+    assert metrics.seam_band(shifted)[0] > 1.5
+    report = metrics.canvas_report(real[:4], real[4:], window=64, splits=4)
+    assert report["size"] == 128 and report["generated"] == 4 and report["crop_subset_size"] == 8
+    assert report["means"]["grains"][0] == pytest.approx(metrics.describe_set(real[:4]).summary()["grains"][0])
+    assert set(report["ratios"]) == set(report["crop_ratios"]) == set(metrics.SET_DISTANCES)
+    blank = np.zeros_like(real[:4])
+    assert metrics.canvas_report(blank, real[4:], window=64, splits=4)["crop_ratios"]["boundary_fraction"] > 5

@@ -282,6 +282,8 @@ def test_a_periodic_unet_draws_a_larger_canvas_that_tiles(weights):
     images = sample.generate(model, schedule, 2, Sampler("ddim", 3), size=128, windows=True)
     assert images.shape == (2, 1, 128, 128) and torch.isfinite(images).all()
     assert sample.canvas_size(model) == 64 and sample.canvas_size(model, 96) == 96
+    with pytest.raises(ValueError, match="--windows needs a canvas that 32-pixel steps divide, of at least 64, got 80"):
+        sample.generate(model, schedule, 1, Sampler("ddim", 2), size=80, windows=True)
     with pytest.raises(ValueError, match="--size must be a multiple of 4"):
         sample.canvas_size(model, 98)
     seed = torch.nn.Module()
@@ -300,4 +302,7 @@ def test_the_sample_command_draws_a_large_canvas(weights, tmp_path, capsys):
     assert "--size: --size must be a multiple of 4" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--windows", "--out", str(tmp_path / "c")]) == 2
     assert "--windows draws a canvas larger than the 64x64" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--size", "80", "--windows", "--out",
+                 str(tmp_path / "d")]) == 2
+    assert "--size 80 with --windows: expected a multiple of 32" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "bcd")

@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -88,3 +89,12 @@ def test_plots_take_their_labels_from_the_metrics_table():
     assert [ax.get_xlabel() for ax in fig.axes] == ["grains per image (>= 4 px)", "mean lineal intercept (px)"]
     fig = viz.ratios_by_size_plot([2, 4], {"a": {"s2": [1.0, 1.0]}}, names=("s2",))
     assert fig.axes[0].get_title() == metrics.descriptor_label("s2") == "S2(r) curve (RMS)"
+
+
+def test_a_grain_map_gives_every_grain_its_own_colour(tmp_path):
+    labels = np.repeat(np.arange(6), 4)[None, :].repeat(5, axis=0)  # six stripes
+    fig = viz.grain_map(labels, labels % 2 == 0, title="stripes", path=tmp_path / "map.png")
+    shown = fig.axes[1].images[0].get_array()
+    assert len(fig.axes) == 2 and shown.shape == (5, 24, 3) and (tmp_path / "map.png").exists()
+    assert len(np.unique(shown.reshape(-1, 3), axis=0)) == 6
+    plt.close(fig)
