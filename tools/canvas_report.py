@@ -9,8 +9,9 @@ the training size, blended at every step) and --reference-n real voronoi-gb canv
 and seed density (``data.voronoi_seeds``; seed 1, not the training set's). For each way:
 descriptor means, ratios to the noise floor for the whole canvases and for their 64x64 crops
 (``metrics.canvas_report``), the seam ratio of a 2x2 tiling with its standard error, and the wall
-time. The samples are kept in --out/<way>/ (a rerun reuses them), the report in --out/report.json
-and report.md, a picture of one canvas of each tiled 2x2 in --out/tiles.png.
+time. The samples are kept in --out/<way>/ (a rerun reuses them; a larger --n draws only the
+batches that are missing), the report in --out/report.json and report.md, a picture of one canvas
+of each tiled 2x2 in --out/tiles.png.
 """
 from __future__ import annotations
 
@@ -31,23 +32,31 @@ import torch  # noqa: E402
 
 from helpers import data, metrics  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
-from helpers.sample import generate, recommended_sampler, write_pngs  # noqa: E402
+from helpers.sample import generate, recommended_sampler, write_batch, write_manifest  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 WAYS = {"whole": False, "windows": True}
 REFERENCE_SEED = 1
 
 
-def draw(model, schedule, sampler, args, windows: bool, folder: Path) -> tuple[np.ndarray, float | None]:
-    """The canvases of one way as masks, drawn now (and saved) or read back from a previous run."""
-    if (folder / data.MANIFEST).exists():
-        return metrics.boundary_masks(data.load_uint8(folder)), None
-    start = time.perf_counter()
-    images = generate(model, schedule, args.n, sampler, seed=args.seed, batch_size=args.batch_size,
-                      size=args.size, windows=windows, progress=True)
-    seconds = time.perf_counter() - start
-    write_pngs(images, folder)
-    return metrics.boundary_masks(images), seconds
+def draw(model, schedule, sampler, args, windows: bool, folder: Path) -> tuple[np.ndarray, float | None, int]:
+    """The canvases of one way as masks: read back from a previous run, and the batches it lacks
+    drawn now and saved (batch b has its own seed, so a run with a larger --n extends a smaller
+    one with the same --batch-size and --seed). The time is that of the batches drawn now."""
+    have = len(data.read_manifest(folder)) if (folder / data.MANIFEST).exists() else 0
+    if have % args.batch_size and have < args.n:
+        raise SystemExit(f"{folder}: {have} canvases, not whole batches of {args.batch_size}; use a new --out")
+    count = -(-args.n // args.batch_size)
+    start, seconds = time.perf_counter(), None
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(have // args.batch_size, count):
+        images = generate(model, schedule, args.n, sampler, seed=args.seed, batch_size=args.batch_size,
+                          size=args.size, windows=windows, progress=True, batches=[number])
+        write_batch(images, folder, number * args.batch_size, args.n)
+        seconds = time.perf_counter() - start
+    if seconds is not None:
+        write_manifest(folder, args.n)
+    return metrics.boundary_masks(data.load_uint8(folder)[:args.n]), seconds, max(args.n - have, 0)
 
 
 def markdown(reports: dict) -> str:
@@ -67,8 +76,9 @@ def markdown(reports: dict) -> str:
     seam = [f"{reports[w]['seam']['generated'][0]:.3f} ± {reports[w]['seam']['generated'][1]:.3f}" for w in ways]
     real = first["seam"]["reference"]
     lines.append("| seam ratio of a 2x2 tiling | " + " | ".join(seam) + f" | {real[0]:.3f} ± {real[1]:.3f} |")
-    lines.append("| wall time (s) | " + " | ".join(f"{reports[w]['seconds']:.0f}" if reports[w]["seconds"]
-                                                  else "(reused)" for w in ways) + " | |")
+    lines.append("| wall time (s) of the canvases drawn in this run | " + " | ".join(
+        f"{reports[w]['seconds']:.0f} ({reports[w]['drawn']} drawn)" if reports[w]["seconds"] else "(all reused)"
+        for w in ways) + " | |")
     return "\n".join(lines)
 
 
@@ -92,8 +102,8 @@ def main() -> None:
                      for i in range(args.reference_n)])
     reports = {}
     for way in args.ways:
-        masks, seconds = draw(model, schedule, sampler, args, WAYS[way], args.out / way)
-        reports[way] = {**metrics.canvas_report(masks, real, window), "seconds": seconds,
+        masks, seconds, drawn = draw(model, schedule, sampler, args, WAYS[way], args.out / way)
+        reports[way] = {**metrics.canvas_report(masks, real, window), "seconds": seconds, "drawn": drawn,
                         "sampler": sampler.describe(), "threads": torch.get_num_threads()}
         print(f"{way}: done", flush=True)
     table = markdown(reports)
