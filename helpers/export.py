@@ -99,8 +99,8 @@ def microstructure(boundary: np.ndarray, texture: Optional[str] = "random", spre
     """A boundary mask labelled (``grains.label_map``) and given orientations (``texture`` None:
     all grains at the identity, for formats that keep no orientation)."""
     labels = label_map(boundary, periodic)
-    euler = orientations(int(labels.max()) + 1, texture, spread, seed) if texture else \
-        np.zeros((int(labels.max()) + 1, 3))
+    count = int(labels.max()) + 1
+    euler = orientations(count, texture, spread, seed) if texture else np.zeros((count, 3))
     return Microstructure(labels, np.asarray(boundary, dtype=bool), euler, pixel_size)
 
 

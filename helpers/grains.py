@@ -83,17 +83,20 @@ class Grain:
     centroid_col: float
 
 
-def _periodic_mean(coordinates: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
-    """Per-grain mean of pixel coordinates on a circle of ``size`` (a grain across the edge has
-    its centroid near the edge, not in the middle of the image). A grain that runs all the way
-    round (its pixels' mean direction has length ~0) has no such centre: the plain mean."""
+def _centroid(coordinates: np.ndarray, weights: np.ndarray, size: int, periodic: bool) -> np.ndarray:
+    """Per-grain mean of pixel coordinates; with ``periodic``, on a circle of ``size`` (a grain
+    across the edge has its centroid near the edge, not in the middle of the image). A grain that
+    runs all the way round (its pixels' mean direction has length ~0) has no such centre: the
+    plain mean."""
+    counts = np.maximum(np.bincount(weights), 1)
+    plain = np.bincount(weights, coordinates) / counts
+    if not periodic:
+        return plain
     angles = 2 * np.pi * coordinates / size
     cos = np.bincount(weights, np.cos(angles))
     sin = np.bincount(weights, np.sin(angles))
-    counts = np.maximum(np.bincount(weights), 1)
     circular = (np.arctan2(sin, cos) % (2 * np.pi)) * size / (2 * np.pi)
-    around = np.hypot(cos, sin) < 1e-6 * counts
-    return np.where(around, np.bincount(weights, coordinates) / counts, circular)
+    return np.where(np.hypot(cos, sin) < 1e-6 * counts, plain, circular)
 
 
 def grain_table(labels: np.ndarray, periodic: bool = True) -> list[Grain]:
@@ -104,12 +107,8 @@ def grain_table(labels: np.ndarray, periodic: bool = True) -> list[Grain]:
     n = int(flat.max()) + 1
     areas = np.bincount(flat, minlength=n)
     rows, cols = np.indices(labels.shape).reshape(2, -1) + 0.5  # pixel centres
-    if periodic:
-        centroid_rows = _periodic_mean(rows, flat, labels.shape[0])
-        centroid_cols = _periodic_mean(cols, flat, labels.shape[1])
-    else:
-        centroid_rows = np.bincount(flat, rows) / np.maximum(areas, 1)
-        centroid_cols = np.bincount(flat, cols) / np.maximum(areas, 1)
+    centroid_rows = _centroid(rows, flat, labels.shape[0], periodic)
+    centroid_cols = _centroid(cols, flat, labels.shape[1], periodic)
     touching = grain_neighbours(labels, periodic)
     return [Grain(g, int(areas[g]), float(2 * np.sqrt(areas[g] / np.pi)), tuple(sorted(touching[g])),
                   float(centroid_rows[g]), float(centroid_cols[g])) for g in range(n)]

@@ -213,12 +213,13 @@ def windowed(network: Callable, window: int) -> Callable:
         shifts = [(r, c) for r in range(0, height, stride) for c in range(0, width, stride)]
         crops = torch.cat([torch.roll(x, (-r, -c), dims=(2, 3))[..., :window, :window] for r, c in shifts])
         predicted = network(crops, t.repeat(len(shifts))).float() * weights.to(x.device)
-        out = torch.zeros(n, x.shape[1], height, width, device=x.device)
+        # add each window in place on a canvas one stride wider, then wrap the overhang around
+        out = torch.zeros(n, x.shape[1], height + stride, width + stride, device=x.device)
         for (r, c), part in zip(shifts, predicted.split(n)):
-            placed = torch.zeros_like(out)
-            placed[..., :window, :window] = part
-            out += torch.roll(placed, (r, c), dims=(2, 3))
-        return out.to(x.dtype)
+            out[..., r:r + window, c:c + window] += part
+        out[..., :stride, :] += out[..., height:, :]  # the rows past the bottom edge
+        out[..., :, :stride] += out[..., :, width:]  # then the columns past the right, corner included
+        return out[..., :height, :width].to(x.dtype)
 
     return blended
 
@@ -299,8 +300,10 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
     parts = [images for _, images in each_batch(model, schedule, n, sampler, seed=seed, batch_size=batch_size,
                                                  device=device, callback=callback, progress=progress,
                                                  condition=condition, batches=batches, size=size, windows=windows)]
-    side = canvas_size(model, size)
-    return torch.cat(parts) if parts else torch.zeros(0, 1, side, side)
+    if parts:
+        return torch.cat(parts)
+    side = canvas_size(model, size)  # a rank given no batches: an empty set of the right shape
+    return torch.zeros(0, 1, side, side)
 
 
 def sample_grid(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
