@@ -34,6 +34,12 @@ def normalise(stats: dict, values) -> torch.Tensor:
     return ((values - mean) / std).float()
 
 
+def training_range(stats: dict, name: str) -> tuple[float, float]:
+    """The lowest and highest training value of the condition ``name``."""
+    index = stats["names"].index(name)
+    return stats["low"][index], stats["high"][index]
+
+
 def parse_targets(stats: dict | None, items: Sequence[str], source: str = "the model") -> dict[str, float]:
     """``["grains=30", ...]`` as {name: value}, checked against what ``source`` was trained on:
     every condition named once, each value a number inside the training range."""
@@ -49,7 +55,7 @@ def parse_targets(stats: dict | None, items: Sequence[str], source: str = "the m
             value = float(text)
         except ValueError:
             raise ConditionError(f"--condition {item}: expected NAME=VALUE with a number, e.g. {name}=30") from None
-        low, high = (stats[key][stats["names"].index(name)] for key in ("low", "high"))
+        low, high = training_range(stats, name)
         if not low <= value <= high:
             raise ConditionError(f"--condition {item}: outside the training range of {name}, {low:g} to {high:g}")
         targets[name] = value
@@ -61,5 +67,14 @@ def parse_targets(stats: dict | None, items: Sequence[str], source: str = "the m
 
 
 def target_vector(stats: dict, targets: dict[str, float]) -> torch.Tensor:
-    """The network's condition vector (k,) for {name: value} targets (``parse_targets``)."""
+    """The network's condition vector (k,) for {name: value} targets (``parse_targets`` reads them
+    from the command line). Refused for a condition left out or a value outside the training range,
+    where the network would extrapolate from what it never saw."""
+    missing = [name for name in stats["names"] if name not in targets]
+    if missing:
+        raise ConditionError(f"the model needs a value for {', '.join(missing)} too; got {targets}")
+    for name in stats["names"]:
+        low, high = training_range(stats, name)
+        if not low <= targets[name] <= high:
+            raise ConditionError(f"{name} = {targets[name]:g}: outside the training range of {name}, {low:g} to {high:g}")
     return normalise(stats, [targets[name] for name in stats["names"]])

@@ -50,11 +50,15 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
 
 
 def default_targets(stats: dict, count: int = 8) -> list[float]:
-    """``count`` whole-number targets of a model's first condition, spread geometrically over the
-    middle 90% of its training range (the ends hold too few real images to compare with)."""
+    """``count`` targets of a model's first condition, spread geometrically over the middle 90% of
+    its training range (the ends hold too few real images to compare with): whole numbers for a
+    count (grains), three significant figures for a length or a fraction."""
     low, high = stats["low"][0], stats["high"][0]
     margin = 0.05 * (high - low)
-    return [float(round(v)) for v in np.geomspace(low + margin, high - margin, count)]
+    values = np.geomspace(low + margin, high - margin, count)
+    if stats["names"][0] == "grains":
+        return [float(round(v)) for v in values]
+    return [float(f"{v:.3g}") for v in values]
 
 
 def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:

@@ -31,7 +31,7 @@ KINDS = ("voronoi-gb", "voronoi-gb-range", "grain-growth")
 MANIFEST = "manifest.csv"
 BOUNDARY, GRAIN = 255, 0  # pixel values of boundary and grain pixels in boundary images
 VORONOI_SEEDS = 15  # grains per voronoi-gb image, as in the original data
-RANGE_SEEDS = (3, 80)  # voronoi-gb-range: seeds per image, log-uniform (about 7 to 85 grains at 64x64)
+RANGE_SEEDS = (3, 80)  # voronoi-gb-range: seeds per image, log-uniform (4 to 90 grains at 64x64 in the shipped set)
 # voronoi-gb-range: the descriptors measured on each image, a manifest column each (conditions)
 RANGE_COLUMNS = ("grains", "lineal_intercept", "boundary_fraction")
 GROWTH_INITIAL_GRAINS = 120  # grains of the Voronoi map that grain-growth coarsens

@@ -146,9 +146,10 @@ def guided(network: Callable, condition: torch.Tensor, guidance: float) -> Calla
 
         f(x, t) = (1 + w) f(x, t, c) - w f(x, t, none),      w = ``guidance``,
 
-    the conditional prediction pushed away from the unconditional one. Both eps and v are linear in
-    the network's output, so the same mix serves either. w = 0 is the conditional model alone (one
-    network call); w > 0 makes both predictions in one batch of twice the size.
+    the conditional prediction pushed away from the unconditional one. The noise estimate (and x0's)
+    is affine in the network's output at a given x_t and t, and the weights 1 + w and -w add up to 1,
+    so the same mix serves a network that predicts eps or v. w = 0 is the conditional model alone
+    (one network call); w > 0 makes both predictions in one batch of twice the size.
     """
     condition = condition.reshape(1, -1)
     if not guidance:

@@ -57,6 +57,20 @@ def test_targets_are_scaled_like_the_training_values_and_checked_against_their_r
             conditions.parse_targets(stats, items)
     with pytest.raises(conditions.ConditionError, match="was trained without a condition"):
         conditions.parse_targets(None, ["grains=20"])
+    # the vector itself is checked too: a notebook that skips parse_targets cannot extrapolate
+    assert conditions.target_vector(stats, {"grains": 30.0}).tolist() == pytest.approx([1.2247], abs=1e-4)
+    with pytest.raises(conditions.ConditionError, match="grains = 40: outside the training range of grains, 10 to 30"):
+        conditions.target_vector(stats, {"grains": 40.0})
+    with pytest.raises(conditions.ConditionError, match="needs a value for grains too"):
+        conditions.target_vector(stats, {"size": 3.0})
+
+
+def test_default_targets_are_whole_grain_counts_and_three_figures_of_a_fraction():
+    grains = conditions.condition_stats(["grains"], np.array([[4.0], [90.0]]))
+    assert control.default_targets(grains) == [8.0, 12.0, 16.0, 23.0, 32.0, 44.0, 61.0, 86.0]
+    fraction = conditions.condition_stats(["boundary_fraction"], np.array([[0.083], [0.452]]))
+    targets = control.default_targets(fraction, count=4)
+    assert targets == [0.101, 0.165, 0.267, 0.434] and len(set(targets)) == 4
 
 
 # ---- the network and guidance -------------------------------------------------------------------
