@@ -34,10 +34,13 @@ def normalise(stats: dict, values) -> torch.Tensor:
     return ((values - mean) / std).float()
 
 
-def training_range(stats: dict, name: str) -> tuple[float, float]:
-    """The lowest and highest training value of the condition ``name``."""
+def check_range(stats: dict, name: str, value: float, label: str) -> None:
+    """Refuse a ``value`` of the condition ``name`` outside its training range (the network would
+    extrapolate from what it never saw); ``label`` names the value in the message."""
     index = stats["names"].index(name)
-    return stats["low"][index], stats["high"][index]
+    low, high = stats["low"][index], stats["high"][index]
+    if not low <= value <= high:
+        raise ConditionError(f"{label}: outside the training range of {name}, {low:g} to {high:g}")
 
 
 def parse_targets(stats: dict | None, items: Sequence[str], source: str = "the model") -> dict[str, float]:
@@ -55,9 +58,7 @@ def parse_targets(stats: dict | None, items: Sequence[str], source: str = "the m
             value = float(text)
         except ValueError:
             raise ConditionError(f"--condition {item}: expected NAME=VALUE with a number, e.g. {name}=30") from None
-        low, high = training_range(stats, name)
-        if not low <= value <= high:
-            raise ConditionError(f"--condition {item}: outside the training range of {name}, {low:g} to {high:g}")
+        check_range(stats, name, value, f"--condition {item}")
         targets[name] = value
     missing = [name for name in stats["names"] if name not in targets]
     if missing:
@@ -74,7 +75,5 @@ def target_vector(stats: dict, targets: dict[str, float]) -> torch.Tensor:
     if missing:
         raise ConditionError(f"the model needs a value for {', '.join(missing)} too; got {targets}")
     for name in stats["names"]:
-        low, high = training_range(stats, name)
-        if not low <= targets[name] <= high:
-            raise ConditionError(f"{name} = {targets[name]:g}: outside the training range of {name}, {low:g} to {high:g}")
+        check_range(stats, name, targets[name], f"{name} = {targets[name]:g}")
     return normalise(stats, [targets[name] for name in stats["names"]])

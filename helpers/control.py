@@ -23,11 +23,12 @@ REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never 
 # the ratios reported per target; dangling ends have no floor to speak of (real images have none),
 # so they are reported as a mean per image instead
 RATIO_NAMES = ("boundary_fraction", "grains", "lineal_intercept")
+COUNTS = ("grains",)  # descriptors that count things: whole-number targets, a tolerance of at least one
 
 
 def tolerance(target: float, name: str = "grains") -> float:
     """How close a real image's descriptor must be to the target: 5%, and at least one grain."""
-    return max(1.0, 0.05 * target) if name == "grains" else 0.05 * abs(target)
+    return max(1.0, 0.05 * target) if name in COUNTS else 0.05 * abs(target)
 
 
 def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int = REAL_SEED,
@@ -56,7 +57,7 @@ def default_targets(stats: dict, count: int = 8) -> list[float]:
     low, high = stats["low"][0], stats["high"][0]
     margin = 0.05 * (high - low)
     values = np.geomspace(low + margin, high - margin, count)
-    if stats["names"][0] == "grains":
+    if stats["names"][0] in COUNTS:
         return [float(round(v)) for v in values]
     return [float(f"{v:.3g}") for v in values]
 
