@@ -289,7 +289,11 @@ def _control(args: argparse.Namespace) -> None:
     name = stats["names"][0]
     targets = args.targets or default_targets(stats)
     parse_targets(stats, [f"{name}={t:g}" for t in targets], str(args.checkpoint))  # each inside the range
-    sampler = recommended_sampler(payload).replace(steps=args.steps)
+    try:
+        sampler = recommended_sampler(payload).replace(kind=args.sampler, steps=args.steps, eta=args.eta)
+        sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
+    except ValueError as exc:
+        raise DataError(f"--sampler/--steps/--eta: {exc}") from None
     start = time.perf_counter()
     reports = guidance_sweep(model, schedule, stats, targets, args.n, sampler, scales=args.guidance,
                              name=name, seed=args.seed, device=device, splits=args.splits)
@@ -515,7 +519,9 @@ def _add_control(commands) -> None:
     control.add_argument("--n", type=_positive_int, default=64, help="samples per target (default 64)")
     control.add_argument("--guidance", type=_non_negative_float, nargs="+", default=[0.0, 1.0, 2.0, 4.0],
                          metavar="W", help="guidance scales to compare (default 0 1 2 4)")
+    control.add_argument("--sampler", choices=SAMPLERS, help="default: the model's recommended sampler")
     control.add_argument("--steps", type=_positive_int, help="sampler steps (default: the model's)")
+    control.add_argument("--eta", type=_fraction, help="fresh noise per step, 0 to 1 (default: the model's)")
     control.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32")
     control.add_argument("--seed", type=_non_negative_int, default=0)
     control.add_argument("--splits", type=_positive_int, default=20, help="random splits for each noise floor")

@@ -143,6 +143,11 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert [r["sampler"] for r in reports] == ["DDIM-2, eta 0", "DDIM-2, eta 0, guidance 2"]
     assert all(len(r["achieved_mean"]) == 2 and r["r2"] <= 1 and len(r["ratios"]) == 2 for r in reports)
     assert (tmp_path / "c.png").stat().st_size > 1000
+    assert main(["control", "--checkpoint", str(conditional), "--targets", "10", "--n", "2", "--guidance", "1",
+                 "--sampler", "dpm++2m", "--steps", "3", "--eta", "0.5", "--splits", "2"]) == 0
+    assert "DPM-Solver++(2M)-3, eta 0.5, guidance 1" in capsys.readouterr().out
+    assert main(["control", "--checkpoint", str(conditional), "--steps", "5000"]) == 2
+    assert "--sampler/--steps/--eta:" in capsys.readouterr().err
     assert main(["control", "--checkpoint", str(data.DATA_ROOT / "pretrained" / "model.pt")]) == 2
     assert "trained without a condition" in capsys.readouterr().err
 
