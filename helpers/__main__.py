@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
-from .conditions import ConditionError, parse_targets, target_vector
-from .control import default_targets, format_control, guidance_sweep
+from .conditions import ConditionError, check_range, parse_targets, target_vector
+from .control import check_target, default_targets, format_control, guidance_sweep
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
                    read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
@@ -286,9 +286,14 @@ def _control(args: argparse.Namespace) -> None:
     stats = payload.get("condition")
     if not stats:
         raise ConditionError(f"{args.checkpoint} was trained without a condition; expected a conditional model")
+    if len(stats["names"]) > 1:
+        raise ConditionError(f"{args.checkpoint} is conditioned on {', '.join(stats['names'])}; control measures a "
+                             f"model conditioned on one descriptor (sample with --condition, then evaluate)")
     name = stats["names"][0]
     targets = args.targets or default_targets(stats)
-    parse_targets(stats, [f"{name}={t:g}" for t in targets], str(args.checkpoint))  # each inside the range
+    for target in targets:  # each inside the range, and a whole number of a count
+        check_range(stats, name, target, f"--targets {target:g}")
+        check_target(name, target, f"--targets {target:g}")
     try:
         sampler = recommended_sampler(payload).replace(kind=args.sampler, steps=args.steps, eta=args.eta)
         sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work

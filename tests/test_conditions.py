@@ -142,6 +142,8 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     reports = json.loads((tmp_path / "c.json").read_text())["reports"]
     assert [r["sampler"] for r in reports] == ["DDIM-2, eta 0", "DDIM-2, eta 0, guidance 2"]
     assert all(len(r["achieved_mean"]) == 2 and r["r2"] <= 1 and len(r["ratios"]) == 2 for r in reports)
+    # the descriptor asked for is judged by its error, the others by their ratios to the noise floor
+    assert all(set(ratios) == {"boundary_fraction", "lineal_intercept"} for r in reports for ratios in r["ratios"])
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert main(["control", "--checkpoint", str(conditional), "--targets", "10", "--n", "2", "--guidance", "1",
                  "--sampler", "dpm++2m", "--steps", "3", "--eta", "0.5", "--splits", "2"]) == 0
@@ -150,6 +152,17 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert "--sampler/--steps/--eta:" in capsys.readouterr().err
     assert main(["control", "--checkpoint", str(data.DATA_ROOT / "pretrained" / "model.pt")]) == 2
     assert "trained without a condition" in capsys.readouterr().err
+    for targets, message in ((["95"], "--targets 95: outside the training range of grains"),
+                             (["12.5"], "--targets 12.5: grains counts whole things; expected a whole number")):
+        assert main(["control", "--checkpoint", str(conditional), "--targets", *targets]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    two = load_checkpoint(conditional)  # the same file claiming two conditions: refused before any work
+    two["condition"] = conditions.condition_stats(["grains", "boundary_fraction"], np.array([[4.0, 0.1], [90, 0.4]]))
+    torch.save(two, tmp_path / "two.pt")
+    assert main(["control", "--checkpoint", str(tmp_path / "two.pt")]) == 2
+    assert "is conditioned on grains, boundary_fraction; control measures a model conditioned on one" \
+        in capsys.readouterr().err
 
 
 def test_an_unconditional_model_refuses_a_condition_in_python_too():
@@ -159,11 +172,16 @@ def test_an_unconditional_model_refuses_a_condition_in_python_too():
 
 
 # ---- the report's pieces ----------------------------------------------------------------------
-def test_real_images_at_a_target_have_about_that_many_grains_and_r2_scores_control():
+def test_real_images_at_a_target_have_that_many_grains_and_r2_scores_control():
     real = control.real_at_targets([10, 40], 6, max_draws=5000)
     for target, masks in real.items():
-        grains = [metrics.grain_count(m) for m in masks]
-        assert len(masks) == 6 and all(abs(g - target) <= control.tolerance(target) for g in grains)
+        assert len(masks) == 6 and [metrics.grain_count(m) for m in masks] == [target] * 6  # a count: exactly
+    with pytest.raises(conditions.ConditionError, match="target 10.5: grains counts whole things"):
+        control.real_at_targets([10.5], 2)
+    assert control.ratio_names("grains") == ("boundary_fraction", "lineal_intercept")
+    assert control.ratio_names("lineal_intercept") == ("boundary_fraction", "grains")
+    seeds = {control.target_seed(seed, i) for seed in range(3) for i in range(3)}
+    assert len(seeds) == 9  # no target of one run shares its noise with a target of another
     by_intercept = control.real_at_targets([15.0], 3, max_draws=3000, name="lineal_intercept")[15.0]
     assert all(abs(metrics.describe(m)["lineal_intercept"] - 15.0) <= 0.75 for m in by_intercept)
     targets = np.array([10.0, 10, 40, 40])
