@@ -24,8 +24,8 @@ from .diffusion import PREDICTIONS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .sample import (SAMPLERS, canvas_size, each_batch, generate, recommended_sampler, reverse_process_gif,
-                     write_batch, write_manifest, write_pngs)
+from .sample import (SAMPLERS, canvas_size, check_guidance, each_batch, generate, recommended_sampler,
+                     reverse_process_gif, write_batch, write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
 from .unet import MODELS
@@ -236,6 +236,7 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     stats, condition = payload.get("condition"), None
     if args.condition:
         condition = target_vector(stats, parse_targets(stats, args.condition, str(args.checkpoint)))
+        check_guidance(payload, sampler.guidance, str(args.checkpoint))
     elif args.guidance:
         raise DataError(f"--guidance {args.guidance:g} needs a --condition to guide towards")
     elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
@@ -299,6 +300,8 @@ def _control(args: argparse.Namespace) -> None:
         sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
     except ValueError as exc:
         raise DataError(f"--sampler/--steps/--eta: {exc}") from None
+    for w in args.guidance:
+        check_guidance(payload, w, str(args.checkpoint))
     start = time.perf_counter()
     reports = guidance_sweep(model, schedule, stats, targets, args.n, sampler, scales=args.guidance,
                              name=name, seed=args.seed, device=device, splits=args.splits)

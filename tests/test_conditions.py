@@ -163,6 +163,15 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert main(["control", "--checkpoint", str(tmp_path / "two.pt")]) == 2
     assert "is conditioned on grains, boundary_fraction; control measures a model conditioned on one" \
         in capsys.readouterr().err
+    never_dropped = load_checkpoint(conditional)  # no unconditional prediction learned: nothing to guide with
+    never_dropped["train_config"]["condition_dropout"] = 0.0
+    torch.save(never_dropped, tmp_path / "never.pt")
+    for command, w in ((["sample", "--condition", "grains=20", "--guidance", "1", "--out", str(tmp_path / "d")], 1),
+                       (["control", "--guidance", "0", "2"], 2)):
+        assert main([command[0], "--checkpoint", str(tmp_path / "never.pt"), *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert f"guidance {w}: {tmp_path / 'never.pt'} was trained with condition_dropout 0" in err
+        assert err.count("\n") == 1 and not (tmp_path / "d").exists()
 
 
 def test_an_unconditional_model_refuses_a_condition_in_python_too():
