@@ -120,7 +120,8 @@ class ControlReport:
                 "worst_ratio": max(max(r.values()) for r in self.ratios),
                 "dangling_ends": float(np.mean(self.dangling_ends)),
                 "targets": self.targets, "achieved_mean": [float(np.mean(a)) for a in self.achieved],
-                "achieved_sd": [float(np.std(a)) for a in self.achieved], "ratios": self.ratios}
+                "achieved_sd": [float(np.std(a)) for a in self.achieved], "ratios": self.ratios,
+                "dangling_ends_by_target": self.dangling_ends}
 
 
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,

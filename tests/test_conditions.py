@@ -141,7 +141,9 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
                  "--plot", str(tmp_path / "c.png")]) == 0
     reports = json.loads((tmp_path / "c.json").read_text())["reports"]
     assert [r["sampler"] for r in reports] == ["DDIM-2, eta 0", "DDIM-2, eta 0, guidance 2"]
-    assert all(len(r["achieved_mean"]) == 2 and r["r2"] <= 1 and len(r["ratios"]) == 2 for r in reports)
+    assert all(len(r["achieved_mean"]) == len(r["achieved_sd"]) == len(r["ratios"]) == 2 and r["r2"] <= 1
+               for r in reports)
+    assert all(np.mean(r["dangling_ends_by_target"]) == pytest.approx(r["dangling_ends"]) for r in reports)
     # the descriptor asked for is judged by its error, the others by their ratios to the noise floor
     assert all(set(ratios) == {"boundary_fraction", "lineal_intercept"} for r in reports for ratios in r["ratios"])
     assert (tmp_path / "c.png").stat().st_size > 1000
