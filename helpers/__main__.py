@@ -16,7 +16,7 @@ from . import distributed, metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
 from .conditions import ConditionError, check_range, parse_targets, target_vector
-from .control import check_target, default_targets, format_control, guidance_sweep
+from .control import check_target, default_targets, format_control, guidance_sweep, measured_condition
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
                    read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
@@ -285,12 +285,7 @@ def _control(args: argparse.Namespace) -> None:
     device = pick_device()
     model, schedule, payload = load_model(args.checkpoint, device, args.precision)
     stats = payload.get("condition")
-    if not stats:
-        raise ConditionError(f"{args.checkpoint} was trained without a condition; expected a conditional model")
-    if len(stats["names"]) > 1:
-        raise ConditionError(f"{args.checkpoint} is conditioned on {', '.join(stats['names'])}; control measures a "
-                             f"model conditioned on one descriptor (sample with --condition, then evaluate)")
-    name = stats["names"][0]
+    name = measured_condition(stats, str(args.checkpoint))
     targets = args.targets or default_targets(stats)
     for target in targets:  # each inside the range, and a whole number of a count
         check_range(stats, name, target, f"--targets {target:g}")

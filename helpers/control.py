@@ -19,7 +19,7 @@ import torch
 from . import data as data_module
 from . import metrics
 from .conditions import ConditionError, target_vector
-from .sample import Sampler, generate
+from .sample import Sampler, derived_seed, generate
 
 REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
 # the descriptors whose ratios to the noise floor are reported at each target, but for the one asked
@@ -27,6 +27,17 @@ REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never 
 # mean per image instead
 RATIO_NAMES = ("boundary_fraction", "grains", "lineal_intercept")
 COUNTS = ("grains",)  # descriptors that count things: whole-number targets, matched exactly
+
+
+def measured_condition(stats: dict | None, source: str = "the model") -> str:
+    """The one descriptor a model is conditioned on, the one control measures; refused for an
+    unconditional model or one conditioned on several (their targets are tied pairs, not a line)."""
+    if not stats:
+        raise ConditionError(f"{source} was trained without a condition; expected a conditional model")
+    if len(stats["names"]) > 1:
+        raise ConditionError(f"{source} is conditioned on {', '.join(stats['names'])}; control measures a model "
+                             f"conditioned on one descriptor (sample with --condition, then evaluate)")
+    return stats["names"][0]
 
 
 def ratio_names(name: str) -> tuple[str, ...]:
@@ -50,8 +61,9 @@ def check_target(name: str, value: float, label: str) -> None:
 
 def target_seed(seed: int, index: int) -> int:
     """The sampling seed of target number ``index`` of a run seeded ``seed``: one stream per
-    (seed, target), so that runs with different seeds share no target's noise."""
-    return int(np.random.SeedSequence([seed, index, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    (seed, target), so that runs with different seeds share no target's noise (the third key keeps
+    it apart from ``batch_seed``'s (seed, batch) streams)."""
+    return derived_seed(seed, index, 1)
 
 
 def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int = REAL_SEED,
@@ -130,9 +142,8 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
     """Sample ``n`` images at each target value of ``name`` and measure them: achieved against target,
     and each target's ratios to the noise floor against ``real`` images at that target (drawn
     fresh, 2n per target, when not given)."""
-    if stats is None or stats["names"] != [name]:
-        raise ValueError(f"controllability measures a model conditioned on {name} alone; "
-                         f"this one is conditioned on {stats and stats['names']}")
+    if measured_condition(stats) != name:
+        raise ConditionError(f"{name} was asked for; the model is conditioned on {stats['names'][0]}")
     real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"], name=name)
     achieved, ratios, ends = [], [], []
     for i, target in enumerate(targets):

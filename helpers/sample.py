@@ -234,13 +234,17 @@ def windowed(network: Callable, window: int) -> Callable:
 
 
 @torch.no_grad()
+def derived_seed(*keys: int) -> int:
+    """A seed for the tuple of whole numbers ``keys`` (numpy's SeedSequence): distinct tuples give
+    unrelated streams, whatever their numbers."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def batch_seed(seed: int, batch: int) -> int:
     """The seed of batch number ``batch`` of a draw seeded ``seed``. The first batch keeps
     ``seed``; each later one gets its own, so that a batch's images do not depend on which
     process draws it or on the batches before it (a sharded job draws the same images)."""
-    if batch == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return seed if batch == 0 else derived_seed(seed, batch)
 
 
 def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,

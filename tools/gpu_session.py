@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from helpers import bench, data, train  # noqa: E402
 from helpers.device import MEMORY_FORMATS, device_name, pick_device  # noqa: E402
 from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
-from helpers.control import default_targets, format_control, guidance_sweep  # noqa: E402
+from helpers.control import default_targets, format_control, guidance_sweep, measured_condition  # noqa: E402
 from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  # noqa: E402
 
 PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control", "ddp"]
@@ -286,7 +286,8 @@ def main() -> None:
         if "condition" not in payload:
             s.log("control: the model is unconditional; skipped")
             return
-        stats, name = payload["condition"], payload["condition"]["names"][0]
+        stats = payload["condition"]
+        name = measured_condition(stats)
         targets = default_targets(stats)
         n, scales = (2, (0.0, 2.0)) if smoke else (64, (0.0, 1.0, 2.0, 4.0))
         reports = guidance_sweep(model, schedule, stats, targets[:2] if smoke else targets, n,
