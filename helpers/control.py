@@ -7,6 +7,12 @@ grain count is 30 (a length or a fraction: within 5% of the target). That is the
 distribution conditioned on the target, the reference a conditional sample should be
 indistinguishable from. The descriptor asked for is judged by its error (R^2, mean absolute error),
 not by a ratio: its real spread at a target is set by the tolerance, not by the data.
+
+A sample that misses its target (31 grains for 30) differs from real images at the target in its
+other descriptors too, as real images with 31 grains do. So each target's samples are also compared
+with real images matched to them one by one (each sample's measured value, the same tolerance):
+those ratios ask whether the images are realistic for what they came out as, apart from how well
+they hit the target.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from .conditions import ConditionError, target_vector
 from .sample import Sampler, derived_seed, generate
 
 REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
+MATCHED_SEED = 1001  # nor these: the real images matched to samples, apart from those at the targets
 # the descriptors whose ratios to the noise floor are reported at each target, but for the one asked
 # for; dangling ends have no floor to speak of (real images have none), so they are reported as a
 # mean per image instead
@@ -66,6 +73,43 @@ def target_seed(seed: int, index: int) -> int:
     return derived_seed(seed, index, 1)
 
 
+# each stream's measured values by image index, (seed, size, descriptor) -> values: a second pass over
+# a stream (the next guidance scale's matched images) measures nothing again
+_MEASURED: dict[tuple[int, int, str], list[float]] = {}
+
+
+def real_image(seed: int, index: int, size: int = 64) -> np.ndarray:
+    """Image ``index`` of the voronoi-gb-range stream ``seed``, as a boundary mask."""
+    return data_module.make_voronoi_gb_range(seed, index, size).image >= 128
+
+
+def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int = 64, seed: int = REAL_SEED,
+              max_draws: int = 200_000) -> list[list[np.ndarray]]:
+    """Up to ``per`` fresh voronoi-gb-range boundary masks for each entry of ``values`` whose
+    descriptor ``name`` lies within ``tolerance`` of it, drawn in one pass over image indices that
+    ends when every entry has its ``per`` or after ``max_draws`` images (an entry the generator
+    rarely makes comes back short). A drawn image goes to the first entry it fits that still needs
+    one, so no image is counted twice."""
+    wanted = np.asarray(values, dtype=np.float64)
+    allowed = np.array([tolerance(v, name) for v in wanted])
+    found: list[list[np.ndarray]] = [[] for _ in wanted]
+    missing = np.full(len(wanted), per)
+    measured = _MEASURED.setdefault((seed, size, name), [])
+    measure = metrics.grain_count if name == "grains" else (lambda mask: metrics.describe(mask)[name])
+    for index in range(max_draws):
+        if not missing.any():
+            break
+        mask = None
+        if index == len(measured):
+            mask = real_image(seed, index, size)
+            measured.append(float(measure(mask)))
+        fits = np.flatnonzero((missing > 0) & (np.abs(measured[index] - wanted) <= allowed))
+        if len(fits):
+            found[fits[0]].append(real_image(seed, index, size) if mask is None else mask)
+            missing[fits[0]] -= 1
+    return found
+
+
 def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int = REAL_SEED,
                     max_draws: int = 200_000, name: str = "grains") -> dict[float, np.ndarray]:
     """``n`` fresh voronoi-gb-range boundary masks per target value of the descriptor ``name``
@@ -73,18 +117,32 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
     first (a target outside what the generator makes)."""
     for target in targets:
         check_target(name, target, f"target {target:g}")
-    measure = metrics.grain_count if name == "grains" else (lambda mask: metrics.describe(mask)[name])
-    found: dict[float, list[np.ndarray]] = {t: [] for t in targets}
-    for index in range(max_draws):
-        mask = data_module.make_voronoi_gb_range(seed, index, size).image >= 128
-        value = measure(mask)
-        for target, masks in found.items():
-            if len(masks) < n and abs(value - target) <= tolerance(target, name):
-                masks.append(mask)
-        if all(len(masks) == n for masks in found.values()):
-            return {t: np.stack(masks) for t, masks in found.items()}
-    short = {t: len(m) for t, m in found.items() if len(m) < n}
-    raise ValueError(f"only {short} real images near these values of {name} in {max_draws} draws; expected {n} each")
+    found = draw_real(targets, n, name, size, seed, max_draws)
+    short = {t: len(m) for t, m in zip(targets, found) if len(m) < n}
+    if short:
+        raise ValueError(f"only {short} real images near these values of {name} in {max_draws} draws; "
+                         f"expected {n} each")
+    return {t: np.stack(masks) for t, masks in zip(targets, found)}
+
+
+def matched_ratios(generated: metrics.SetDescriptors, name: str, within: tuple[float, float], size: int = 64,
+                   per: int = 2, seed: int = MATCHED_SEED, splits: int = 20, max_draws: int = 100_000,
+                   comparison_seed: int = 0) -> tuple[dict[str, float], int]:
+    """The ratios to the noise floor of ``generated`` against real images matched to it one by one:
+    ``per`` real images whose ``name`` is each sample's own (within ``tolerance``). Samples outside
+    ``within`` (the model's training range) or that the draws did not match are left out; returns
+    the ratios (NaN with fewer than 2 samples matched) and how many samples were left out."""
+    values = generated.per_image[name].astype(float)
+    inside = np.flatnonzero((values >= within[0]) & (values <= within[1]))
+    found = draw_real(values[inside], per, name, size, seed, max_draws)
+    kept = [i for i, masks in zip(inside, found) if len(masks) == per]
+    names = ratio_names(name)
+    if len(kept) < 2:
+        return {d: float("nan") for d in names}, len(values) - len(kept)
+    real = np.stack([mask for masks in found if len(masks) == per for mask in masks])
+    comparison = metrics.compare_sets(generated.subset(np.array(kept)), metrics.describe_set(real), splits=splits,
+                                      seed=comparison_seed)
+    return {d: comparison.ratio(d) for d in names}, len(values) - len(kept)
 
 
 def default_targets(stats: dict, count: int = 8) -> list[float]:
@@ -107,6 +165,12 @@ def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:
     return 1.0 - residual / spread if spread > 0 else float("nan")
 
 
+def worst(ratios: Sequence[dict[str, float]]) -> float:
+    """The largest ratio over targets and descriptors, NaNs (nothing to compare) left out."""
+    values = [v for r in ratios for v in r.values() if not np.isnan(v)]
+    return max(values) if values else float("nan")
+
+
 @dataclass
 class ControlReport:
     """One sampler's (and guidance's) control over a descriptor, over a list of targets."""
@@ -117,6 +181,8 @@ class ControlReport:
     achieved: list[list[float]]  # per target: each sample's measured value
     ratios: list[dict[str, float]]  # per target: distance / noise floor, against real images at the target
     dangling_ends: list[float]  # per target: mean dangling ends per sample
+    matched: list[dict[str, float]]  # per target: the ratios against real images matched to each sample
+    unmatched: list[int]  # per target: samples left out of ``matched`` (outside the training range, or rare)
 
     @property
     def r2(self) -> float:
@@ -129,11 +195,13 @@ class ControlReport:
 
     def summary(self) -> dict:
         return {"name": self.name, "sampler": self.sampler, "r2": self.r2, "mae": self.mae,
-                "worst_ratio": max(max(r.values()) for r in self.ratios),
+                "worst_ratio": worst(self.ratios),
                 "dangling_ends": float(np.mean(self.dangling_ends)),
                 "targets": self.targets, "achieved_mean": [float(np.mean(a)) for a in self.achieved],
                 "achieved_sd": [float(np.std(a)) for a in self.achieved], "ratios": self.ratios,
-                "dangling_ends_by_target": self.dangling_ends}
+                "dangling_ends_by_target": self.dangling_ends,
+                "worst_matched_ratio": worst(self.matched), "matched_ratios": self.matched,
+                "unmatched": self.unmatched}
 
 
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
@@ -145,7 +213,9 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
     if measured_condition(stats) != name:
         raise ConditionError(f"{name} was asked for; the model is conditioned on {stats['names'][0]}")
     real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"], name=name)
-    achieved, ratios, ends = [], [], []
+    index = stats["names"].index(name)
+    within = (stats["low"][index], stats["high"][index])
+    achieved, ratios, ends, matched, unmatched = [], [], [], [], []
     for i, target in enumerate(targets):
         images = generate(model, schedule, n, sampler, seed=target_seed(seed, i), device=device,
                           condition=target_vector(stats, {name: target}))
@@ -154,7 +224,12 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         achieved.append(generated.per_image[name].astype(float).tolist())
         ratios.append({d: comparison.ratio(d) for d in ratio_names(name)})
         ends.append(float(generated.per_image["dangling_ends"].mean()))
-    return ControlReport(name, sampler.describe(), [float(t) for t in targets], achieved, ratios, ends)
+        like, left_out = matched_ratios(generated, name, within, model.config()["size"], splits=splits,
+                                        comparison_seed=i)
+        matched.append(like)
+        unmatched.append(left_out)
+    return ControlReport(name, sampler.describe(), [float(t) for t in targets], achieved, ratios, ends, matched,
+                         unmatched)
 
 
 def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,
@@ -169,19 +244,26 @@ def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: in
 def format_control(reports: Sequence[ControlReport]) -> str:
     """The reports as a plain-text table: one row per sampler/guidance, then the per-target rows
     of the first."""
-    lines = [f"{'sampler':<34} {'R^2':>6} {'MAE':>6} {'worst ratio':>11} {'dangling ends':>13}"]
+    lines = [f"{'sampler':<34} {'R^2':>6} {'MAE':>6} {'worst ratio':>11} {'(matched)':>9} {'dangling ends':>13}"]
     for report in reports:
         s = report.summary()
         lines.append(f"{s['sampler']:<34} {s['r2']:>6.3f} {s['mae']:>6.2f} {s['worst_ratio']:>11.2f} "
-                     f"{s['dangling_ends']:>13.2f}")
+                     f"{s['worst_matched_ratio']:>9.2f} {s['dangling_ends']:>13.2f}")
     first = reports[0]
     names = ratio_names(first.name)
     headers = [metrics.DESCRIPTOR_TABLE[n].short for n in names]
-    lines.append(f"{first.sampler}: achieved mean and standard deviation, ratios to the noise floor "
-                 f"against real images at each target")
-    lines.append(f"{first.name + ' target':>14} {'achieved':>10} {'sd':>6} " + " ".join(f"{h:>18}" for h in headers)
-                 + f" {'dangling ends':>14}")
-    for target, values, ratio, ends in zip(first.targets, first.achieved, first.ratios, first.dangling_ends):
-        lines.append(f"{target:>14g} {np.mean(values):>10.1f} {np.std(values):>6.2f} "
-                     + " ".join(f"{ratio[n]:>18.2f}" for n in names) + f" {ends:>14.2f}")
+    widths = [max(len(h), 9) + 2 for h in headers]
+    lines.append(f"{first.sampler}: achieved mean and standard deviation; ratios to the noise floor against real "
+                 f"images at the target, then against real images matched to each sample's {first.name}")
+    lines.append((" " * 32 + f"{'at the target':^{sum(widths)}}{'matched':^{sum(widths)}}").rstrip())
+    lines.append(f"{first.name + ' target':>14} {'achieved':>10} {'sd':>6}"
+                 + "".join(f"{h:>{w}}" for h, w in zip(headers, widths)) * 2 + f" {'dangling ends':>14}")
+    for target, values, ratio, like, ends in zip(first.targets, first.achieved, first.ratios, first.matched,
+                                                 first.dangling_ends):
+        lines.append(f"{target:>14g} {np.mean(values):>10.1f} {np.std(values):>6.2f}"
+                     + "".join(f"{ratio[n]:>{w}.2f}" for n, w in zip(names, widths))
+                     + "".join(f"{like[n]:>{w}.2f}" for n, w in zip(names, widths)) + f" {ends:>14.2f}")
+    if any(first.unmatched):
+        lines.append(f"(samples with no matched real images, left out of the matched ratios: "
+                     f"{', '.join(f'{u} at {t:g}' for t, u in zip(first.targets, first.unmatched) if u)})")
     return "\n".join(lines)

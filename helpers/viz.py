@@ -408,8 +408,9 @@ def nearest_pairs(generated: np.ndarray, training: np.ndarray, nearest: np.ndarr
 
 def control_plot(reports: Sequence, path: str | Path | None = None) -> plt.Figure:
     """Achieved against target (mean and spread of each target's samples, the diagonal is perfect
-    control), one series per report (a guidance scale), and each report's R^2 and worst ratio to
-    the noise floor: the trade between control and fidelity. ``reports``: control.ControlReport."""
+    control), one series per report (a guidance scale), and each report's R^2 and worst ratios to
+    the noise floor (against real images at the target, and matched to each sample): the trade
+    between control and fidelity. ``reports``: control.ControlReport."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     low, high = min(min(r.targets) for r in reports), max(max(r.targets) for r in reports)
     left.plot([low, high], [low, high], color="0.6", lw=1, label="achieved = target")
@@ -424,8 +425,11 @@ def control_plot(reports: Sequence, path: str | Path | None = None) -> plt.Figur
     right.plot(names, [r.r2 for r in reports], "o-", label="R² (left axis)")
     right.set(ylabel="R² of achieved vs target", title="guidance: control against fidelity")
     twin = right.twinx()
-    twin.plot(names, [max(max(x.values()) for x in r.ratios) for r in reports], "s--", color="C3",
-              label="worst ratio to the noise floor")
+    summaries = [r.summary() for r in reports]
+    twin.plot(names, [s["worst_ratio"] for s in summaries], "s--", color="C3", label="worst ratio: real at the target")
+    twin.plot(names, [s["worst_matched_ratio"] for s in summaries], "^:", color="C1",
+              label="worst ratio: real matched to each sample")
     twin.set_ylabel("worst ratio to the noise floor (1: like real)", color="C3")
+    twin.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return _save(fig, path)

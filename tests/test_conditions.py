@@ -144,6 +144,8 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert all(len(r["achieved_mean"]) == len(r["achieved_sd"]) == len(r["ratios"]) == 2 and r["r2"] <= 1
                for r in reports)
     assert all(np.mean(r["dangling_ends_by_target"]) == pytest.approx(r["dangling_ends"]) for r in reports)
+    assert all(len(r["matched_ratios"]) == len(r["unmatched"]) == 2 and 0 <= min(r["unmatched"]) <= 2
+               for r in reports)
     # the descriptor asked for is judged by its error, the others by their ratios to the noise floor
     assert all(set(ratios) == {"boundary_fraction", "lineal_intercept"} for r in reports for ratios in r["ratios"])
     assert (tmp_path / "c.png").stat().st_size > 1000
@@ -201,6 +203,27 @@ def test_real_images_at_a_target_have_that_many_grains_and_r2_scores_control():
     assert control.r_squared(targets, np.array([25.0, 24, 26, 25])) < 0  # misses every target
     with pytest.raises(ValueError, match="only .* real images near these values of grains"):
         control.real_at_targets([500], 2, max_draws=50)
+
+
+def test_samples_that_miss_their_target_are_also_judged_against_real_images_matched_to_them():
+    drawn = control.draw_real([8, 10, 12], 12, seed=7, max_draws=20_000)
+    assert [sorted({metrics.grain_count(m) for m in masks}) for masks in drawn] == [[8], [10], [12]]
+    second = control.draw_real([10, 10], 3, seed=7)[1]  # an image goes to one entry only: the 4th to 6th
+    assert np.array_equal(np.stack(second), np.stack(drawn[1][3:6]))
+    assert control.draw_real([500], 2, max_draws=50) == [[]]  # short, not refused
+    # "samples" asked for 10 grains that are real images with 8, 10 and 12: realistic, loosely controlled
+    generated = metrics.describe_set(np.stack([m for masks in drawn for m in masks]))
+    at_target = metrics.compare_sets(generated, metrics.describe_set(control.real_at_targets([10], 72)[10]),
+                                     splits=10)
+    matched, left_out = control.matched_ratios(generated, "grains", (4, 90), splits=10)
+    assert left_out == 0 and set(matched) == {"boundary_fraction", "lineal_intercept"}
+    assert at_target.ratio("lineal_intercept") > 2.5 and at_target.ratio("boundary_fraction") > 2  # the spread
+    assert max(matched.values()) < 1.2  # given their own counts, like real images
+    # samples outside the training range have no real images to match: left out, and counted
+    within, left_out = control.matched_ratios(generated, "grains", (8, 10), splits=10)
+    assert left_out == 12 and max(within.values()) < 1.2
+    nothing, left_out = control.matched_ratios(generated, "grains", (30, 40), splits=10)
+    assert left_out == 36 and all(np.isnan(v) for v in nothing.values())
 
 
 def test_the_shipped_conditional_model_takes_a_grain_count_and_recommends_its_guidance():
