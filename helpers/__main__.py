@@ -515,7 +515,8 @@ def _add_control(commands) -> None:
                                   description="Sample a conditional model at several targets and guidance "
                                               "scales: R^2 and mean absolute error of achieved against target, "
                                               "and ratios to the noise floor against fresh real images at "
-                                              "each target.")
+                                              "each target, then against real images matched to each "
+                                              "sample's own measured value.")
     control.add_argument("--checkpoint", required=True, help="a conditional model (train --condition)")
     control.add_argument("--targets", type=float, nargs="+", metavar="V",
                          help="target values (default: 8 across the model's training range)")
