@@ -126,23 +126,24 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
 
 
 def matched_ratios(generated: metrics.SetDescriptors, name: str, within: tuple[float, float], size: int = 64,
-                   per: int = 2, seed: int = MATCHED_SEED, splits: int = 20, max_draws: int = 100_000,
+                   seed: int = MATCHED_SEED, splits: int = 20, max_draws: int = 100_000,
                    comparison_seed: int = 0) -> tuple[dict[str, float], int]:
     """The ratios to the noise floor of ``generated`` against real images matched to it one by one:
-    ``per`` real images whose ``name`` is each sample's own (within ``tolerance``). Samples outside
-    ``within`` (the model's training range) or that the draws did not match are left out; returns
-    the ratios (NaN with fewer than 2 samples matched) and how many samples were left out."""
+    two real images whose ``name`` is each sample's own (within ``tolerance``), compared as pairs
+    (``metrics.compare_paired``). Samples outside ``within`` (the model's training range) or that
+    the draws did not match are left out; returns the ratios (NaN with fewer than 2 samples matched)
+    and how many samples were left out."""
     values = generated.per_image[name].astype(float)
     inside = np.flatnonzero((values >= within[0]) & (values <= within[1]))
-    found = draw_real(values[inside], per, name, size, seed, max_draws)
-    kept = [i for i, masks in zip(inside, found) if len(masks) == per]
+    found = draw_real(values[inside], 2, name, size, seed, max_draws)
+    pairs = [(i, masks) for i, masks in zip(inside, found) if len(masks) == 2]
     names = ratio_names(name)
-    if len(kept) < 2:
-        return {d: float("nan") for d in names}, len(values) - len(kept)
-    real = np.stack([mask for masks in found if len(masks) == per for mask in masks])
-    comparison = metrics.compare_sets(generated.subset(np.array(kept)), metrics.describe_set(real), splits=splits,
-                                      seed=comparison_seed)
-    return {d: comparison.ratio(d) for d in names}, len(values) - len(kept)
+    if len(pairs) < 2:
+        return {d: float("nan") for d in names}, len(values) - len(pairs)
+    first, second = (metrics.describe_set(np.stack([masks[k] for _, masks in pairs])) for k in (0, 1))
+    comparison = metrics.compare_paired(generated.subset(np.array([i for i, _ in pairs])), first, second,
+                                        splits=splits, seed=comparison_seed)
+    return {d: comparison.ratio(d) for d in names}, len(values) - len(pairs)
 
 
 def default_targets(stats: dict, count: int = 8) -> list[float]:

@@ -387,6 +387,37 @@ def compare_sets(generated: SetDescriptors, reference: SetDescriptors, splits: i
                       {k: np.array(v) for k, v in floor.items()}, m)
 
 
+def compare_paired(generated: SetDescriptors, first: SetDescriptors, second: SetDescriptors, splits: int = 20,
+                   seed: int = 0) -> Comparison:
+    """``compare_sets`` for a reference paired with the generated images: ``first`` and ``second``
+    hold two real images for each generated one (matched to it, say by grain count), in its order.
+
+    Each split flips a coin per generated image for which of its two real images goes to half A
+    and which to half B; the floor is d(A, B), the distance d(G, B). All three sets then hold the
+    same mix of whatever was matched, so the floor carries no difference in that mix that the
+    distance does not (random halves of one pooled reference would: theirs differ by chance, while
+    G's is the pool's own, and the ratio of a perfect generator would fall below 1).
+    """
+    if not generated.size == first.size == second.size >= 2:
+        raise ValueError(f"need two real images for each of at least 2 generated images, got "
+                         f"{generated.size} generated and {first.size} and {second.size} real")
+    rng = np.random.default_rng(seed)
+    distances = {name: [] for name in SET_DISTANCES}
+    floor = {name: [] for name in SET_DISTANCES}
+    everything = SetDescriptors({k: np.concatenate([first.per_image[k], second.per_image[k]]) for k in first.per_image},
+                                first.grain_diameters + second.grain_diameters, np.concatenate([first.s2, second.s2]))
+    rows = np.arange(generated.size)
+    for _ in range(splits):
+        swap = rng.random(generated.size) < 0.5
+        half_a, half_b = everything.subset(rows + swap * generated.size), everything.subset(rows + ~swap * generated.size)
+        for name, value in set_distances(half_a, half_b).items():
+            floor[name].append(value)
+        for name, value in set_distances(generated, half_b).items():
+            distances[name].append(value)
+    return Comparison({k: np.array(v) for k, v in distances.items()},
+                      {k: np.array(v) for k, v in floor.items()}, generated.size)
+
+
 def ratios_by_size(generated: SetDescriptors, reference: SetDescriptors, sizes: Sequence[int],
                    splits: int = 20, seed: int = 0) -> dict[str, list[float]]:
     """Each descriptor's ratio to the floor, measured with the first m generated images, per m.

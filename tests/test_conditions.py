@@ -221,9 +221,17 @@ def test_samples_that_miss_their_target_are_also_judged_against_real_images_matc
     assert max(matched.values()) < 1.2  # given their own counts, like real images
     # samples outside the training range have no real images to match: left out, and counted
     within, left_out = control.matched_ratios(generated, "grains", (8, 10), splits=10)
-    assert left_out == 12 and max(within.values()) < 1.2
+    assert left_out == 12 and max(within.values()) < 1.5
     nothing, left_out = control.matched_ratios(generated, "grains", (30, 40), splits=10)
     assert left_out == 36 and all(np.isnan(v) for v in nothing.values())
+    # the paired comparison: one generated image against two real ones each, in order
+    tens, twelves = (metrics.describe_set(np.stack(masks)) for masks in drawn[1:])
+    halves = tens.subset(np.arange(6)), tens.subset(np.arange(6, 12))
+    assert metrics.compare_paired(tens.subset(np.arange(6)), *halves, splits=5).ratio("grains") == 1.0  # all 10
+    assert metrics.compare_paired(twelves.subset(np.arange(6)), *halves, splits=5).ratio("grains") == float("inf")
+    assert metrics.compare_paired(twelves.subset(np.arange(6)), *halves, splits=5).ratio("boundary_fraction") > 4
+    with pytest.raises(ValueError, match="two real images for each of at least 2 generated images, got 5"):
+        metrics.compare_paired(twelves.subset(np.arange(5)), *halves)
 
 
 def test_the_shipped_conditional_model_takes_a_grain_count_and_recommends_its_guidance():
