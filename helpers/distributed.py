@@ -12,6 +12,7 @@ collective here returns its input.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -94,6 +95,19 @@ def leave() -> None:
     """Leave the process group (at the end of a command), if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_process(code: int) -> None:
+    """End this process with ``code``. A rank of a launched job ends at once, after flushing its
+    output and leaving the group: its files are written and closed, and gloo's worker threads can
+    abort a process while the interpreter tears itself down (rarely, under load: a finished job
+    would report SIGABRT). A plain process exits as usual."""
+    if launched():
+        leave()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -114,6 +114,18 @@ def test_torchrun_runs_train_and_sample_only(monkeypatch, capsys):
                                                "helpers, not torchrun (torchrun runs train and sample)")
 
 
+def test_a_rank_ends_at_once_with_its_code_and_its_output_flushed():
+    # a launched rank skips the interpreter's teardown (where gloo's threads can abort a finished
+    # job), so what it printed must be flushed first; a plain process exits as usual
+    script = "from helpers import distributed; print('done', end=''); distributed.end_process(3)"
+    launched = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}
+    plain = {k: v for k, v in environment().items() if k not in launched}
+    for env in (environment(**launched), plain):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert (done.returncode, done.stdout) == (3, "done"), done.stderr[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------
 # Two ranks against one process
 # ---------------------------------------------------------------------------------------------
