@@ -29,6 +29,9 @@ from .sample import Sampler, derived_seed, generate
 
 REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
 MATCHED_SEED = 1001  # nor these: the real images matched to samples, apart from those at the targets
+# how close a matched real image's length or fraction must be to its sample's: tight, so that the
+# window's own spread adds little to the matched floor (a count is matched exactly)
+MATCH_TOLERANCE = 0.01
 # the descriptors whose ratios to the noise floor are reported at each target, but for the one asked
 # for; dangling ends have no floor to speak of (real images have none), so they are reported as a
 # mean per image instead
@@ -54,10 +57,10 @@ def ratio_names(name: str) -> tuple[str, ...]:
     return tuple(d for d in RATIO_NAMES if d != name)
 
 
-def tolerance(target: float, name: str = "grains") -> float:
+def tolerance(target: float, name: str = "grains", relative: float = 0.05) -> float:
     """How close a real image's descriptor must be to the target: exact for a count (an image with
-    30 grains is what a perfect model asked for 30 draws), 5% for a length or a fraction."""
-    return 0.0 if name in COUNTS else 0.05 * abs(target)
+    30 grains is what a perfect model asked for 30 draws), ``relative`` (5%) for a length or a fraction."""
+    return 0.0 if name in COUNTS else relative * abs(target)
 
 
 def check_target(name: str, value: float, label: str) -> None:
@@ -73,8 +76,9 @@ def target_seed(seed: int, index: int) -> int:
     return derived_seed(seed, index, 1)
 
 
-# each stream's measured values by image index, (seed, size, descriptor) -> values: a second pass over
-# a stream (the next guidance scale's matched images) measures nothing again
+# each stream's measured values by image index, (seed, size, descriptor) -> values (with the grain
+# rule metrics.MIN_GRAIN_PX as it is): a second pass over a stream (the next guidance scale's matched
+# images) measures nothing again
 _MEASURED: dict[tuple[int, int, str], list[float]] = {}
 
 
@@ -84,14 +88,15 @@ def real_image(seed: int, index: int, size: int = 64) -> np.ndarray:
 
 
 def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int = 64, seed: int = REAL_SEED,
-              max_draws: int = 200_000) -> list[list[np.ndarray]]:
+              max_draws: int = 200_000, relative: float = 0.05) -> list[list[np.ndarray]]:
     """Up to ``per`` fresh voronoi-gb-range boundary masks for each entry of ``values`` whose
     descriptor ``name`` lies within ``tolerance`` of it, drawn in one pass over image indices that
     ends when every entry has its ``per`` or after ``max_draws`` images (an entry the generator
-    rarely makes comes back short). A drawn image goes to the first entry it fits that still needs
-    one, so no image is counted twice."""
+    rarely makes comes back short: the pass then reads all ``max_draws``). A drawn image goes to
+    the nearest entry it fits that still needs one (the first of equals), so no image is counted
+    twice."""
     wanted = np.asarray(values, dtype=np.float64)
-    allowed = np.array([tolerance(v, name) for v in wanted])
+    allowed = np.array([tolerance(v, name, relative) for v in wanted])
     found: list[list[np.ndarray]] = [[] for _ in wanted]
     missing = np.full(len(wanted), per)
     measured = _MEASURED.setdefault((seed, size, name), [])
@@ -103,10 +108,12 @@ def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int
         if index == len(measured):
             mask = real_image(seed, index, size)
             measured.append(float(measure(mask)))
-        fits = np.flatnonzero((missing > 0) & (np.abs(measured[index] - wanted) <= allowed))
+        gaps = np.abs(measured[index] - wanted)
+        fits = np.flatnonzero((missing > 0) & (gaps <= allowed))
         if len(fits):
-            found[fits[0]].append(real_image(seed, index, size) if mask is None else mask)
-            missing[fits[0]] -= 1
+            entry = fits[np.argmin(gaps[fits])]
+            found[entry].append(real_image(seed, index, size) if mask is None else mask)
+            missing[entry] -= 1
     return found
 
 
@@ -117,6 +124,8 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
     first (a target outside what the generator makes)."""
     for target in targets:
         check_target(name, target, f"target {target:g}")
+    if len(set(targets)) < len(targets):
+        raise ValueError(f"targets {', '.join(f'{t:g}' for t in targets)}: each target once, please")
     found = draw_real(targets, n, name, size, seed, max_draws)
     short = {t: len(m) for t, m in zip(targets, found) if len(m) < n}
     if short:
@@ -127,23 +136,25 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
 
 def matched_ratios(generated: metrics.SetDescriptors, name: str, within: tuple[float, float], size: int = 64,
                    seed: int = MATCHED_SEED, splits: int = 20, max_draws: int = 100_000,
-                   comparison_seed: int = 0) -> tuple[dict[str, float], int]:
+                   comparison_seed: int = 0) -> tuple[dict[str, float], int, int]:
     """The ratios to the noise floor of ``generated`` against real images matched to it one by one:
-    two real images whose ``name`` is each sample's own (within ``tolerance``), compared as pairs
-    (``metrics.compare_paired``). Samples outside ``within`` (the model's training range) or that
-    the draws did not match are left out; returns the ratios (NaN with fewer than 2 samples matched)
-    and how many samples were left out."""
+    two real images whose ``name`` is each sample's own (a count exactly, a length or a fraction
+    within ``MATCH_TOLERANCE``), compared as pairs (``metrics.compare_paired``). Samples outside
+    ``within`` (the model's training range: control missed) and samples the draws did not match
+    (a value the generator rarely makes) are left out. Returns the ratios (NaN with fewer than 2
+    samples matched) and the two numbers left out: outside the range, not matched."""
     values = generated.per_image[name].astype(float)
     inside = np.flatnonzero((values >= within[0]) & (values <= within[1]))
-    found = draw_real(values[inside], 2, name, size, seed, max_draws)
+    found = draw_real(values[inside], 2, name, size, seed, max_draws, relative=MATCH_TOLERANCE)
     pairs = [(i, masks) for i, masks in zip(inside, found) if len(masks) == 2]
+    outside, short = len(values) - len(inside), len(inside) - len(pairs)
     names = ratio_names(name)
     if len(pairs) < 2:
-        return {d: float("nan") for d in names}, len(values) - len(pairs)
+        return {d: float("nan") for d in names}, outside, short
     first, second = (metrics.describe_set(np.stack([masks[k] for _, masks in pairs])) for k in (0, 1))
     comparison = metrics.compare_paired(generated.subset(np.array([i for i, _ in pairs])), first, second,
                                         splits=splits, seed=comparison_seed)
-    return {d: comparison.ratio(d) for d in names}, len(values) - len(pairs)
+    return {d: comparison.ratio(d) for d in names}, outside, short
 
 
 def default_targets(stats: dict, count: int = 8) -> list[float]:
@@ -183,7 +194,8 @@ class ControlReport:
     ratios: list[dict[str, float]]  # per target: distance / noise floor, against real images at the target
     dangling_ends: list[float]  # per target: mean dangling ends per sample
     matched: list[dict[str, float]]  # per target: the ratios against real images matched to each sample
-    unmatched: list[int]  # per target: samples left out of ``matched`` (outside the training range, or rare)
+    outside: list[int]  # per target: samples outside the training range, left out of ``matched``
+    unmatched: list[int]  # per target: samples whose value the real draws did not match, left out too
 
     @property
     def r2(self) -> float:
@@ -202,21 +214,21 @@ class ControlReport:
                 "achieved_sd": [float(np.std(a)) for a in self.achieved], "ratios": self.ratios,
                 "dangling_ends_by_target": self.dangling_ends,
                 "worst_matched_ratio": worst(self.matched), "matched_ratios": self.matched,
-                "unmatched": self.unmatched}
+                "outside": self.outside, "unmatched": self.unmatched}
 
 
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
                     name: str = "grains", seed: int = 0, device: Optional[torch.device] = None,
                     real: Optional[dict[float, np.ndarray]] = None, splits: int = 20) -> ControlReport:
     """Sample ``n`` images at each target value of ``name`` and measure them: achieved against target,
-    and each target's ratios to the noise floor against ``real`` images at that target (drawn
-    fresh, 2n per target, when not given)."""
+    each target's ratios to the noise floor against ``real`` images at that target (drawn fresh, 2n
+    per target, when not given), and against real images matched to each sample (``matched_ratios``)."""
     if measured_condition(stats) != name:
         raise ConditionError(f"{name} was asked for; the model is conditioned on {stats['names'][0]}")
     real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"], name=name)
     index = stats["names"].index(name)
     within = (stats["low"][index], stats["high"][index])
-    achieved, ratios, ends, matched, unmatched = [], [], [], [], []
+    achieved, ratios, ends, matched, outside, unmatched = [], [], [], [], [], []
     for i, target in enumerate(targets):
         images = generate(model, schedule, n, sampler, seed=target_seed(seed, i), device=device,
                           condition=target_vector(stats, {name: target}))
@@ -225,18 +237,20 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         achieved.append(generated.per_image[name].astype(float).tolist())
         ratios.append({d: comparison.ratio(d) for d in ratio_names(name)})
         ends.append(float(generated.per_image["dangling_ends"].mean()))
-        like, left_out = matched_ratios(generated, name, within, model.config()["size"], splits=splits,
-                                        comparison_seed=i)
+        like, out, short = matched_ratios(generated, name, within, model.config()["size"], splits=splits,
+                                          comparison_seed=i)
         matched.append(like)
-        unmatched.append(left_out)
+        outside.append(out)
+        unmatched.append(short)
     return ControlReport(name, sampler.describe(), [float(t) for t in targets], achieved, ratios, ends, matched,
-                         unmatched)
+                         outside, unmatched)
 
 
 def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,
                    scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0), **options) -> list[ControlReport]:
-    """``controllability`` at each guidance scale, on the same targets, real images and seeds:
-    how much control the guidance buys, and what it costs in fidelity."""
+    """``controllability`` at each guidance scale, on the same targets, seeds and real images at the
+    targets (the matched real images follow each scale's samples): how much control the guidance
+    buys, and what it costs in fidelity."""
     real = real_at_targets(targets, 2 * n, model.config()["size"], name=options.get("name", "grains"))
     return [controllability(model, schedule, stats, targets, n, sampler.replace(guidance=w), real=real, **options)
             for w in scales]
@@ -264,7 +278,8 @@ def format_control(reports: Sequence[ControlReport]) -> str:
         lines.append(f"{target:>14g} {np.mean(values):>10.1f} {np.std(values):>6.2f}"
                      + "".join(f"{ratio[n]:>{w}.2f}" for n, w in zip(names, widths))
                      + "".join(f"{like[n]:>{w}.2f}" for n, w in zip(names, widths)) + f" {ends:>14.2f}")
-    if any(first.unmatched):
-        lines.append(f"(samples with no matched real images, left out of the matched ratios: "
-                     f"{', '.join(f'{u} at {t:g}' for t, u in zip(first.targets, first.unmatched) if u)})")
+    for counts, why in ((first.outside, "outside the training range"), (first.unmatched, "with no real image matched")):
+        if any(counts):
+            lines.append(f"(left out of the matched ratios, samples {why}: "
+                         f"{', '.join(f'{c} at {t:g}' for t, c in zip(first.targets, counts) if c)})")
     return "\n".join(lines)

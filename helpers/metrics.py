@@ -241,6 +241,11 @@ class SetDescriptors:
         return SetDescriptors({k: v[index] for k, v in self.per_image.items()},
                               [self.grain_diameters[i] for i in index], self.s2[index])
 
+    def concat(self, other: "SetDescriptors") -> "SetDescriptors":
+        """This set's images, then ``other``'s."""
+        return SetDescriptors({k: np.concatenate([v, other.per_image[k]]) for k, v in self.per_image.items()},
+                              self.grain_diameters + other.grain_diameters, np.concatenate([self.s2, other.s2]))
+
 
 def describe_set(masks, progress: bool = False) -> SetDescriptors:
     """Descriptors of every mask in a set ((N, H, W) booleans, or images for ``boundary_masks``)."""
@@ -359,6 +364,21 @@ class Comparison:
         return 1.0 if distance == 0 else float("inf")  # real data never differs here; generated does
 
 
+def _compare(splits: int, size: int, halves) -> Comparison:
+    """The split loop of both comparisons: ``halves()`` gives each split's (A, B, G), sets of ``size``
+    images; the floor is d(A, B), the generated distance d(G, B)."""
+    distances = {name: [] for name in SET_DISTANCES}
+    floor = {name: [] for name in SET_DISTANCES}
+    for _ in range(splits):
+        half_a, half_b, subset = halves()
+        for name, value in set_distances(half_a, half_b).items():
+            floor[name].append(value)
+        for name, value in set_distances(subset, half_b).items():
+            distances[name].append(value)
+    return Comparison({k: np.array(v) for k, v in distances.items()},
+                      {k: np.array(v) for k, v in floor.items()}, size)
+
+
 def compare_sets(generated: SetDescriptors, reference: SetDescriptors, splits: int = 20,
                  seed: int = 0) -> Comparison:
     """Distances of generated to real images, measured against the noise floor of real data.
@@ -373,18 +393,13 @@ def compare_sets(generated: SetDescriptors, reference: SetDescriptors, splits: i
         raise ValueError(f"need at least 4 reference and 2 generated images, got "
                          f"{reference.size} and {generated.size}")
     rng = np.random.default_rng(seed)
-    distances = {name: [] for name in SET_DISTANCES}
-    floor = {name: [] for name in SET_DISTANCES}
-    for _ in range(splits):
+
+    def halves():
         order = rng.permutation(reference.size)
-        half_a, half_b = reference.subset(order[:m]), reference.subset(order[m:2 * m])
-        subset = generated.subset(rng.permutation(generated.size)[:m])
-        for name, value in set_distances(half_a, half_b).items():
-            floor[name].append(value)
-        for name, value in set_distances(subset, half_b).items():
-            distances[name].append(value)
-    return Comparison({k: np.array(v) for k, v in distances.items()},
-                      {k: np.array(v) for k, v in floor.items()}, m)
+        return (reference.subset(order[:m]), reference.subset(order[m:2 * m]),
+                generated.subset(rng.permutation(generated.size)[:m]))
+
+    return _compare(splits, m, halves)
 
 
 def compare_paired(generated: SetDescriptors, first: SetDescriptors, second: SetDescriptors, splits: int = 20,
@@ -398,24 +413,17 @@ def compare_paired(generated: SetDescriptors, first: SetDescriptors, second: Set
     distance does not (random halves of one pooled reference would: theirs differ by chance, while
     G's is the pool's own, and the ratio of a perfect generator would fall below 1).
     """
-    if not generated.size == first.size == second.size >= 2:
+    n = generated.size
+    if not n == first.size == second.size >= 2:
         raise ValueError(f"need two real images for each of at least 2 generated images, got "
-                         f"{generated.size} generated and {first.size} and {second.size} real")
-    rng = np.random.default_rng(seed)
-    distances = {name: [] for name in SET_DISTANCES}
-    floor = {name: [] for name in SET_DISTANCES}
-    everything = SetDescriptors({k: np.concatenate([first.per_image[k], second.per_image[k]]) for k in first.per_image},
-                                first.grain_diameters + second.grain_diameters, np.concatenate([first.s2, second.s2]))
-    rows = np.arange(generated.size)
-    for _ in range(splits):
-        swap = rng.random(generated.size) < 0.5
-        half_a, half_b = everything.subset(rows + swap * generated.size), everything.subset(rows + ~swap * generated.size)
-        for name, value in set_distances(half_a, half_b).items():
-            floor[name].append(value)
-        for name, value in set_distances(generated, half_b).items():
-            distances[name].append(value)
-    return Comparison({k: np.array(v) for k, v in distances.items()},
-                      {k: np.array(v) for k, v in floor.items()}, generated.size)
+                         f"{n} generated and {first.size} and {second.size} real")
+    rng, pairs, rows = np.random.default_rng(seed), first.concat(second), np.arange(n)
+
+    def halves():
+        swap = rng.random(n) < 0.5  # True: the second real image of that pair goes to A
+        return pairs.subset(rows + swap * n), pairs.subset(rows + ~swap * n), generated
+
+    return _compare(splits, n, halves)
 
 
 def ratios_by_size(generated: SetDescriptors, reference: SetDescriptors, sizes: Sequence[int],

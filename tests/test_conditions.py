@@ -144,8 +144,8 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert all(len(r["achieved_mean"]) == len(r["achieved_sd"]) == len(r["ratios"]) == 2 and r["r2"] <= 1
                for r in reports)
     assert all(np.mean(r["dangling_ends_by_target"]) == pytest.approx(r["dangling_ends"]) for r in reports)
-    assert all(len(r["matched_ratios"]) == len(r["unmatched"]) == 2 and 0 <= min(r["unmatched"]) <= 2
-               for r in reports)
+    assert all(len(r["matched_ratios"]) == len(r["outside"]) == len(r["unmatched"]) == 2 for r in reports)
+    assert all(0 <= out + short <= 2 for r in reports for out, short in zip(r["outside"], r["unmatched"]))
     # the descriptor asked for is judged by its error, the others by their ratios to the noise floor
     assert all(set(ratios) == {"boundary_fraction", "lineal_intercept"} for r in reports for ratios in r["ratios"])
     assert (tmp_path / "c.png").stat().st_size > 1000
@@ -215,15 +215,17 @@ def test_samples_that_miss_their_target_are_also_judged_against_real_images_matc
     generated = metrics.describe_set(np.stack([m for masks in drawn for m in masks]))
     at_target = metrics.compare_sets(generated, metrics.describe_set(control.real_at_targets([10], 72)[10]),
                                      splits=10)
-    matched, left_out = control.matched_ratios(generated, "grains", (4, 90), splits=10)
-    assert left_out == 0 and set(matched) == {"boundary_fraction", "lineal_intercept"}
+    matched, outside, short = control.matched_ratios(generated, "grains", (4, 90), splits=10)
+    assert (outside, short) == (0, 0) and set(matched) == {"boundary_fraction", "lineal_intercept"}
     assert at_target.ratio("lineal_intercept") > 2.5 and at_target.ratio("boundary_fraction") > 2  # the spread
     assert max(matched.values()) < 1.2  # given their own counts, like real images
-    # samples outside the training range have no real images to match: left out, and counted
-    within, left_out = control.matched_ratios(generated, "grains", (8, 10), splits=10)
-    assert left_out == 12 and max(within.values()) < 1.5
-    nothing, left_out = control.matched_ratios(generated, "grains", (30, 40), splits=10)
-    assert left_out == 36 and all(np.isnan(v) for v in nothing.values())
+    # samples outside the range given (the model's training range) are left out, and counted; so are
+    # samples the draws could not match
+    within, outside, short = control.matched_ratios(generated, "grains", (8, 10), splits=10)
+    assert (outside, short) == (12, 0) and max(within.values()) < 1.5
+    nothing, outside, short = control.matched_ratios(generated, "grains", (30, 40), splits=10)
+    assert (outside, short) == (36, 0) and all(np.isnan(v) for v in nothing.values())
+    assert control.matched_ratios(generated, "grains", (4, 90), max_draws=1)[1:] == (0, 36)
     # the paired comparison: one generated image against two real ones each, in order
     tens, twelves = (metrics.describe_set(np.stack(masks)) for masks in drawn[1:])
     halves = tens.subset(np.arange(6)), tens.subset(np.arange(6, 12))
@@ -232,6 +234,27 @@ def test_samples_that_miss_their_target_are_also_judged_against_real_images_matc
     assert metrics.compare_paired(twelves.subset(np.arange(6)), *halves, splits=5).ratio("boundary_fraction") > 4
     with pytest.raises(ValueError, match="two real images for each of at least 2 generated images, got 5"):
         metrics.compare_paired(twelves.subset(np.arange(5)), *halves)
+
+
+def test_matched_ratios_of_real_images_are_about_one():
+    # six sets of real images with 8, 10 and 12 grains, each matched from its own real stream: a
+    # generator as good as the data scores about 1 (random halves of one pooled matched reference
+    # gave these sets about 0.8: their mix of counts differs by chance, the samples' is the pool's)
+    ratios = []
+    for seed in range(20, 26):
+        drawn = control.draw_real([8, 10, 12], 12, seed=seed, max_draws=20_000)
+        generated = metrics.describe_set(np.stack([m for masks in drawn for m in masks]))
+        matched, _, _ = control.matched_ratios(generated, "grains", (4, 90), seed=2000 + seed, comparison_seed=seed)
+        ratios += matched.values()
+    assert 0.85 < np.mean(ratios) < 1.2
+
+
+def test_a_real_image_goes_to_the_nearest_entry_and_targets_come_once():
+    near, far = control.draw_real([15.0, 15.4], 3, name="lineal_intercept", max_draws=3000)
+    assert all(abs(metrics.describe(m)["lineal_intercept"] - 15.0) <= 0.75 for m in near)
+    assert all(15.2 <= metrics.describe(m)["lineal_intercept"] <= 15.4 * 1.05 for m in far)  # nearer 15.4
+    with pytest.raises(ValueError, match="targets 10, 20, 10: each target once"):
+        control.real_at_targets([10, 20, 10], 2)
 
 
 def test_the_shipped_conditional_model_takes_a_grain_count_and_recommends_its_guidance():
