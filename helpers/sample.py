@@ -233,7 +233,6 @@ def windowed(network: Callable, window: int) -> Callable:
     return blended
 
 
-@torch.no_grad()
 def derived_seed(*keys: int) -> int:
     """A seed for the tuple of whole numbers ``keys`` (numpy's SeedSequence): distinct tuples give
     unrelated streams, whatever their numbers."""
