@@ -27,6 +27,21 @@ def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_pa
     assert "./samples/00007.png" in names and "./samples_eta0/manifest.csv" in names
 
 
+def test_the_measuring_phases_take_the_networks_and_memory_formats_asked_for(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
+                           "--phases", "eager", "compiled", "--models", "seed-unet", "--compile-modes", "default",
+                           "--compile-formats", "channels_last", "contiguous", "--deadline", "600"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    phases = json.loads((out / "session.json").read_text())["phases"]
+    eager = [(r["name"], r["batch_size"], r["memory_format"]) for r in phases["eager"]["rows"]]
+    assert eager == [("original", 9, "contiguous"), ("seed-unet", 8, "contiguous"), ("seed-unet", 8, "channels_last")]
+    compiled = [(r["name"], r["memory_format"], r["compile"]) for r in phases["compiled"]["rows"]]
+    assert compiled == [("seed-unet", "channels_last", "compiled (default)"), ("seed-unet", "contiguous", "compiled (default)")]
+    assert all(r["images_per_second"] > 0 for r in phases["eager"]["rows"] + phases["compiled"]["rows"])
+
+
 def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",

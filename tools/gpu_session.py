@@ -4,10 +4,12 @@ Runs in one process, in phases, each with its own time limit; session.json is re
 every phase, so a session cut short still brings back what it measured.
 
   env       the card, torch, CUDA
-  eager     the original recipe, then train's own step for both networks, batch 128 and 512,
-            NCHW and channels_last (bf16 autocast), with a profiler summary of the default UNet
-  compiled  torch.compile default and reduce-overhead for both networks at batch 128 (compile
-            time reported apart)
+  eager     the original recipe, then train's own step for each network of --models (both),
+            each batch of --batches (128 and 512), NCHW and channels_last (bf16 autocast), with
+            a profiler summary of the default UNet
+  compiled  torch.compile in each of --compile-modes (default and reduce-overhead) for each
+            network at the first batch, in each of --compile-formats (default: the eager
+            phase's fastest); compile time reported apart
   sampling  1000 images with DDIM-50 eta 1 from the shipped model three ways: today's path (fp32,
             NCHW, batches of 256), bf16 channels_last in one batch, and that compiled
   train     the default UNet with the fastest measured batch-128 setting (this process has
@@ -115,7 +117,11 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", default=DEFAULT_PHASES, choices=PHASES, help="phases to run")
     parser.add_argument("--compile-modes", nargs="+", default=["default", "reduce-overhead"])
     parser.add_argument("--no-512", action="store_true", help="no compiled batch-512 row")
-    parser.add_argument("--models", nargs="+", default=["unet", "seed-unet"])
+    parser.add_argument("--models", nargs="+", default=["unet", "seed-unet"], help="networks of the eager and compiled phases")
+    parser.add_argument("--batches", nargs="+", type=int, default=[128, 512],
+                        help="batches of the eager phase; the first is the compiled phase's and training's")
+    parser.add_argument("--compile-formats", nargs="+", choices=MEMORY_FORMATS,
+                        help="memory formats of the compiled phase (default: --memory-format, else the eager phase's fastest)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
                         "eager phase's fastest, else auto)")
     parser.add_argument("--smoke", action="store_true", help="small settings for a dry run on a CPU")
@@ -130,7 +136,7 @@ def main() -> None:
     device = pick_device()
     s = Session(args.out, args.deadline)
     smoke = args.smoke
-    batches = (8,) if smoke else (128, 512)
+    batches = (8,) if smoke else tuple(args.batches)
     base_batch = batches[0]
     steps, warmup, repeats = (2, 1, 2) if smoke else (5, 2, 3)
     images = data.load_images("voronoi_gb_64")
@@ -147,7 +153,7 @@ def main() -> None:
         rows = record.setdefault("rows", [])
         rows.append(bench.original_recipe(device, 3 if smoke else 30, 1, repeats))
         s.log(f"original recipe: {rows[-1]['images_per_second']:.0f} img/s")
-        for model in ("unet", "seed-unet"):
+        for model in args.models:
             for batch in batches:
                 for fmt in ("contiguous", "channels_last"):
                     if s.elapsed() > until:
@@ -171,16 +177,17 @@ def main() -> None:
 
     def compiled(until, record):
         rows = record.setdefault("rows", [])
-        models = ("seed-unet",) if smoke else args.models
-        settings = [(model, base_batch, mode) for model in models for mode in args.compile_modes]
+        models = args.models
+        settings = [(model, base_batch, mode, fmt) for model in models for mode in args.compile_modes
+                    for fmt in (args.compile_formats or [best_format(model)])]
         if not smoke and not args.no_512 and "unet" in models and "reduce-overhead" in args.compile_modes:
-            settings.append(("unet", batches[-1], "reduce-overhead"))  # if time is left
-        for model, batch, mode in settings:
+            settings.append(("unet", 512, "reduce-overhead", best_format("unet")))  # if time is left
+        for model, batch, mode, fmt in settings:
             if s.elapsed() > until:
-                s.log(f"skipped {model} {batch} {mode}: phase out of time")
+                s.log(f"skipped {model} {batch} {mode} {fmt}: phase out of time")
                 continue
-            s.attempt(f"compiled {model} {batch} {mode}", rows, lambda: bench.training_row(
-                model, device, batch, best_format(model), mode, "auto", steps, warmup, repeats,
+            s.attempt(f"compiled {model} {batch} {mode} {fmt}", rows, lambda: bench.training_row(
+                model, device, batch, fmt, mode, "auto", steps, warmup, repeats,
                 model == "unet" and batch == base_batch, images))
             row = rows[-1]
             if "error" not in row:
@@ -220,8 +227,9 @@ def main() -> None:
         mode = mode.split("(")[1].rstrip(")") if mode.startswith("compiled (") else "none"
         fmt = args.memory_format or best.get("memory_format", "contiguous")
         per_second = best.get("images_per_second", 1000.0) / base_batch
-        # the run's clock starts after its setup, which compiles the network again (from the cache)
-        seconds = max(30.0, until - s.elapsed() - best.get("compile_seconds", 0.0))
+        # the run's clock starts after its setup, which compiles the network again from this process's
+        # caches: a few seconds where the first compile took minutes (3 s after 112 s on an H200)
+        seconds = max(30.0, until - s.elapsed() - min(best.get("compile_seconds", 0.0), 20.0))
         checks = max(1, int(per_second * seconds) // args.bar_every)
         # 90% of what the throughput fits, less ~2 s per fidelity-bar check (200 samples + metrics)
         total = max(100, int(0.9 * per_second * (seconds - 2.0 * checks)) // 100 * 100)
