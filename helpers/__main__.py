@@ -285,8 +285,8 @@ def _control(args: argparse.Namespace) -> None:
     device = pick_device()
     model, schedule, payload = load_model(args.checkpoint, device, args.precision)
     stats = payload.get("condition")
-    name = measured_condition(stats, str(args.checkpoint))
-    targets = args.targets or default_targets(stats)
+    name = measured_condition(stats, str(args.checkpoint), args.vary)
+    targets = args.targets or default_targets(stats, name=name)
     for target in targets:  # each inside the range, and a whole number of a count
         check_range(stats, name, target, f"--targets {target:g}")
         check_target(name, target, f"--targets {target:g}")
@@ -518,6 +518,9 @@ def _add_control(commands) -> None:
                                               "each target, then against real images matched to each "
                                               "sample's own measured value.")
     control.add_argument("--checkpoint", required=True, help="a conditional model (train --condition)")
+    control.add_argument("--vary", metavar="COLUMN", help="for a model conditioned on several descriptors: the one "
+                         "the targets are values of (default: its first); the others are held at the median of "
+                         "real images at each target")
     control.add_argument("--targets", type=float, nargs="+", metavar="V",
                          help="target values (default: 8 across the model's training range)")
     control.add_argument("--n", type=_positive_int, default=64, help="samples per target (default 64)")

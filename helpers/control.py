@@ -13,10 +13,16 @@ other descriptors too, as real images with 31 grains do. So each target's sample
 with real images matched to them one by one (each sample's measured value, the same tolerance):
 those ratios ask whether the images are realistic for what they came out as, apart from how well
 they hit the target.
+
+A model conditioned on several descriptors is measured along one of them (``vary``): at each of its
+targets the others are held at the median that real images at that target have, a combination
+the data holds (grain count and boundary fraction move together, so "8 grains with the median
+boundary fraction of the whole set" would ask for something no real image is). The held
+descriptors are judged by their error too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -39,15 +45,16 @@ RATIO_NAMES = ("boundary_fraction", "grains", "lineal_intercept")
 COUNTS = ("grains",)  # descriptors that count things: whole-number targets, matched exactly
 
 
-def measured_condition(stats: dict | None, source: str = "the model") -> str:
-    """The one descriptor a model is conditioned on, the one control measures; refused for an
-    unconditional model or one conditioned on several (their targets are tied pairs, not a line)."""
+def measured_condition(stats: dict | None, source: str = "the model", vary: Optional[str] = None) -> str:
+    """The descriptor control varies over its targets: ``vary`` if given, else the model's first
+    condition (its only one, mostly); refused for an unconditional model or a ``vary`` the model
+    was not conditioned on."""
     if not stats:
         raise ConditionError(f"{source} was trained without a condition; expected a conditional model")
-    if len(stats["names"]) > 1:
-        raise ConditionError(f"{source} is conditioned on {', '.join(stats['names'])}; control measures a model "
-                             f"conditioned on one descriptor (sample with --condition, then evaluate)")
-    return stats["names"][0]
+    if vary is not None and vary not in stats["names"]:
+        raise ConditionError(f"--vary {vary}: {source} is conditioned on {', '.join(stats['names'])}; "
+                             f"expected one of them")
+    return vary or stats["names"][0]
 
 
 def ratio_names(name: str) -> tuple[str, ...]:
@@ -157,16 +164,32 @@ def matched_ratios(generated: metrics.SetDescriptors, name: str, within: tuple[f
     return {d: comparison.ratio(d) for d in names}, outside, short
 
 
-def default_targets(stats: dict, count: int = 8) -> list[float]:
-    """``count`` targets of a model's first condition, spread geometrically over the middle 90% of
-    its training range (the ends hold too few real images to compare with): whole numbers for a
-    count (grains), three significant figures for a length or a fraction."""
-    low, high = stats["low"][0], stats["high"][0]
+def default_targets(stats: dict, count: int = 8, name: Optional[str] = None) -> list[float]:
+    """``count`` targets of the condition ``name`` (default: the model's first), spread geometrically
+    over the middle 90% of its training range (the ends hold too few real images to compare with):
+    whole numbers for a count (grains), three significant figures for a length or a fraction."""
+    index = stats["names"].index(name) if name else 0
+    low, high = stats["low"][index], stats["high"][index]
     margin = 0.05 * (high - low)
     values = np.geomspace(low + margin, high - margin, count)
-    if stats["names"][0] in COUNTS:
+    if stats["names"][index] in COUNTS:
         return [float(round(v)) for v in values]
     return [float(f"{v:.3g}") for v in values]
+
+
+def held_values(stats: dict, name: str, real: dict[float, metrics.SetDescriptors]) -> dict[str, list[float]]:
+    """For a model conditioned on several descriptors: each condition but ``name``, at each target,
+    held at the median of the real images at that target (a whole number for a count), inside its
+    training range. {} for a model conditioned on ``name`` alone."""
+    held = {}
+    for other in stats["names"]:
+        if other == name:
+            continue
+        index = stats["names"].index(other)
+        values = [float(np.median(described.per_image[other])) for described in real.values()]
+        values = [float(round(v)) if other in COUNTS else v for v in values]
+        held[other] = [float(np.clip(v, stats["low"][index], stats["high"][index])) for v in values]
+    return held
 
 
 def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:
@@ -196,15 +219,16 @@ class ControlReport:
     matched: list[dict[str, float]]  # per target: the ratios against real images matched to each sample
     outside: list[int]  # per target: samples outside the training range, left out of ``matched``
     unmatched: list[int]  # per target: samples whose value the real draws did not match, left out too
+    # the model's other conditions (several): name -> (its value at each target, each sample's measured value)
+    held: dict[str, tuple[list[float], list[list[float]]]] = field(default_factory=dict)
 
     @property
     def r2(self) -> float:
-        pairs = [(t, a) for t, values in zip(self.targets, self.achieved) for a in values]
-        return r_squared(*map(np.array, zip(*pairs)))
+        return _r2(self.targets, self.achieved)
 
     @property
     def mae(self) -> float:
-        return float(np.mean([abs(a - t) for t, values in zip(self.targets, self.achieved) for a in values]))
+        return _mae(self.targets, self.achieved)
 
     def summary(self) -> dict:
         return {"name": self.name, "sampler": self.sampler, "r2": self.r2, "mae": self.mae,
@@ -214,7 +238,21 @@ class ControlReport:
                 "achieved_sd": [float(np.std(a)) for a in self.achieved], "ratios": self.ratios,
                 "dangling_ends_by_target": self.dangling_ends,
                 "worst_matched_ratio": worst(self.matched), "matched_ratios": self.matched,
-                "outside": self.outside, "unmatched": self.unmatched}
+                "outside": self.outside, "unmatched": self.unmatched,
+                "held": {other: {"values": values, "achieved_mean": [float(np.mean(a)) for a in achieved],
+                                 "r2": _r2(values, achieved), "mae": _mae(values, achieved)}
+                         for other, (values, achieved) in self.held.items()}}
+
+
+def _r2(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float:
+    """R^2 of every sample's measured value against its target."""
+    pairs = [(t, a) for t, values in zip(targets, achieved) for a in values]
+    return r_squared(*map(np.array, zip(*pairs)))
+
+
+def _mae(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float:
+    """Mean absolute error of every sample's measured value against its target."""
+    return float(np.mean([abs(a - t) for t, values in zip(targets, achieved) for a in values]))
 
 
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
@@ -222,19 +260,25 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
                     real: Optional[dict[float, np.ndarray]] = None, splits: int = 20) -> ControlReport:
     """Sample ``n`` images at each target value of ``name`` and measure them: achieved against target,
     each target's ratios to the noise floor against ``real`` images at that target (drawn fresh, 2n
-    per target, when not given), and against real images matched to each sample (``matched_ratios``)."""
-    if measured_condition(stats) != name:
-        raise ConditionError(f"{name} was asked for; the model is conditioned on {stats['names'][0]}")
+    per target, when not given), and against real images matched to each sample (``matched_ratios``).
+    The model's other conditions, if any, are held at ``held_values``."""
+    measured_condition(stats, vary=name)
     real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"], name=name)
+    described = {t: metrics.describe_set(real[t]) for t in targets}
+    held = held_values(stats, name, described)
     index = stats["names"].index(name)
     within = (stats["low"][index], stats["high"][index])
     achieved, ratios, ends, matched, outside, unmatched = [], [], [], [], [], []
+    held_achieved: dict[str, list[list[float]]] = {other: [] for other in held}
     for i, target in enumerate(targets):
+        asked = {name: target, **{other: values[i] for other, values in held.items()}}
         images = generate(model, schedule, n, sampler, seed=target_seed(seed, i), device=device,
-                          condition=target_vector(stats, {name: target}))
+                          condition=target_vector(stats, asked))
         generated = metrics.describe_set(metrics.boundary_masks(images))
-        comparison = metrics.compare_sets(generated, metrics.describe_set(real[target]), splits=splits, seed=i)
+        comparison = metrics.compare_sets(generated, described[target], splits=splits, seed=i)
         achieved.append(generated.per_image[name].astype(float).tolist())
+        for other in held:
+            held_achieved[other].append(generated.per_image[other].astype(float).tolist())
         ratios.append({d: comparison.ratio(d) for d in ratio_names(name)})
         ends.append(float(generated.per_image["dangling_ends"].mean()))
         like, out, short = matched_ratios(generated, name, within, model.config()["size"], splits=splits,
@@ -243,7 +287,7 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         outside.append(out)
         unmatched.append(short)
     return ControlReport(name, sampler.describe(), [float(t) for t in targets], achieved, ratios, ends, matched,
-                         outside, unmatched)
+                         outside, unmatched, {other: (held[other], held_achieved[other]) for other in held})
 
 
 def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,
@@ -278,6 +322,11 @@ def format_control(reports: Sequence[ControlReport]) -> str:
         lines.append(f"{target:>14g} {np.mean(values):>10.1f} {np.std(values):>6.2f}"
                      + "".join(f"{ratio[n]:>{w}.2f}" for n, w in zip(names, widths))
                      + "".join(f"{like[n]:>{w}.2f}" for n, w in zip(names, widths)) + f" {ends:>14.2f}")
+    for other, (values, achieved) in first.held.items():
+        lines.append(f"{other} held at the median of real images at each target "
+                     f"({', '.join(f'{v:.3g}' for v in values)}): achieved "
+                     f"{', '.join(f'{np.mean(a):.3g}' for a in achieved)}; R^2 {_r2(values, achieved):.3f}, "
+                     f"MAE {_mae(values, achieved):.3g}")
     for counts, why in ((first.outside, "outside the training range"), (first.unmatched, "with no real image matched")):
         if any(counts):
             lines.append(f"(left out of the matched ratios, samples {why}: "

@@ -161,12 +161,9 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
         assert main(["control", "--checkpoint", str(conditional), "--targets", *targets]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
-    two = load_checkpoint(conditional)  # the same file claiming two conditions: refused before any work
-    two["condition"] = conditions.condition_stats(["grains", "boundary_fraction"], np.array([[4.0, 0.1], [90, 0.4]]))
-    torch.save(two, tmp_path / "two.pt")
-    assert main(["control", "--checkpoint", str(tmp_path / "two.pt")]) == 2
-    assert "is conditioned on grains, boundary_fraction; control measures a model conditioned on one" \
-        in capsys.readouterr().err
+    assert main(["control", "--checkpoint", str(conditional), "--vary", "boundary_fraction"]) == 2
+    err = capsys.readouterr().err
+    assert f"--vary boundary_fraction: {conditional} is conditioned on grains; expected one of them" in err
     never_dropped = load_checkpoint(conditional)  # no unconditional prediction learned: nothing to guide with
     never_dropped["train_config"]["condition_dropout"] = 0.0
     torch.save(never_dropped, tmp_path / "never.pt")
@@ -176,6 +173,37 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
         err = capsys.readouterr().err
         assert f"guidance {w}: {tmp_path / 'never.pt'} was trained with condition_dropout 0" in err
         assert err.count("\n") == 1 and not (tmp_path / "d").exists()
+
+
+def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_real_images_median(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = train.profile_config("smoke", data="voronoi_gb_range_64", condition=["grains", "boundary_fraction"],
+                               steps=2, checkpoint_every=2, sample_every=1000)
+    train.train(cfg, run, device=CPU, progress=False)
+    checkpoint = run / "checkpoint.pt"
+    assert main(["control", "--checkpoint", str(checkpoint), "--targets", "10", "30", "--n", "2", "--guidance", "1",
+                 "--steps", "2", "--splits", "2", "--json", str(tmp_path / "c.json")]) == 0
+    assert "boundary_fraction held at the median of real images at each target" in capsys.readouterr().out
+    report = json.loads((tmp_path / "c.json").read_text())["reports"][0]
+    assert report["name"] == "grains" and len(report["achieved_mean"]) == 2
+    held = report["held"]["boundary_fraction"]
+    real = control.real_at_targets([10.0, 30.0], 4)  # what control drew: 2n per target, the same stream
+    medians = [float(np.median(metrics.describe_set(real[t]).per_image["boundary_fraction"])) for t in (10.0, 30.0)]
+    assert held["values"] == pytest.approx(medians) and medians[0] < medians[1]  # more grains, more boundary
+    assert len(held["achieved_mean"]) == 2 and held["r2"] <= 1 and held["mae"] >= 0
+    # along the other descriptor: fraction targets, grain counts held at whole-number medians
+    assert main(["control", "--checkpoint", str(checkpoint), "--vary", "boundary_fraction", "--targets", "0.2",
+                 "--n", "2", "--guidance", "1", "--steps", "2", "--splits", "2", "--json", str(tmp_path / "f.json")]) == 0
+    report = json.loads((tmp_path / "f.json").read_text())["reports"][0]
+    assert report["name"] == "boundary_fraction" and report["targets"] == [0.2]
+    grains = report["held"]["grains"]["values"]
+    assert len(grains) == 1 and grains[0] == round(grains[0]) and 10 < grains[0] < 60
+    assert set(report["ratios"][0]) == {"grains", "lineal_intercept"}
+    for vary in ("junctions", "dangling_ends"):
+        assert main(["control", "--checkpoint", str(checkpoint), "--vary", vary]) == 2
+        err = capsys.readouterr().err
+        assert f"--vary {vary}: {checkpoint} is conditioned on grains, boundary_fraction; expected one of them" in err
+        assert err.count("\n") == 1
 
 
 def test_an_unconditional_model_refuses_a_condition_in_python_too():
