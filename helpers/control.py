@@ -17,8 +17,10 @@ they hit the target.
 A model conditioned on several descriptors is measured along one of them (``vary``): at each of its
 targets the others are held at the median that real images at that target have, a combination
 the data holds (grain count and boundary fraction move together, so "8 grains with the median
-boundary fraction of the whole set" would ask for something no real image is). The held
-descriptors are judged by their error too.
+boundary fraction of the whole set" would ask for something no real image is). The real images
+it is compared with then hold every condition (the held ones within the same tolerance), and so
+do the matched ones. A held descriptor is judged by its error, beside the error real images at
+the target make about the held value: what a model that ignored that condition would score.
 """
 from __future__ import annotations
 
@@ -52,16 +54,17 @@ def measured_condition(stats: dict | None, source: str = "the model", vary: Opti
     if not stats:
         raise ConditionError(f"{source} was trained without a condition; expected a conditional model")
     if vary is not None and vary not in stats["names"]:
-        raise ConditionError(f"--vary {vary}: {source} is conditioned on {', '.join(stats['names'])}; "
+        raise ConditionError(f"cannot vary {vary}: {source} is conditioned on {', '.join(stats['names'])}; "
                              f"expected one of them")
     return vary or stats["names"][0]
 
 
-def ratio_names(name: str) -> tuple[str, ...]:
-    """The descriptors compared with real images at a target of ``name``: all but ``name`` itself.
-    Real images at a target hold its value within ``tolerance`` (exactly, for a count), so their
-    spread of ``name`` is the tolerance's, and a ratio against it would measure that choice."""
-    return tuple(d for d in RATIO_NAMES if d != name)
+def ratio_names(*names: str) -> tuple[str, ...]:
+    """The descriptors compared with real images at a target of the conditions ``names``: all but
+    those. Real images at a target hold each condition within ``tolerance`` (exactly, for a count),
+    so their spread of a condition is the tolerance's, and a ratio against it would measure that
+    choice."""
+    return tuple(d for d in RATIO_NAMES if d not in names)
 
 
 def tolerance(target: float, name: str = "grains", relative: float = 0.05) -> float:
@@ -94,29 +97,41 @@ def real_image(seed: int, index: int, size: int = 64) -> np.ndarray:
     return data_module.make_voronoi_gb_range(seed, index, size).image >= 128
 
 
+def _measure(name: str):
+    """The function measuring descriptor ``name`` of one boundary mask."""
+    return metrics.grain_count if name == "grains" else (lambda mask: metrics.describe(mask)[name])
+
+
 def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int = 64, seed: int = REAL_SEED,
-              max_draws: int = 200_000, relative: float = 0.05) -> list[list[np.ndarray]]:
+              max_draws: int = 200_000, relative: float = 0.05,
+              held: Optional[dict[str, Sequence[float]]] = None) -> list[list[np.ndarray]]:
     """Up to ``per`` fresh voronoi-gb-range boundary masks for each entry of ``values`` whose
     descriptor ``name`` lies within ``tolerance`` of it, drawn in one pass over image indices that
     ends when every entry has its ``per`` or after ``max_draws`` images (an entry the generator
     rarely makes comes back short: the pass then reads all ``max_draws``). A drawn image goes to
     the nearest entry it fits that still needs one (the first of equals), so no image is counted
-    twice."""
+    twice. ``held`` ({descriptor: a value per entry}) asks each image to hold those descriptors
+    too, each within its tolerance (nearness is still judged on ``name``)."""
     wanted = np.asarray(values, dtype=np.float64)
     allowed = np.array([tolerance(v, name, relative) for v in wanted])
+    others = {other: (np.asarray(v, dtype=np.float64), np.array([tolerance(x, other, relative) for x in v]))
+              for other, v in (held or {}).items()}
     found: list[list[np.ndarray]] = [[] for _ in wanted]
     missing = np.full(len(wanted), per)
-    measured = _MEASURED.setdefault((seed, size, name), [])
-    measure = metrics.grain_count if name == "grains" else (lambda mask: metrics.describe(mask)[name])
+    measured = {d: _MEASURED.setdefault((seed, size, d), []) for d in (name, *others)}
     for index in range(max_draws):
         if not missing.any():
             break
         mask = None
-        if index == len(measured):
-            mask = real_image(seed, index, size)
-            measured.append(float(measure(mask)))
-        gaps = np.abs(measured[index] - wanted)
-        fits = np.flatnonzero((missing > 0) & (gaps <= allowed))
+        for d, values_of in measured.items():  # the pass reads indices in order: each list is index long
+            if index == len(values_of):
+                mask = real_image(seed, index, size) if mask is None else mask
+                values_of.append(float(_measure(d)(mask)))
+        gaps = np.abs(measured[name][index] - wanted)
+        ok = (missing > 0) & (gaps <= allowed)
+        for other, (want, allow) in others.items():
+            ok &= np.abs(measured[other][index] - want) <= allow
+        fits = np.flatnonzero(ok)
         if len(fits):
             entry = fits[np.argmin(gaps[fits])]
             found[entry].append(real_image(seed, index, size) if mask is None else mask)
@@ -125,37 +140,47 @@ def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int
 
 
 def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int = REAL_SEED,
-                    max_draws: int = 200_000, name: str = "grains") -> dict[float, np.ndarray]:
+                    max_draws: int = 200_000, name: str = "grains",
+                    held: Optional[dict[str, Sequence[float]]] = None) -> dict[float, np.ndarray]:
     """``n`` fresh voronoi-gb-range boundary masks per target value of the descriptor ``name``
-    (within ``tolerance``), drawn in one pass over image indices; refused if the draws run out
-    first (a target outside what the generator makes)."""
+    (within ``tolerance``; holding ``held`` too, see ``draw_real``), drawn in one pass over image
+    indices; refused if the draws run out first (a target outside what the generator makes)."""
     for target in targets:
         check_target(name, target, f"target {target:g}")
     if len(set(targets)) < len(targets):
         raise ValueError(f"targets {', '.join(f'{t:g}' for t in targets)}: each target once, please")
-    found = draw_real(targets, n, name, size, seed, max_draws)
+    found = draw_real(targets, n, name, size, seed, max_draws, held=held)
     short = {t: len(m) for t, m in zip(targets, found) if len(m) < n}
     if short:
-        raise ValueError(f"only {short} real images near these values of {name} in {max_draws} draws; "
+        holding = f" holding {', '.join(held)} at their held values" if held else ""
+        raise ValueError(f"only {short} real images near these values of {name}{holding} in {max_draws} draws; "
                          f"expected {n} each")
     return {t: np.stack(masks) for t, masks in zip(targets, found)}
 
 
 def matched_ratios(generated: metrics.SetDescriptors, name: str, within: tuple[float, float], size: int = 64,
                    seed: int = MATCHED_SEED, splits: int = 20, max_draws: int = 100_000,
-                   comparison_seed: int = 0) -> tuple[dict[str, float], int, int]:
+                   comparison_seed: int = 0,
+                   held: Optional[dict[str, tuple[float, float]]] = None) -> tuple[dict[str, float], int, int]:
     """The ratios to the noise floor of ``generated`` against real images matched to it one by one:
     two real images whose ``name`` is each sample's own (a count exactly, a length or a fraction
-    within ``MATCH_TOLERANCE``), compared as pairs (``metrics.compare_paired``). Samples outside
-    ``within`` (the model's training range: control missed) and samples the draws did not match
-    (a value the generator rarely makes) are left out. Returns the ratios (NaN with fewer than 2
-    samples matched) and the two numbers left out: outside the range, not matched."""
+    within ``MATCH_TOLERANCE``), and each descriptor of ``held`` too ({descriptor: its training
+    range}, for a model conditioned on several), compared as pairs (``metrics.compare_paired``).
+    Samples outside ``within`` or a held range (the model's training range: control missed) and
+    samples the draws did not match (values the generator rarely makes) are left out. Returns the
+    ratios (NaN with fewer than 2 samples matched) and the two numbers left out: outside the
+    range, not matched."""
+    held = held or {}
     values = generated.per_image[name].astype(float)
-    inside = np.flatnonzero((values >= within[0]) & (values <= within[1]))
-    found = draw_real(values[inside], 2, name, size, seed, max_draws, relative=MATCH_TOLERANCE)
+    ok = (values >= within[0]) & (values <= within[1])
+    for other, (low, high) in held.items():
+        ok &= (generated.per_image[other] >= low) & (generated.per_image[other] <= high)
+    inside = np.flatnonzero(ok)
+    found = draw_real(values[inside], 2, name, size, seed, max_draws, relative=MATCH_TOLERANCE,
+                      held={other: generated.per_image[other][inside].astype(float) for other in held})
     pairs = [(i, masks) for i, masks in zip(inside, found) if len(masks) == 2]
     outside, short = len(values) - len(inside), len(inside) - len(pairs)
-    names = ratio_names(name)
+    names = ratio_names(name, *held)
     if len(pairs) < 2:
         return {d: float("nan") for d in names}, outside, short
     first, second = (metrics.describe_set(np.stack([masks[k] for _, masks in pairs])) for k in (0, 1))
@@ -177,18 +202,43 @@ def default_targets(stats: dict, count: int = 8, name: Optional[str] = None) -> 
     return [float(f"{v:.3g}") for v in values]
 
 
-def held_values(stats: dict, name: str, real: dict[float, metrics.SetDescriptors]) -> dict[str, list[float]]:
-    """For a model conditioned on several descriptors: each condition but ``name``, at each target,
-    held at the median of the real images at that target (a whole number for a count), inside its
-    training range. {} for a model conditioned on ``name`` alone."""
+HELD_DRAWS = 65  # real images per target whose median sets a held value: odd, so it is one of them
+
+
+@dataclass
+class Held:
+    """A condition held while another is varied: its value at each target (the median of
+    ``HELD_DRAWS`` real images at the target) and the mean absolute error of those real images
+    about it (what a model that ignored this condition would score)."""
+
+    values: list[float]
+    real_mae: list[float]
+
+
+def held_values(stats: dict, name: str, targets: Sequence[float], size: int = 64,
+                seed: int = REAL_SEED) -> dict[str, Held]:
+    """For a model conditioned on several descriptors: each condition but ``name`` at each target,
+    held at the median of real images at that target; refused if a median falls outside the
+    condition's training range (the network would extrapolate). {} for one condition."""
+    others = [other for other in stats["names"] if other != name]
+    if not others:
+        return {}
+    real = real_at_targets(targets, HELD_DRAWS, size, seed, name=name)
     held = {}
-    for other in stats["names"]:
-        if other == name:
-            continue
+    for other in others:
         index = stats["names"].index(other)
-        values = [float(np.median(described.per_image[other])) for described in real.values()]
-        values = [float(round(v)) if other in COUNTS else v for v in values]
-        held[other] = [float(np.clip(v, stats["low"][index], stats["high"][index])) for v in values]
+        low, high = stats["low"][index], stats["high"][index]
+        values, errors = [], []
+        for target in targets:
+            measured = metrics.describe_set(real[target]).per_image[other].astype(float)
+            median = float(np.median(measured))
+            if not low <= median <= high:
+                raise ConditionError(f"target {target:g}: real images with {name} {target:g} have a median {other} "
+                                     f"of {median:.3g}, outside the model's training range {low:g} to {high:g}; "
+                                     f"expected targets further inside")
+            values.append(median)
+            errors.append(float(np.mean(np.abs(measured - median))))
+        held[other] = Held(values, errors)
     return held
 
 
@@ -219,8 +269,8 @@ class ControlReport:
     matched: list[dict[str, float]]  # per target: the ratios against real images matched to each sample
     outside: list[int]  # per target: samples outside the training range, left out of ``matched``
     unmatched: list[int]  # per target: samples whose value the real draws did not match, left out too
-    # the model's other conditions (several): name -> (its value at each target, each sample's measured value)
-    held: dict[str, tuple[list[float], list[list[float]]]] = field(default_factory=dict)
+    # the model's other conditions (several): name -> (held values, each sample's measured value per target)
+    held: dict[str, tuple[Held, list[list[float]]]] = field(default_factory=dict)
 
     @property
     def r2(self) -> float:
@@ -239,9 +289,10 @@ class ControlReport:
                 "dangling_ends_by_target": self.dangling_ends,
                 "worst_matched_ratio": worst(self.matched), "matched_ratios": self.matched,
                 "outside": self.outside, "unmatched": self.unmatched,
-                "held": {other: {"values": values, "achieved_mean": [float(np.mean(a)) for a in achieved],
-                                 "r2": _r2(values, achieved), "mae": _mae(values, achieved)}
-                         for other, (values, achieved) in self.held.items()}}
+                "held": {other: {"values": h.values, "achieved_mean": [float(np.mean(a)) for a in achieved],
+                                 "mae": _mae(h.values, achieved), "real_mae": float(np.mean(h.real_mae)),
+                                 "real_mae_by_target": h.real_mae}
+                         for other, (h, achieved) in self.held.items()}}
 
 
 def _r2(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float:
@@ -256,22 +307,28 @@ def _mae(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float
 
 
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
-                    name: str = "grains", seed: int = 0, device: Optional[torch.device] = None,
-                    real: Optional[dict[float, np.ndarray]] = None, splits: int = 20) -> ControlReport:
+                    name: Optional[str] = None, seed: int = 0, device: Optional[torch.device] = None,
+                    real: Optional[dict[float, np.ndarray]] = None, splits: int = 20,
+                    held: Optional[dict[str, Held]] = None) -> ControlReport:
     """Sample ``n`` images at each target value of ``name`` and measure them: achieved against target,
     each target's ratios to the noise floor against ``real`` images at that target (drawn fresh, 2n
     per target, when not given), and against real images matched to each sample (``matched_ratios``).
-    The model's other conditions, if any, are held at ``held_values``."""
-    measured_condition(stats, vary=name)
-    real = real if real is not None else real_at_targets(targets, 2 * n, model.config()["size"], name=name)
+    ``name`` defaults to the model's first condition; its others, if any, are held at ``held``
+    (default ``held_values``), and the real images hold them too."""
+    name = measured_condition(stats, vary=name)
+    size = model.config()["size"]
+    if len(set(targets)) < len(targets):
+        raise ValueError(f"targets {', '.join(f'{t:g}' for t in targets)}: each target once, please")
+    held = held if held is not None else held_values(stats, name, targets, size)
+    real = real if real is not None else real_at_targets(
+        targets, 2 * n, size, name=name, held={other: h.values for other, h in held.items()})
     described = {t: metrics.describe_set(real[t]) for t in targets}
-    held = held_values(stats, name, described)
-    index = stats["names"].index(name)
-    within = (stats["low"][index], stats["high"][index])
+    ranges = {d: (stats["low"][i], stats["high"][i]) for i, d in enumerate(stats["names"])}
+    within = ranges[name]
     achieved, ratios, ends, matched, outside, unmatched = [], [], [], [], [], []
     held_achieved: dict[str, list[list[float]]] = {other: [] for other in held}
     for i, target in enumerate(targets):
-        asked = {name: target, **{other: values[i] for other, values in held.items()}}
+        asked = {name: target, **{other: h.values[i] for other, h in held.items()}}
         images = generate(model, schedule, n, sampler, seed=target_seed(seed, i), device=device,
                           condition=target_vector(stats, asked))
         generated = metrics.describe_set(metrics.boundary_masks(images))
@@ -279,15 +336,15 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         achieved.append(generated.per_image[name].astype(float).tolist())
         for other in held:
             held_achieved[other].append(generated.per_image[other].astype(float).tolist())
-        ratios.append({d: comparison.ratio(d) for d in ratio_names(name)})
+        ratios.append({d: comparison.ratio(d) for d in ratio_names(*stats["names"])})
         ends.append(float(generated.per_image["dangling_ends"].mean()))
-        like, out, short = matched_ratios(generated, name, within, model.config()["size"], splits=splits,
-                                          comparison_seed=i)
+        like, out, short = matched_ratios(generated, name, within, size, splits=splits, comparison_seed=i,
+                                          held={other: ranges[other] for other in held})
         matched.append(like)
         outside.append(out)
         unmatched.append(short)
     return ControlReport(name, sampler.describe(), [float(t) for t in targets], achieved, ratios, ends, matched,
-                         outside, unmatched, {other: (held[other], held_achieved[other]) for other in held})
+                         outside, unmatched, {other: (h, held_achieved[other]) for other, h in held.items()})
 
 
 def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,
@@ -295,9 +352,12 @@ def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: in
     """``controllability`` at each guidance scale, on the same targets, seeds and real images at the
     targets (the matched real images follow each scale's samples): how much control the guidance
     buys, and what it costs in fidelity."""
-    real = real_at_targets(targets, 2 * n, model.config()["size"], name=options.get("name", "grains"))
-    return [controllability(model, schedule, stats, targets, n, sampler.replace(guidance=w), real=real, **options)
-            for w in scales]
+    name = options.pop("name", None)
+    name, size = measured_condition(stats, vary=name), model.config()["size"]
+    held = held_values(stats, name, targets, size)
+    real = real_at_targets(targets, 2 * n, size, name=name, held={other: h.values for other, h in held.items()})
+    return [controllability(model, schedule, stats, targets, n, sampler.replace(guidance=w), name=name, real=real,
+                            held=held, **options) for w in scales]
 
 
 def format_control(reports: Sequence[ControlReport]) -> str:
@@ -309,11 +369,12 @@ def format_control(reports: Sequence[ControlReport]) -> str:
         lines.append(f"{s['sampler']:<34} {s['r2']:>6.3f} {s['mae']:>6.2f} {s['worst_ratio']:>11.2f} "
                      f"{s['worst_matched_ratio']:>9.2f} {s['dangling_ends']:>13.2f}")
     first = reports[0]
-    names = ratio_names(first.name)
+    names = ratio_names(first.name, *first.held)
     headers = [metrics.DESCRIPTOR_TABLE[n].short for n in names]
     widths = [max(len(h), 9) + 2 for h in headers]
+    holding = f" (and {', '.join(first.held)})" if first.held else ""
     lines.append(f"{first.sampler}: achieved mean and standard deviation; ratios to the noise floor against real "
-                 f"images at the target, then against real images matched to each sample's {first.name}")
+                 f"images at the target, then against real images matched to each sample's {first.name}{holding}")
     lines.append((" " * 32 + f"{'at the target':^{sum(widths)}}{'matched':^{sum(widths)}}").rstrip())
     lines.append(f"{first.name + ' target':>14} {'achieved':>10} {'sd':>6}"
                  + "".join(f"{h:>{w}}" for h, w in zip(headers, widths)) * 2 + f" {'dangling ends':>14}")
@@ -322,11 +383,14 @@ def format_control(reports: Sequence[ControlReport]) -> str:
         lines.append(f"{target:>14g} {np.mean(values):>10.1f} {np.std(values):>6.2f}"
                      + "".join(f"{ratio[n]:>{w}.2f}" for n, w in zip(names, widths))
                      + "".join(f"{like[n]:>{w}.2f}" for n, w in zip(names, widths)) + f" {ends:>14.2f}")
-    for other, (values, achieved) in first.held.items():
-        lines.append(f"{other} held at the median of real images at each target "
-                     f"({', '.join(f'{v:.3g}' for v in values)}): achieved "
-                     f"{', '.join(f'{np.mean(a):.3g}' for a in achieved)}; R^2 {_r2(values, achieved):.3f}, "
-                     f"MAE {_mae(values, achieved):.3g}")
+    for other, (held, _) in first.held.items():
+        lines.append(f"{other} held at the median of real images at each target ({', '.join(f'{v:.3g}' for v in held.values)}); "
+                     f"its mean absolute error, against {np.mean(held.real_mae):.3g} for real images at the targets "
+                     f"(a model that ignored it):")
+        for report in reports:
+            achieved = report.held[other][1]
+            lines.append(f"  {report.sampler:<34} MAE {_mae(held.values, achieved):.3g}; achieved "
+                         f"{', '.join(f'{np.mean(a):.3g}' for a in achieved)}")
     for counts, why in ((first.outside, "outside the training range"), (first.unmatched, "with no real image matched")):
         if any(counts):
             lines.append(f"(left out of the matched ratios, samples {why}: "

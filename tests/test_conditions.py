@@ -145,6 +145,7 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
                for r in reports)
     assert all(np.mean(r["dangling_ends_by_target"]) == pytest.approx(r["dangling_ends"]) for r in reports)
     assert all(len(r["matched_ratios"]) == len(r["outside"]) == len(r["unmatched"]) == 2 for r in reports)
+    assert all(r["held"] == {} for r in reports)  # one condition: nothing held
     assert all(0 <= out + short <= 2 for r in reports for out, short in zip(r["outside"], r["unmatched"]))
     # the descriptor asked for is judged by its error, the others by their ratios to the noise floor
     assert all(set(ratios) == {"boundary_fraction", "lineal_intercept"} for r in reports for ratios in r["ratios"])
@@ -163,7 +164,7 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
         assert message in err and err.count("\n") == 1
     assert main(["control", "--checkpoint", str(conditional), "--vary", "boundary_fraction"]) == 2
     err = capsys.readouterr().err
-    assert f"--vary boundary_fraction: {conditional} is conditioned on grains; expected one of them" in err
+    assert f"cannot vary boundary_fraction: {conditional} is conditioned on grains; expected one of them" in err
     never_dropped = load_checkpoint(conditional)  # no unconditional prediction learned: nothing to guide with
     never_dropped["train_config"]["condition_dropout"] = 0.0
     torch.save(never_dropped, tmp_path / "never.pt")
@@ -175,35 +176,50 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
         assert err.count("\n") == 1 and not (tmp_path / "d").exists()
 
 
-def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_real_images_median(tmp_path, capsys):
+def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_real_images_median(
+        tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     cfg = train.profile_config("smoke", data="voronoi_gb_range_64", condition=["grains", "boundary_fraction"],
                                steps=2, checkpoint_every=2, sample_every=1000)
     train.train(cfg, run, device=CPU, progress=False)
     checkpoint = run / "checkpoint.pt"
-    assert main(["control", "--checkpoint", str(checkpoint), "--targets", "10", "30", "--n", "2", "--guidance", "1",
+    stats = load_checkpoint(checkpoint)["condition"]
+    asked = []  # the condition vector of each target's samples, in the order sampled
+    real_generate = control.generate
+    monkeypatch.setattr(control, "generate", lambda *a, condition, **k: asked.append(condition) or
+                        real_generate(*a, condition=condition, **k))
+    assert main(["control", "--checkpoint", str(checkpoint), "--targets", "30", "10", "--n", "2", "--guidance", "1",
                  "--steps", "2", "--splits", "2", "--json", str(tmp_path / "c.json")]) == 0
     assert "boundary_fraction held at the median of real images at each target" in capsys.readouterr().out
     report = json.loads((tmp_path / "c.json").read_text())["reports"][0]
-    assert report["name"] == "grains" and len(report["achieved_mean"]) == 2
+    assert report["name"] == "grains" and report["targets"] == [30.0, 10.0]
+    real = control.real_at_targets([30.0, 10.0], control.HELD_DRAWS)  # the held values' draw: same stream
+    fractions = [metrics.describe_set(real[t]).per_image["boundary_fraction"] for t in (30.0, 10.0)]
+    medians = [float(np.median(f)) for f in fractions]
     held = report["held"]["boundary_fraction"]
-    real = control.real_at_targets([10.0, 30.0], 4)  # what control drew: 2n per target, the same stream
-    medians = [float(np.median(metrics.describe_set(real[t]).per_image["boundary_fraction"])) for t in (10.0, 30.0)]
-    assert held["values"] == pytest.approx(medians) and medians[0] < medians[1]  # more grains, more boundary
-    assert len(held["achieved_mean"]) == 2 and held["r2"] <= 1 and held["mae"] >= 0
-    # along the other descriptor: fraction targets, grain counts held at whole-number medians
+    assert held["values"] == pytest.approx(medians) and medians[0] > medians[1]  # more grains, more boundary
+    assert held["real_mae_by_target"] == pytest.approx([float(np.mean(np.abs(f - m))) for f, m in zip(fractions, medians)])
+    assert len(asked) == 2 and all(torch.equal(c, conditions.target_vector(stats, {"grains": t, "boundary_fraction": m}))
+                                   for c, t, m in zip(asked, (30, 10), medians))
+    # both conditions are held by the real images compared with, so neither gets a ratio
+    assert set(report["ratios"][0]) == set(report["matched_ratios"][0]) == {"lineal_intercept"}
+    # along the other descriptor: fraction targets, the grain count held at a median of counts (a count)
     assert main(["control", "--checkpoint", str(checkpoint), "--vary", "boundary_fraction", "--targets", "0.2",
                  "--n", "2", "--guidance", "1", "--steps", "2", "--splits", "2", "--json", str(tmp_path / "f.json")]) == 0
     report = json.loads((tmp_path / "f.json").read_text())["reports"][0]
     assert report["name"] == "boundary_fraction" and report["targets"] == [0.2]
     grains = report["held"]["grains"]["values"]
     assert len(grains) == 1 and grains[0] == round(grains[0]) and 10 < grains[0] < 60
-    assert set(report["ratios"][0]) == {"grains", "lineal_intercept"}
     for vary in ("junctions", "dangling_ends"):
         assert main(["control", "--checkpoint", str(checkpoint), "--vary", vary]) == 2
         err = capsys.readouterr().err
-        assert f"--vary {vary}: {checkpoint} is conditioned on grains, boundary_fraction; expected one of them" in err
+        assert f"cannot vary {vary}: {checkpoint} is conditioned on grains, boundary_fraction; expected one of" in err
         assert err.count("\n") == 1
+    # a held value the model never saw in training is refused, not clipped
+    narrow = conditions.condition_stats(["grains", "boundary_fraction"], np.array([[4.0, 0.3], [90.0, 0.5]]))
+    with pytest.raises(conditions.ConditionError, match="target 10: real images with grains 10 have a median "
+                       "boundary_fraction of 0.1[0-9]*, outside the model's training range 0.3 to 0.5"):
+        control.held_values(narrow, "grains", [10.0])
 
 
 def test_an_unconditional_model_refuses_a_condition_in_python_too():
