@@ -15,12 +15,13 @@ those ratios ask whether the images are realistic for what they came out as, apa
 they hit the target.
 
 A model conditioned on several descriptors is measured along one of them (``vary``): at each of its
-targets the others are held at the median that real images at that target have, a combination
-the data holds (grain count and boundary fraction move together, so "8 grains with the median
-boundary fraction of the whole set" would ask for something no real image is). The real images
-it is compared with then hold every condition (the held ones within the same tolerance), and so
-do the matched ones. A held descriptor is judged by its error, beside the error real images at
-the target make about the held value: what a model that ignored that condition would score.
+targets the others are held at what real images at that target have (their median; with two
+held, one real image's pair), a combination the data holds (grain count and boundary fraction
+move together, so "8 grains with the median boundary fraction of the whole set" would ask for
+something no real image is). The real images it is compared with then hold every condition (the
+held ones within the same tolerance), and so do the matched ones. A held descriptor is judged by
+its error, beside the error real images at the target make about the held value: what a model
+that ignored that condition would score.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from .sample import Sampler, derived_seed, generate
 
 REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
 MATCHED_SEED = 1001  # nor these: the real images matched to samples, apart from those at the targets
+HELD_SEED = 1002  # nor these: the real images that set a held condition's value (several conditions)
 # how close a matched real image's length or fraction must be to its sample's: tight, so that the
 # window's own spread adds little to the matched floor (a count is matched exactly)
 MATCH_TOLERANCE = 0.01
@@ -97,9 +99,14 @@ def real_image(seed: int, index: int, size: int = 64) -> np.ndarray:
     return data_module.make_voronoi_gb_range(seed, index, size).image >= 128
 
 
+# the descriptors a condition can be, each measured on its own (what ``metrics.describe`` calls)
+_MEASURES = {"grains": metrics.grain_count, "boundary_fraction": metrics.boundary_fraction,
+             "lineal_intercept": metrics.mean_lineal_intercept}
+
+
 def _measure(name: str):
     """The function measuring descriptor ``name`` of one boundary mask."""
-    return metrics.grain_count if name == "grains" else (lambda mask: metrics.describe(mask)[name])
+    return _MEASURES.get(name) or (lambda mask: metrics.describe(mask)[name])
 
 
 def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int = 64, seed: int = REAL_SEED,
@@ -114,6 +121,9 @@ def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int
     too, each within its tolerance (nearness is still judged on ``name``)."""
     wanted = np.asarray(values, dtype=np.float64)
     allowed = np.array([tolerance(v, name, relative) for v in wanted])
+    for other, v in (held or {}).items():
+        if len(v) != len(wanted):
+            raise ValueError(f"held {other}: {len(v)} values for {len(wanted)} entries; expected one per entry")
     others = {other: (np.asarray(v, dtype=np.float64), np.array([tolerance(x, other, relative) for x in v]))
               for other, v in (held or {}).items()}
     found: list[list[np.ndarray]] = [[] for _ in wanted]
@@ -141,7 +151,7 @@ def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int
 
 def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int = REAL_SEED,
                     max_draws: int = 200_000, name: str = "grains",
-                    held: Optional[dict[str, Sequence[float]]] = None) -> dict[float, np.ndarray]:
+                    held: Optional[dict[str, Sequence[float]]] = None, relative: float = 0.05) -> dict[float, np.ndarray]:
     """``n`` fresh voronoi-gb-range boundary masks per target value of the descriptor ``name``
     (within ``tolerance``; holding ``held`` too, see ``draw_real``), drawn in one pass over image
     indices; refused if the draws run out first (a target outside what the generator makes)."""
@@ -149,10 +159,11 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
         check_target(name, target, f"target {target:g}")
     if len(set(targets)) < len(targets):
         raise ValueError(f"targets {', '.join(f'{t:g}' for t in targets)}: each target once, please")
-    found = draw_real(targets, n, name, size, seed, max_draws, held=held)
+    found = draw_real(targets, n, name, size, seed, max_draws, relative, held)
     short = {t: len(m) for t, m in zip(targets, found) if len(m) < n}
     if short:
-        holding = f" holding {', '.join(held)} at their held values" if held else ""
+        holding = "".join(f" holding {other} at {', '.join(f'{v:.3g}' for v in values)}"
+                          for other, values in (held or {}).items())
         raise ValueError(f"only {short} real images near these values of {name}{holding} in {max_draws} draws; "
                          f"expected {n} each")
     return {t: np.stack(masks) for t, masks in zip(targets, found)}
@@ -161,26 +172,27 @@ def real_at_targets(targets: Sequence[float], n: int, size: int = 64, seed: int 
 def matched_ratios(generated: metrics.SetDescriptors, name: str, within: tuple[float, float], size: int = 64,
                    seed: int = MATCHED_SEED, splits: int = 20, max_draws: int = 100_000,
                    comparison_seed: int = 0,
-                   held: Optional[dict[str, tuple[float, float]]] = None) -> tuple[dict[str, float], int, int]:
+                   held_ranges: Optional[dict[str, tuple[float, float]]] = None) -> tuple[dict[str, float], int, int]:
     """The ratios to the noise floor of ``generated`` against real images matched to it one by one:
     two real images whose ``name`` is each sample's own (a count exactly, a length or a fraction
-    within ``MATCH_TOLERANCE``), and each descriptor of ``held`` too ({descriptor: its training
-    range}, for a model conditioned on several), compared as pairs (``metrics.compare_paired``).
-    Samples outside ``within`` or a held range (the model's training range: control missed) and
-    samples the draws did not match (values the generator rarely makes) are left out. Returns the
-    ratios (NaN with fewer than 2 samples matched) and the two numbers left out: outside the
-    range, not matched."""
-    held = held or {}
+    within ``MATCH_TOLERANCE``), and each descriptor of ``held_ranges`` too ({descriptor: its
+    training range}, for a model conditioned on several), compared as pairs
+    (``metrics.compare_paired``). Samples outside ``within`` or a held range (the model's training
+    range: control missed) and samples the draws did not match (values the generator rarely
+    makes; with several conditions, often a combination real images do not have: a failure of
+    realism in itself) are left out. Returns the ratios (NaN with fewer than 2 samples matched)
+    and the two numbers left out: outside the range, not matched."""
+    held_ranges = held_ranges or {}
     values = generated.per_image[name].astype(float)
     ok = (values >= within[0]) & (values <= within[1])
-    for other, (low, high) in held.items():
+    for other, (low, high) in held_ranges.items():
         ok &= (generated.per_image[other] >= low) & (generated.per_image[other] <= high)
     inside = np.flatnonzero(ok)
     found = draw_real(values[inside], 2, name, size, seed, max_draws, relative=MATCH_TOLERANCE,
-                      held={other: generated.per_image[other][inside].astype(float) for other in held})
+                      held={other: generated.per_image[other][inside].astype(float) for other in held_ranges})
     pairs = [(i, masks) for i, masks in zip(inside, found) if len(masks) == 2]
     outside, short = len(values) - len(inside), len(inside) - len(pairs)
-    names = ratio_names(name, *held)
+    names = ratio_names(name, *held_ranges)
     if len(pairs) < 2:
         return {d: float("nan") for d in names}, outside, short
     first, second = (metrics.describe_set(np.stack([masks[k] for _, masks in pairs])) for k in (0, 1))
@@ -202,44 +214,51 @@ def default_targets(stats: dict, count: int = 8, name: Optional[str] = None) -> 
     return [float(f"{v:.3g}") for v in values]
 
 
-HELD_DRAWS = 65  # real images per target whose median sets a held value: odd, so it is one of them
+HELD_DRAWS = 65  # real images per target that set the held values: odd, so a median is one of them
 
 
 @dataclass
 class Held:
-    """A condition held while another is varied: its value at each target (the median of
-    ``HELD_DRAWS`` real images at the target) and the mean absolute error of those real images
-    about it (what a model that ignored this condition would score)."""
+    """A condition held while another is varied: its value at each target, and the mean absolute
+    error about it of the real images at the target that set it (what a model that ignored this
+    condition, drawing it as real images at the target do, would score)."""
 
     values: list[float]
     real_mae: list[float]
 
 
 def held_values(stats: dict, name: str, targets: Sequence[float], size: int = 64,
-                seed: int = REAL_SEED) -> dict[str, Held]:
-    """For a model conditioned on several descriptors: each condition but ``name`` at each target,
-    held at the median of real images at that target; refused if a median falls outside the
-    condition's training range (the network would extrapolate). {} for one condition."""
+                seed: int = HELD_SEED) -> dict[str, Held]:
+    """For a model conditioned on several descriptors, each condition but ``name`` at each target:
+    ``HELD_DRAWS`` real images at the target (``name`` within ``MATCH_TOLERANCE``, exactly for a
+    count), and the values of the one nearest the medians of the held descriptors (in units of
+    their training spread): with one held descriptor, its median; with two, a combination one
+    real image has. Refused if a value falls outside its training range. {} for one condition."""
     others = [other for other in stats["names"] if other != name]
     if not others:
         return {}
-    real = real_at_targets(targets, HELD_DRAWS, size, seed, name=name)
-    held = {}
-    for other in others:
-        index = stats["names"].index(other)
-        low, high = stats["low"][index], stats["high"][index]
-        values, errors = [], []
-        for target in targets:
-            measured = metrics.describe_set(real[target]).per_image[other].astype(float)
-            median = float(np.median(measured))
-            if not low <= median <= high:
-                raise ConditionError(f"target {target:g}: real images with {name} {target:g} have a median {other} "
-                                     f"of {median:.3g}, outside the model's training range {low:g} to {high:g}; "
-                                     f"expected targets further inside")
-            values.append(median)
-            errors.append(float(np.mean(np.abs(measured - median))))
-        held[other] = Held(values, errors)
-    return held
+    try:
+        real = real_at_targets(targets, HELD_DRAWS, size, seed, name=name, relative=MATCH_TOLERANCE)
+    except ValueError as exc:
+        raise ValueError(f"the held values' draw ({HELD_DRAWS} real images per target): {exc}") from None
+    values: dict[str, list[float]] = {other: [] for other in others}
+    errors: dict[str, list[float]] = {other: [] for other in others}
+    for target in targets:
+        measured = metrics.describe_set(real[target]).per_image
+        spread = {other: stats["std"][stats["names"].index(other)] for other in others}
+        distance = sum(np.abs(measured[other] - np.median(measured[other])) / spread[other] for other in others)
+        chosen = int(np.argmin(distance))
+        for other in others:
+            index = stats["names"].index(other)
+            low, high = stats["low"][index], stats["high"][index]
+            value = float(measured[other][chosen])
+            if not low <= value <= high:
+                raise ConditionError(f"target {target:g}: real images with {name} {target:g} hold {other} {value:.3g}, "
+                                     f"outside the model's training range {low:g} to {high:g}; expected a {name} "
+                                     f"target whose real images have {other} in that range")
+            values[other].append(value)
+            errors[other].append(float(np.mean(np.abs(measured[other] - value))))
+    return {other: Held(values[other], errors[other]) for other in others}
 
 
 def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:
@@ -269,7 +288,7 @@ class ControlReport:
     matched: list[dict[str, float]]  # per target: the ratios against real images matched to each sample
     outside: list[int]  # per target: samples outside the training range, left out of ``matched``
     unmatched: list[int]  # per target: samples whose value the real draws did not match, left out too
-    # the model's other conditions (several): name -> (held values, each sample's measured value per target)
+    # the model's other conditions (several): name -> (its Held, each sample's measured value per target)
     held: dict[str, tuple[Held, list[list[float]]]] = field(default_factory=dict)
 
     @property
@@ -314,11 +333,13 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
     each target's ratios to the noise floor against ``real`` images at that target (drawn fresh, 2n
     per target, when not given), and against real images matched to each sample (``matched_ratios``).
     ``name`` defaults to the model's first condition; its others, if any, are held at ``held``
-    (default ``held_values``), and the real images hold them too."""
+    (default ``held_values``), and the real images hold them too (give ``held`` with ``real``)."""
     name = measured_condition(stats, vary=name)
     size = model.config()["size"]
     if len(set(targets)) < len(targets):
         raise ValueError(f"targets {', '.join(f'{t:g}' for t in targets)}: each target once, please")
+    if real is not None and held is None and len(stats["names"]) > 1:
+        raise ValueError("real images were given without the held values they hold; expected held= too")
     held = held if held is not None else held_values(stats, name, targets, size)
     real = real if real is not None else real_at_targets(
         targets, 2 * n, size, name=name, held={other: h.values for other, h in held.items()})
@@ -339,7 +360,7 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         ratios.append({d: comparison.ratio(d) for d in ratio_names(*stats["names"])})
         ends.append(float(generated.per_image["dangling_ends"].mean()))
         like, out, short = matched_ratios(generated, name, within, size, splits=splits, comparison_seed=i,
-                                          held={other: ranges[other] for other in held})
+                                          held_ranges={other: ranges[other] for other in held})
         matched.append(like)
         outside.append(out)
         unmatched.append(short)
@@ -383,14 +404,16 @@ def format_control(reports: Sequence[ControlReport]) -> str:
         lines.append(f"{target:>14g} {np.mean(values):>10.1f} {np.std(values):>6.2f}"
                      + "".join(f"{ratio[n]:>{w}.2f}" for n, w in zip(names, widths))
                      + "".join(f"{like[n]:>{w}.2f}" for n, w in zip(names, widths)) + f" {ends:>14.2f}")
+    if not names:
+        lines.append("(every descriptor with a noise floor is a condition of this model: no ratios)")
     for other, (held, _) in first.held.items():
-        lines.append(f"{other} held at the median of real images at each target ({', '.join(f'{v:.3g}' for v in held.values)}); "
-                     f"its mean absolute error, against {np.mean(held.real_mae):.3g} for real images at the targets "
+        lines.append(f"{other} held at what real images at each target have ({', '.join(f'{v:.3g}' for v in held.values)}); "
+                     f"its mean absolute error, against {np.mean(held.real_mae):.3g} for those real images "
                      f"(a model that ignored it):")
         for report in reports:
-            achieved = report.held[other][1]
-            lines.append(f"  {report.sampler:<34} MAE {_mae(held.values, achieved):.3g}; achieved "
-                         f"{', '.join(f'{np.mean(a):.3g}' for a in achieved)}")
+            mine = report.summary()["held"][other]
+            lines.append(f"  {report.sampler:<34} MAE {mine['mae']:.3g}; achieved "
+                         f"{', '.join(f'{a:.3g}' for a in mine['achieved_mean'])}")
     for counts, why in ((first.outside, "outside the training range"), (first.unmatched, "with no real image matched")):
         if any(counts):
             lines.append(f"(left out of the matched ratios, samples {why}: "

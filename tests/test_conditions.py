@@ -1,5 +1,6 @@
 """Conditional generation: the range data set, the condition's scaling, the network's null
 condition, classifier-free guidance, the commands, and the controllability report."""
+import inspect
 import json
 
 import numpy as np
@@ -188,12 +189,24 @@ def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_re
     real_generate = control.generate
     monkeypatch.setattr(control, "generate", lambda *a, condition, **k: asked.append(condition) or
                         real_generate(*a, condition=condition, **k))
+    draws = []  # each pass over real images: (values, per, seed, held)
+    real_draw, signature = control.draw_real, inspect.signature(control.draw_real)
+
+    def draw(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        draws.append((list(given["values"]), given["per"], given["seed"],
+                      {other: list(v) for other, v in (given["held"] or {}).items()}))
+        return real_draw(*args, **kwargs)
+
+    monkeypatch.setattr(control, "draw_real", draw)
     assert main(["control", "--checkpoint", str(checkpoint), "--targets", "30", "10", "--n", "2", "--guidance", "1",
                  "--steps", "2", "--splits", "2", "--json", str(tmp_path / "c.json")]) == 0
-    assert "boundary_fraction held at the median of real images at each target" in capsys.readouterr().out
+    assert "boundary_fraction held at what real images at each target have" in capsys.readouterr().out
     report = json.loads((tmp_path / "c.json").read_text())["reports"][0]
     assert report["name"] == "grains" and report["targets"] == [30.0, 10.0]
-    real = control.real_at_targets([30.0, 10.0], control.HELD_DRAWS)  # the held values' draw: same stream
+    real = control.real_at_targets([30.0, 10.0], control.HELD_DRAWS, seed=control.HELD_SEED)  # the held values' draw
     fractions = [metrics.describe_set(real[t]).per_image["boundary_fraction"] for t in (30.0, 10.0)]
     medians = [float(np.median(f)) for f in fractions]
     held = report["held"]["boundary_fraction"]
@@ -203,6 +216,11 @@ def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_re
                                    for c, t, m in zip(asked, (30, 10), medians))
     # both conditions are held by the real images compared with, so neither gets a ratio
     assert set(report["ratios"][0]) == set(report["matched_ratios"][0]) == {"lineal_intercept"}
+    # the passes: the held values' (its own stream), the images at the targets holding them, the matched ones
+    assert draws[0] == ([30.0, 10.0], control.HELD_DRAWS, control.HELD_SEED, {})
+    assert draws[1][:3] == ([30.0, 10.0], 4, control.REAL_SEED) and draws[1][3] == {"boundary_fraction": medians}
+    assert [(d[1], d[2], list(d[3]), len(d[3]["boundary_fraction"]) == len(d[0])) for d in draws[2:4]] == \
+        [(2, control.MATCHED_SEED, ["boundary_fraction"], True)] * 2  # one per target (draws[4]: this test's own)
     # along the other descriptor: fraction targets, the grain count held at a median of counts (a count)
     assert main(["control", "--checkpoint", str(checkpoint), "--vary", "boundary_fraction", "--targets", "0.2",
                  "--n", "2", "--guidance", "1", "--steps", "2", "--splits", "2", "--json", str(tmp_path / "f.json")]) == 0
@@ -217,8 +235,9 @@ def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_re
         assert err.count("\n") == 1
     # a held value the model never saw in training is refused, not clipped
     narrow = conditions.condition_stats(["grains", "boundary_fraction"], np.array([[4.0, 0.3], [90.0, 0.5]]))
-    with pytest.raises(conditions.ConditionError, match="target 10: real images with grains 10 have a median "
-                       "boundary_fraction of 0.1[0-9]*, outside the model's training range 0.3 to 0.5"):
+    with pytest.raises(conditions.ConditionError, match="target 10: real images with grains 10 hold "
+                       "boundary_fraction 0.1[0-9]*, outside the model's training range 0.3 to 0.5; expected a "
+                       "grains target whose real images have boundary_fraction in that range"):
         control.held_values(narrow, "grains", [10.0])
 
 
@@ -291,6 +310,23 @@ def test_matched_ratios_of_real_images_are_about_one():
         matched, _, _ = control.matched_ratios(generated, "grains", (4, 90), seed=2000 + seed, comparison_seed=seed)
         ratios += matched.values()
     assert 0.85 < np.mean(ratios) < 1.2
+
+
+def test_real_images_drawn_holding_a_second_descriptor_hold_both_and_the_measured_cache_stays_aligned():
+    control._MEASURED.clear()
+    counts_only = control.draw_real([20, 30], 3, seed=11, max_draws=4000)  # the grain counts measured first
+    assert all(metrics.grain_count(m) == t for t, masks in zip([20, 30], counts_only) for m in masks)
+    fractions = [float(np.median([metrics.boundary_fraction(m) for m in masks])) for masks in counts_only]
+    drawn = control.draw_real([20, 30], 3, seed=11, max_draws=20_000, held={"boundary_fraction": fractions})
+    assert [len(masks) for masks in drawn] == [3, 3]
+    for target, fraction, masks in zip([20, 30], fractions, drawn):
+        for mask in masks:  # measured afresh: the cache's values belong to the images they index
+            assert metrics.grain_count(mask) == target
+            assert abs(metrics.boundary_fraction(mask) - fraction) <= 0.05 * fraction
+    lists = control._MEASURED
+    assert len(lists[(11, 64, "boundary_fraction")]) <= len(lists[(11, 64, "grains")])
+    with pytest.raises(ValueError, match="held boundary_fraction: 1 values for 2 entries; expected one per entry"):
+        control.draw_real([20, 30], 1, seed=11, held={"boundary_fraction": [0.3]})
 
 
 def test_a_real_image_goes_to_the_nearest_entry_and_targets_come_once():
