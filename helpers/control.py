@@ -399,9 +399,11 @@ def format_control(reports: Sequence[ControlReport]) -> str:
     lines.append((" " * 32 + f"{'at the target':^{sum(widths)}}{'matched':^{sum(widths)}}").rstrip())
     lines.append(f"{first.name + ' target':>14} {'achieved':>10} {'sd':>6}"
                  + "".join(f"{h:>{w}}" for h, w in zip(headers, widths)) * 2 + f" {'dangling ends':>14}")
+    # a count to a tenth; a length or a fraction to three significant figures (0.213, not 0.2)
+    mean_format, sd_format = (".1f", ".2f") if first.name in COUNTS else (".3g", ".2g")
     for target, values, ratio, like, ends in zip(first.targets, first.achieved, first.ratios, first.matched,
                                                  first.dangling_ends):
-        lines.append(f"{target:>14g} {np.mean(values):>10.1f} {np.std(values):>6.2f}"
+        lines.append(f"{target:>14g} {np.mean(values):>10{mean_format}} {np.std(values):>6{sd_format}}"
                      + "".join(f"{ratio[n]:>{w}.2f}" for n, w in zip(names, widths))
                      + "".join(f"{like[n]:>{w}.2f}" for n, w in zip(names, widths)) + f" {ends:>14.2f}")
     if not names:

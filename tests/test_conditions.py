@@ -226,6 +226,8 @@ def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_re
                  "--n", "2", "--guidance", "1", "--steps", "2", "--splits", "2", "--json", str(tmp_path / "f.json")]) == 0
     report = json.loads((tmp_path / "f.json").read_text())["reports"][0]
     assert report["name"] == "boundary_fraction" and report["targets"] == [0.2]
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["0.2"])
+    assert row.split()[1] == f"{report['achieved_mean'][0]:.3g}"  # a fraction to three figures, not to a tenth
     grains = report["held"]["grains"]["values"]
     assert len(grains) == 1 and grains[0] == round(grains[0]) and 10 < grains[0] < 60
     for vary in ("junctions", "dangling_ends"):
