@@ -121,11 +121,11 @@ def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int
     too, each within its tolerance (nearness is still judged on ``name``)."""
     wanted = np.asarray(values, dtype=np.float64)
     allowed = np.array([tolerance(v, name, relative) for v in wanted])
+    others = {}
     for other, v in (held or {}).items():
         if len(v) != len(wanted):
             raise ValueError(f"held {other}: {len(v)} values for {len(wanted)} entries; expected one per entry")
-    others = {other: (np.asarray(v, dtype=np.float64), np.array([tolerance(x, other, relative) for x in v]))
-              for other, v in (held or {}).items()}
+        others[other] = (np.asarray(v, dtype=np.float64), np.array([tolerance(x, other, relative) for x in v]))
     found: list[list[np.ndarray]] = [[] for _ in wanted]
     missing = np.full(len(wanted), per)
     measured = {d: _MEASURED.setdefault((seed, size, d), []) for d in (name, *others)}
@@ -241,16 +241,16 @@ def held_values(stats: dict, name: str, targets: Sequence[float], size: int = 64
         real = real_at_targets(targets, HELD_DRAWS, size, seed, name=name, relative=MATCH_TOLERANCE)
     except ValueError as exc:
         raise ValueError(f"the held values' draw ({HELD_DRAWS} real images per target): {exc}") from None
+    index = {other: stats["names"].index(other) for other in others}
     values: dict[str, list[float]] = {other: [] for other in others}
     errors: dict[str, list[float]] = {other: [] for other in others}
     for target in targets:
-        measured = metrics.describe_set(real[target]).per_image
-        spread = {other: stats["std"][stats["names"].index(other)] for other in others}
-        distance = sum(np.abs(measured[other] - np.median(measured[other])) / spread[other] for other in others)
+        measured = {other: np.array([float(_measure(other)(mask)) for mask in real[target]]) for other in others}
+        distance = sum(np.abs(measured[other] - np.median(measured[other])) / stats["std"][index[other]]
+                       for other in others)
         chosen = int(np.argmin(distance))
         for other in others:
-            index = stats["names"].index(other)
-            low, high = stats["low"][index], stats["high"][index]
+            low, high = stats["low"][index[other]], stats["high"][index[other]]
             value = float(measured[other][chosen])
             if not low <= value <= high:
                 raise ConditionError(f"target {target:g}: real images with {name} {target:g} hold {other} {value:.3g}, "
@@ -259,6 +259,14 @@ def held_values(stats: dict, name: str, targets: Sequence[float], size: int = 64
             values[other].append(value)
             errors[other].append(float(np.mean(np.abs(measured[other] - value))))
     return {other: Held(values[other], errors[other]) for other in others}
+
+
+def reference(stats: dict, name: str, targets: Sequence[float], n: int, size: int = 64,
+              held: Optional[dict[str, Held]] = None) -> tuple[dict[str, Held], dict[float, np.ndarray]]:
+    """What a control run compares with: the held values (``held``, default ``held_values``) and
+    ``n`` real images per target (``real_at_targets``) holding them."""
+    held = held if held is not None else held_values(stats, name, targets, size)
+    return held, real_at_targets(targets, n, size, name=name, held={other: h.values for other, h in held.items()})
 
 
 def r_squared(targets: np.ndarray, achieved: np.ndarray) -> float:
@@ -338,11 +346,12 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
     size = model.config()["size"]
     if len(set(targets)) < len(targets):
         raise ValueError(f"targets {', '.join(f'{t:g}' for t in targets)}: each target once, please")
-    if real is not None and held is None and len(stats["names"]) > 1:
-        raise ValueError("real images were given without the held values they hold; expected held= too")
-    held = held if held is not None else held_values(stats, name, targets, size)
-    real = real if real is not None else real_at_targets(
-        targets, 2 * n, size, name=name, held={other: h.values for other, h in held.items()})
+    if real is None:
+        held, real = reference(stats, name, targets, 2 * n, size, held)
+    elif held is None:
+        if len(stats["names"]) > 1:
+            raise ValueError("real images were given without the held values they hold; expected held= too")
+        held = {}
     described = {t: metrics.describe_set(real[t]) for t in targets}
     ranges = {d: (stats["low"][i], stats["high"][i]) for i, d in enumerate(stats["names"])}
     within = ranges[name]
@@ -373,10 +382,8 @@ def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: in
     """``controllability`` at each guidance scale, on the same targets, seeds and real images at the
     targets (the matched real images follow each scale's samples): how much control the guidance
     buys, and what it costs in fidelity."""
-    name = options.pop("name", None)
-    name, size = measured_condition(stats, vary=name), model.config()["size"]
-    held = held_values(stats, name, targets, size)
-    real = real_at_targets(targets, 2 * n, size, name=name, held={other: h.values for other, h in held.items()})
+    name = measured_condition(stats, vary=options.pop("name", None))
+    held, real = reference(stats, name, targets, 2 * n, model.config()["size"])
     return [controllability(model, schedule, stats, targets, n, sampler.replace(guidance=w), name=name, real=real,
                             held=held, **options) for w in scales]
 
