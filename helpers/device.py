@@ -27,7 +27,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead")
 # Layouts of images and weights. NCHW is the default everywhere: on an H200 (bf16, batch 128,
 # eager) the default UNet trained 1.35x faster in NCHW than in channels_last, whose gain in the
 # convolutions is lost in the GroupNorm and element-wise kernels around them
-# (benchmarks/h200_session_1.json).
+# (benchmarks/h200_session_1.json, measured when circular padding still returned NCHW tensors).
 MEMORY_FORMATS = ("contiguous", "channels_last")
 
 

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from helpers.unet import (SeedUNet, UNet, build_model, count_parameters, gflops_per_image,
-                          shape_walk, sinusoidal_embedding)
+import torch.nn.functional as F
+
+from helpers.unet import (PeriodicConv2d, SeedUNet, UNet, build_model, count_parameters, gflops_per_image,
+                          shape_walk, sinusoidal_embedding, wrap_pad)
 
 SMALL_UNET = dict(widths=(16, 32), blocks=1, attention_at=(8,))
 
@@ -70,6 +72,34 @@ def test_periodic_unet_commutes_with_shifts(shift):
         rolled_output = torch.roll(model(x, t), shift, dims=(2, 3))
         output_of_rolled = model(torch.roll(x, shift, dims=(2, 3)), t)
     assert torch.allclose(rolled_output, output_of_rolled, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("pad", [1, 2])
+def test_wrap_pad_is_circular_padding_in_the_inputs_layout(layout, pad):
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6).contiguous(memory_format=layout)
+    padded = wrap_pad(x, pad)
+    assert torch.equal(padded, F.pad(x, (pad,) * 4, mode="circular"))
+    assert padded.shape == (2, 3, 5 + 2 * pad, 6 + 2 * pad)
+    assert padded.is_contiguous(memory_format=layout)
+    assert padded[0, 0, 0, 0] == x[0, 0, -pad, -pad]  # a corner comes from the opposite corner
+    with pytest.raises(ValueError, match="cannot wrap 6 pixels around a 5x6 image"):
+        wrap_pad(x, 6)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_periodic_conv_matches_torchs_circular_conv_with_its_gradients(stride):
+    torch.manual_seed(0)
+    ours = PeriodicConv2d(4, 6, 3, stride=stride, padding=1, padding_mode="circular")
+    torchs = torch.nn.Conv2d(4, 6, 3, stride=stride, padding=1, padding_mode="circular")
+    torchs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    y_ours, y_torch = ours(x), torchs(x)
+    torch.testing.assert_close(y_ours, y_torch)
+    grad_ours = torch.autograd.grad(y_ours.square().sum(), [x, ours.weight])
+    grad_torch = torch.autograd.grad(y_torch.square().sum(), [x, torchs.weight])
+    for a, b in zip(grad_ours, grad_torch):
+        torch.testing.assert_close(a, b)
 
 
 def test_zero_padded_unet_does_not_commute_with_shifts():

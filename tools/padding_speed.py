@@ -1,0 +1,87 @@
+"""What circular padding costs a sampling run on the CPU: ``wrap_pad`` against ``F.pad``, side by side.
+
+    python tools/padding_speed.py --json benchmarks/cpu_padding.json
+
+The shipped model samples --n images (16) with --sampler (DPM-Solver++(2M)-30, eta 1) in each
+layout and precision below, once with its convolutions as they are (``PeriodicConv2d``, padding by
+``wrap_pad`` in the input's layout) and once turned back into plain ``nn.Conv2d(padding_mode=
+"circular")``, whose ``F.pad`` returns channels-first tensors. The two runs alternate, --repeats
+times each after a warm-up, and the medians and their ratio are printed (and merged into --json,
+one row per precision and layout); the two networks' images are checked to be identical. Run it
+with nothing else on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from helpers import sample  # noqa: E402
+from helpers.checkpoint import load_model  # noqa: E402
+from helpers.device import at_precision  # noqa: E402
+from helpers.unet import PeriodicConv2d  # noqa: E402
+from pretrained_report import parse_sampler  # noqa: E402
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
+# (precision, layout): the default fp32 path, fp32 in NHWC, and --precision bf16 (NHWC on a CPU)
+WAYS = (("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "channels_last"))
+
+
+def with_torch_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose periodic convolutions pad with ``F.pad`` again (nn.Conv2d's own circular mode)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, PeriodicConv2d):
+            module.__class__ = torch.nn.Conv2d
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--sampler", type=parse_sampler, default=parse_sampler("dpm++2m:30:1"))
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    cpu = torch.device("cpu")
+    model, schedule, payload = load_model(args.model, cpu)
+    rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    print(f"{args.model} (step {payload['step']}), {args.n} images, {args.sampler.describe()}, "
+          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print("| weights | layout | F.pad (s) | wrap_pad (s) | ratio |\n|---|---|---|---|---|")
+    for precision, layout in WAYS:
+        ours = at_precision(model, precision, cpu, layout)
+        networks = {"wrap_pad": ours, "F.pad": with_torch_padding(ours)}
+        images = {name: sample.generate(net, schedule, args.n, args.sampler, seed=0, device=cpu)
+                  for name, net in networks.items()}  # the warm-up, and the check
+        if not torch.equal(images["wrap_pad"], images["F.pad"]):
+            raise SystemExit(f"{precision} {layout}: the two paddings gave different images")
+        times = {name: [] for name in networks}
+        for _ in range(args.repeats):
+            for name, net in networks.items():
+                start = time.perf_counter()
+                sample.generate(net, schedule, args.n, args.sampler, seed=0, device=cpu)
+                times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        row = {"precision": precision, "layout": layout, "sampler": args.sampler.describe(), "n": args.n,
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": medians,
+               "runs": times, "ratio": medians["F.pad"] / medians["wrap_pad"]}
+        rows[f"{precision}:{layout}"] = row
+        print(f"| {precision} | {layout} | {medians['F.pad']:.2f} | {medians['wrap_pad']:.2f} | "
+              f"{row['ratio']:.2f} |", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
