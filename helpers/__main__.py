@@ -20,7 +20,7 @@ from .control import check_target, default_targets, format_control, guidance_swe
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
                    read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
-from .diffusion import PREDICTIONS, VARIANCES
+from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
@@ -229,7 +229,8 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         raise DataError(f"{args.checkpoint}: its recommended sampler is unusable ({exc})") from None
     try:
         sampler = recommended.replace(kind=args.sampler, steps=args.steps, eta=args.eta, variance=args.variance,
-                                      clip=False if args.no_clip else None, guidance=args.guidance)
+                                      clip=False if args.no_clip else None, guidance=args.guidance,
+                                      spacing=args.spacing)
         sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
     except ValueError as exc:
         raise DataError(f"--sampler/--steps/--eta/--guidance: {exc}") from None
@@ -291,7 +292,8 @@ def _control(args: argparse.Namespace) -> None:
         check_range(stats, name, target, f"--targets {target:g}")
         check_target(name, target, f"--targets {target:g}")
     try:
-        sampler = recommended_sampler(payload).replace(kind=args.sampler, steps=args.steps, eta=args.eta)
+        sampler = recommended_sampler(payload).replace(kind=args.sampler, steps=args.steps, eta=args.eta,
+                                                       spacing=args.spacing)
         sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
     except ValueError as exc:
         raise DataError(f"--sampler/--steps/--eta: {exc}") from None
@@ -438,6 +440,9 @@ def _add_sample(commands) -> None:
                         "the model's, else 50")
     sample.add_argument("--eta", type=_fraction, help="fresh noise per step for ddim and dpm++2m, 0 "
                         "(deterministic) to 1; default: the model's, else 0")
+    sample.add_argument("--spacing", choices=SPACINGS, help="timesteps of ddim and dpm++2m: uniform (evenly "
+                        "spread) or quadratic (crowded near the data, DDIM's other choice); default: the model's, "
+                        "else uniform")
     sample.add_argument("--variance", choices=VARIANCES,
                         help="DDPM step variance: beta_t (the original's; default) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
@@ -529,6 +534,7 @@ def _add_control(commands) -> None:
     control.add_argument("--sampler", choices=SAMPLERS, help="default: the model's recommended sampler")
     control.add_argument("--steps", type=_positive_int, help="sampler steps (default: the model's)")
     control.add_argument("--eta", type=_fraction, help="fresh noise per step, 0 to 1 (default: the model's)")
+    control.add_argument("--spacing", choices=SPACINGS, help="uniform or quadratic timesteps (default: the model's)")
     control.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32")
     control.add_argument("--seed", type=_non_negative_int, default=0)
     control.add_argument("--splits", type=_positive_int, default=20, help="random splits for each noise floor")

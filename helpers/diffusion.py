@@ -237,6 +237,37 @@ def ddim_timesteps(total: int, steps: int) -> list[int]:
     return sorted({round(i * (total - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
 
 
+def quadratic_timesteps(total: int, steps: int) -> list[int]:
+    """``steps`` timesteps crowded towards t = 0: t_i = (i / (steps - 1))^2 (T - 1), descending.
+
+    The "quadratic" selection Song et al. (2021) used for DDIM on CIFAR-10 (theirs ends near 0.8 T;
+    ours spans the whole schedule): the gaps grow linearly with t, so the steps near the data,
+    where the last details (here: the last pixels of a boundary) are decided, are the shortest.
+    Rounded to whole steps and pushed apart where rounding makes two equal, so there are always
+    exactly ``steps`` of them, from T-1 to 0 (one step: t = 0 alone, as DDIM's).
+    """
+    if not 1 <= steps <= total:
+        raise ValueError(f"sampler steps must lie in 1..{total}, got {steps}")
+    ascending = [round((i / max(steps - 1, 1)) ** 2 * (total - 1)) for i in range(steps)]
+    for i in range(1, steps):  # at least one step apart, going up ...
+        ascending[i] = max(ascending[i], ascending[i - 1] + 1)
+    ascending[-1] = min(ascending[-1], total - 1)
+    for i in range(steps - 2, -1, -1):  # ... and below T - 1, going down
+        ascending[i] = min(ascending[i], ascending[i + 1] - 1)
+    return ascending[::-1]
+
+
+# How a sampler of fewer steps than the schedule picks its timesteps.
+SPACINGS = {"uniform": ddim_timesteps, "quadratic": quadratic_timesteps}
+
+
+def sampling_timesteps(total: int, steps: int, spacing: str = "uniform") -> list[int]:
+    """The timesteps of a ``steps``-step sampler over a ``total``-step schedule, by a SPACINGS name."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    return SPACINGS[spacing](total, steps)
+
+
 def ddim_sigmas(schedule: Schedule, timesteps: list[int], eta: float) -> torch.Tensor:
     """Noise scale of each DDIM step t -> t_prev: eta * sqrt((1-ab_prev)/(1-ab_t) * (1-ab_t/ab_prev))."""
     abar = schedule.alpha_bars[timesteps]
@@ -248,15 +279,16 @@ def ddim_sigmas(schedule: Schedule, timesteps: list[int], eta: float) -> torch.T
 def ddim_sample(model, schedule: Schedule, shape: tuple[int, ...], *, steps: int = 50, eta: float = 0.0,
                 device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None,
                 clip: bool = False, callback: Optional[StepCallback] = None,
-                x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+                x_T: Optional[torch.Tensor] = None, spacing: str = "uniform") -> torch.Tensor:
     """DDIM (Song et al. 2021): the same trained network, a shorter and (eta = 0) deterministic path.
 
     Each step estimates x_0, then moves to the previous chosen timestep along
     x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) noise_hat + sigma z.
-    With eta = 1 and all T steps this is DDPM with the posterior variance.
+    With eta = 1 and all T steps this is DDPM with the posterior variance. ``spacing`` picks the
+    timesteps (SPACINGS: evenly spread, or quadratic, crowded near the data).
     """
     schedule = schedule.to(device)
-    timesteps = ddim_timesteps(schedule.steps, steps)
+    timesteps = sampling_timesteps(schedule.steps, steps, spacing)
     # the step coefficients as Python floats: branching on a device value would wait for the GPU
     sigmas = ddim_sigmas(schedule.to("cpu"), timesteps, eta).tolist()
     abars = schedule.alpha_bars.cpu().double().tolist()
@@ -290,7 +322,7 @@ def log_snr(schedule: Schedule) -> list[float]:
 def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], *, steps: int = 20, eta: float = 0.0,
                       device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None,
                       clip: bool = False, callback: Optional[StepCallback] = None,
-                      x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      x_T: Optional[torch.Tensor] = None, spacing: str = "uniform") -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095): second-order multistep, good in 10-25 steps.
 
     Written with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t /
@@ -303,15 +335,15 @@ def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], *, step
     eta = 0 is the ODE solver (the paper's Algorithm 2: the exact solution for D held fixed over
     the step); eta = 1 its SDE variant, fresh noise at every step (with D = x0_hat it is then
     DDIM with eta 1; in between the two etas weigh the noise differently). First order (D =
-    x0_hat) at the first step, which has no history, and into t = 0, whose step in lambda is four
-    times the one before (extrapolating over it overshoots; diffusers' ``lower_order_final``). The
-    timesteps are DDIM's; the last one, t = 0, returns its x0_hat, as DDIM's last step does.
-    ``steps`` network calls in all.
+    x0_hat) at the first step, which has no history, and into t = 0, whose step in lambda is the
+    longest (four times the one before with uniform spacing; extrapolating over it overshoots; diffusers' ``lower_order_final``). The
+    timesteps are DDIM's (``spacing``: SPACINGS); the last one, t = 0, returns its x0_hat, as
+    DDIM's last step does. ``steps`` network calls in all.
     """
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be a number from 0 to 1, got {eta!r}")
     schedule = schedule.to(device)
-    timesteps = ddim_timesteps(schedule.steps, steps)
+    timesteps = sampling_timesteps(schedule.steps, steps, spacing)
     lam = log_snr(schedule)
     abars = schedule.alpha_bars.cpu().double().tolist()
     x = _start_noise(shape, device, generator) if x_T is None else x_T.to(device)

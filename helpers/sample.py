@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from .diffusion import VARIANCES, Schedule, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample
+from .diffusion import SPACINGS, VARIANCES, Schedule, ddim_sample, ddpm_sample, dpm_solver_sample, sampling_timesteps
 from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
 # ddpm: every step (steps ignored); ddim: any steps, eta 0..1; dpm++2m: DPM-Solver++(2M), any
@@ -30,7 +30,8 @@ class Sampler:
     step of the schedule); ``eta`` their fresh noise per step, 0 (deterministic) to 1;
     ``variance`` DDPM's step variance (diffusion.VARIANCES); ``clip`` clips each step's estimate
     of the clean image to [-1, 1]; ``guidance`` is classifier-free guidance's w for a conditional
-    model (0: the conditional prediction alone; see ``guided``).
+    model (0: the conditional prediction alone; see ``guided``); ``spacing`` how ddim and dpm++2m
+    pick their timesteps (diffusion.SPACINGS: evenly, or quadratic, crowded near the data).
     """
 
     kind: str = "ddim"
@@ -39,6 +40,7 @@ class Sampler:
     variance: str = "beta"
     clip: bool = True
     guidance: float = 0.0
+    spacing: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLERS:
@@ -54,23 +56,26 @@ class Sampler:
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or \
                 not 0 <= self.guidance < float("inf"):
             raise ValueError(f"guidance must be a number of 0 (none) or more, got {self.guidance!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
         object.__setattr__(self, "eta", float(self.eta))
         object.__setattr__(self, "guidance", float(self.guidance))
 
     def describe(self) -> str:
         """Short words, e.g. 'DDIM-50, eta 1' or 'DDPM (every step)'; settings left at their
-        defaults (beta variance, clipping) are not mentioned."""
+        defaults (beta variance, clipping, uniform spacing) are not mentioned."""
         if self.kind == "ddpm":
             words = f"DDPM (every step{', posterior variance' if self.variance == 'posterior' else ''})"
         else:
             words = f"{SAMPLER_NAMES[self.kind]}-{self.steps}, eta {self.eta:g}"
+            words += f", {self.spacing} spacing" if self.spacing != "uniform" else ""
         return words + ("" if self.clip else ", no clipping") + (f", guidance {self.guidance:g}" if self.guidance else "")
 
     def timesteps(self, schedule: Schedule) -> list[int]:
         """The timesteps the sampler passes through, in order (T-1 down to 0)."""
         if self.kind == "ddpm":
             return list(range(schedule.steps - 1, -1, -1))
-        return ddim_timesteps(schedule.steps, self.steps)
+        return sampling_timesteps(schedule.steps, self.steps, self.spacing)
 
     def draw(self, network: Callable, schedule: Schedule, shape: tuple[int, ...], *, device: torch.device,
              generator: torch.Generator, callback: Optional[Callable] = None) -> torch.Tensor:
@@ -78,15 +83,16 @@ class Sampler:
         settings = dict(device=device, generator=generator, clip=self.clip, callback=callback)
         if self.kind == "ddpm":
             return ddpm_sample(network, schedule, shape, variance=self.variance, **settings)
-        return SAMPLERS[self.kind](network, schedule, shape, steps=self.steps, eta=self.eta, **settings)
+        return SAMPLERS[self.kind](network, schedule, shape, steps=self.steps, eta=self.eta,
+                                   spacing=self.spacing, **settings)
 
     def replace(self, **changes) -> "Sampler":
         """A copy with the given settings changed (None: keep)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def stored(self) -> dict:
-        """The recommendation a model file keeps: {sampler, steps, eta}, plus variance, clip and
-        guidance when they differ from the defaults."""
+        """The recommendation a model file keeps: {sampler, steps, eta}, plus variance, clip,
+        guidance and spacing when they differ from the defaults."""
         settings = {"sampler": self.kind, "steps": self.steps, "eta": self.eta}
         if self.variance != "beta":
             settings["variance"] = self.variance
@@ -94,12 +100,14 @@ class Sampler:
             settings["clip"] = False
         if self.guidance:
             settings["guidance"] = self.guidance
+        if self.spacing != "uniform":
+            settings["spacing"] = self.spacing
         return settings
 
     @classmethod
     def from_stored(cls, settings: dict) -> "Sampler":
         """The sampler a model file recommends (``stored``'s dict); a clear error for anything else."""
-        optional = {"variance": "beta", "clip": True, "guidance": 0.0}
+        optional = {"variance": "beta", "clip": True, "guidance": 0.0, "spacing": "uniform"}
         if not isinstance(settings, dict) or not set(STORED_KEYS) <= set(settings) <= {*STORED_KEYS, *optional}:
             raise ValueError(f"sampler settings {settings!r}: expected the keys {', '.join(STORED_KEYS)} "
                              f"(and optionally {', '.join(optional)})")

@@ -207,6 +207,34 @@ def test_ddim_timesteps():
         diffusion.ddim_timesteps(1000, 0)
 
 
+def test_quadratic_timesteps_crowd_towards_the_data():
+    assert diffusion.quadratic_timesteps(1000, 25) == [
+        999, 917, 839, 765, 694, 626, 562, 501, 444, 390, 340, 293, 250, 210, 173, 140, 111, 85, 62, 43,
+        28, 16, 7, 2, 0]
+    gaps = [a - b for a, b in zip(diffusion.quadratic_timesteps(1000, 25)[:-1],
+                                  diffusion.quadratic_timesteps(1000, 25)[1:])]
+    assert gaps == sorted(gaps, reverse=True)  # longest at the noise, shortest at the data
+    for total in (10, 50):  # every step count gives that many distinct steps, T-1 down to 0
+        for steps in range(1, total + 1):
+            path = diffusion.quadratic_timesteps(total, steps)
+            assert len(path) == steps and path[0] == (total - 1 if steps > 1 else 0) and path[-1] == 0
+            assert all(a > b for a, b in zip(path[:-1], path[1:]))
+    assert diffusion.sampling_timesteps(1000, 5, "uniform") == diffusion.ddim_timesteps(1000, 5)
+    with pytest.raises(ValueError, match="sampler steps must lie in 1..10, got 11"):
+        diffusion.quadratic_timesteps(10, 11)
+    with pytest.raises(ValueError, match="unknown spacing 'cubic'; expected one of uniform, quadratic"):
+        diffusion.sampling_timesteps(1000, 5, "cubic")
+
+
+@pytest.mark.parametrize("sampler", [diffusion.ddim_sample, diffusion.dpm_solver_sample])
+def test_samplers_visit_the_timesteps_of_their_spacing(sampler):
+    schedule = Schedule.linear(steps=50)
+    visited = []
+    sampler(tiny_model(), schedule, (1, 1, 4, 4), steps=8, eta=1.0, generator=generator(), spacing="quadratic",
+            callback=lambda step, t, x, x0: visited.append(t))
+    assert visited == diffusion.quadratic_timesteps(50, 8) == [49, 36, 25, 16, 9, 4, 1, 0]
+
+
 def test_ddim_with_eta_one_over_all_steps_is_ddpm_with_posterior_variance():
     schedule = Schedule.linear()
     sigmas = diffusion.ddim_sigmas(schedule, list(range(999, -1, -1)), eta=1.0)

@@ -5,6 +5,7 @@ from PIL import Image
 
 from helpers import data, device, sample, train
 from helpers.checkpoint import export_weights, load_checkpoint, load_model
+from helpers.diffusion import Schedule
 from helpers.sample import Sampler
 from helpers.__main__ import DEFAULT_MODEL, main
 
@@ -63,6 +64,17 @@ def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights,
     assert "argument --eta: expected a number from 0 to 1, got '3'" in capsys.readouterr().err
 
 
+def test_a_recommended_spacing_is_followed_and_can_be_overridden(weights, tmp_path, capsys):
+    stored = export_weights(load_checkpoint(weights.parent / "checkpoint.pt"), tmp_path / "quadratic.pt",
+                            sampler=Sampler("dpm++2m", 4, 1, spacing="quadratic"))
+    assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    assert "(DPM-Solver++(2M)-4, eta 1, quadratic spacing," in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--spacing", "uniform",
+                 "--out", str(tmp_path / "u"), "--quiet"]) == 0
+    assert "(DPM-Solver++(2M)-4, eta 1," in capsys.readouterr().out
+    assert not (data.load_uint8(tmp_path / "q") == data.load_uint8(tmp_path / "u")).all()  # other timesteps
+
+
 def test_sampler_settings_are_checked_and_described():
     for bad, message in (({"sampler": "ddim", "steps": 50}, "expected the keys sampler, steps, eta"),
                          ({"sampler": "ddim", "steps": 50, "eta": 0, "order": 2}, "expected the keys"),
@@ -79,6 +91,13 @@ def test_sampler_settings_are_checked_and_described():
     for value in (Sampler("ddim", 20, 1), Sampler("ddpm", variance="posterior", clip=False)):
         assert Sampler.from_stored(value.stored()) == value
     assert Sampler("dpm++2m", 15, 1).replace(steps=None, eta=0) == Sampler("dpm++2m", 15, 0.0)
+    quadratic = Sampler("dpm++2m", 25, 1, spacing="quadratic")
+    assert quadratic.describe() == "DPM-Solver++(2M)-25, eta 1, quadratic spacing"
+    assert quadratic.stored() == {"sampler": "dpm++2m", "steps": 25, "eta": 1.0, "spacing": "quadratic"}
+    assert Sampler.from_stored(quadratic.stored()) == quadratic
+    assert quadratic.timesteps(Schedule.linear())[-4:] == [16, 7, 2, 0]
+    with pytest.raises(ValueError, match="unknown spacing 'cubic'"):
+        Sampler.from_stored({"sampler": "ddim", "steps": 5, "eta": 0, "spacing": "cubic"})
 
 
 def test_the_gif_uses_the_requested_eta(weights, tmp_path):

@@ -93,16 +93,19 @@ def sample_run(run: Path, n: int, sampler: Sampler) -> tuple[dict, torch.Tensor]
 
 
 def parse_sampler(spec: str) -> Sampler:
-    """'ddim:100:1' -> Sampler(ddim, 100 steps, eta 1) ('ddpm' alone for DDPM)."""
+    """'ddim:100:1' -> Sampler(ddim, 100 steps, eta 1); 'dpm++2m:25:1:quadratic' adds the spacing
+    ('ddpm' alone for DDPM)."""
     parts = spec.split(":")
     try:
         if parts[0] == "ddpm" and len(parts) == 1:
             return Sampler("ddpm", 1, 0.0)
-        name, steps, eta = parts
-        return Sampler(name, int(steps), float(eta))
+        name, steps, eta, *spacing = parts
+        if len(spacing) > 1:
+            raise ValueError("too many parts")
+        return Sampler(name, int(steps), float(eta), spacing=spacing[0] if spacing else "uniform")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{spec!r}: {exc}; expected ddim:STEPS:ETA (e.g. ddim:100:1), "
-                                         "dpm++2m:STEPS:ETA or ddpm") from None
+                                         "dpm++2m:STEPS:ETA, either with :quadratic, or ddpm") from None
 
 
 def table_section(title: str, intro: str, columns: list[str], rows: list[list]) -> list[str]:

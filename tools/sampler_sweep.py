@@ -34,14 +34,16 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" /
 
 
 def key(sampler: Sampler, precision: str, seed: int) -> str:
-    return f"{sampler.kind}:{sampler.steps}:{sampler.eta:g}:{precision}" + (f":seed{seed}" if seed else "")
+    spacing = f":{sampler.spacing}" if sampler.spacing != "uniform" else ""
+    return f"{sampler.kind}:{sampler.steps}:{sampler.eta:g}{spacing}:{precision}" + (f":seed{seed}" if seed else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--samplers", nargs="+", type=parse_sampler, required=True,
-                        help="as ddim:STEPS:ETA, dpm++2m:STEPS:ETA or ddpm")
+                        help="as ddim:STEPS:ETA, dpm++2m:STEPS:ETA (either with :quadratic for "
+                        "quadratic spacing) or ddpm")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fidelity-bar samples")
     parser.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32", help="network weights")
