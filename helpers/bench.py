@@ -13,6 +13,7 @@ step, the share of the wall time the GPU is busy, and the kernels that take the 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import statistics
@@ -27,7 +28,7 @@ from .device import at_precision, compile_network, configure_backends, device_na
 from .diffusion import Schedule, q_sample
 from .sample import Sampler, generate
 from .train import Trainer, TrainConfig
-from .unet import MODELS, SeedUNet, UNet, build_model, count_parameters, gflops_per_image
+from .unet import MODELS, PeriodicConv2d, SeedUNet, UNet, build_model, count_parameters, gflops_per_image
 # A training step costs about three forward passes (forward, and backward through activations
 # and weights): the achieved TFLOP/s below use that, with the forward counted by PyTorch.
 TRAINING_FLOP_FACTOR = 3
@@ -142,23 +143,53 @@ def original_recipe(device: torch.device, steps: int, warmup: int, repeats: int)
             "images_per_second": steps * 9 / seconds, "parameters": count_parameters(model)}
 
 
+# Circular padding of the periodic UNet: ours (``unet.wrap_pad``, in the input's memory layout) or
+# PyTorch's (``F.pad``, which returns channels-first tensors), to measure what the difference costs.
+PADDINGS = ("wrap", "torch")
+
+
+@contextlib.contextmanager
+def padding(name: str):
+    """Within the block, periodic convolutions pad the ``name`` way (PADDINGS). ``torch`` swaps
+    PeriodicConv2d's forward for nn.Conv2d's own (circular mode, ``F.pad``) on the class, so a
+    network built and compiled inside the block traces that padding; the class is restored after.
+    torch.compile's caches are cleared on the way in and out of a swap, so that no graph traced
+    with one padding is reused for the other."""
+    if name not in PADDINGS:
+        raise ValueError(f"unknown padding {name!r}; expected one of {', '.join(PADDINGS)}")
+    ours = PeriodicConv2d.__dict__["_conv_forward"]
+    if name == "torch":
+        torch._dynamo.reset()
+        PeriodicConv2d._conv_forward = torch.nn.Conv2d._conv_forward
+    try:
+        yield
+    finally:
+        if name == "torch":
+            PeriodicConv2d._conv_forward = ours
+            torch._dynamo.reset()
+
+
 def training_row(model: str, device: torch.device, batch_size: int, memory_format_name: str = "contiguous",
                  compile_mode: str = "none", precision: str = "auto", steps: int = 10, warmup: int = 3,
-                 repeats: int = 5, profile: bool = False, images: Optional[torch.Tensor] = None) -> dict:
-    """Images per second of ``Trainer.step`` (train's own step) for one network and one setting."""
+                 repeats: int = 5, profile: bool = False, images: Optional[torch.Tensor] = None,
+                 padding_name: str = "wrap") -> dict:
+    """Images per second of ``Trainer.step`` (train's own step) for one network and one setting
+    (``padding_name``: PADDINGS, the default UNet's circular padding; SeedUNet pads with zeros)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     images = data_module.load_images("voronoi_gb_64") if images is None else images
     cfg = TrainConfig(model=model, batch_size=batch_size, precision=precision, compile=compile_mode,
                       memory_format=memory_format_name, prediction="v", lr=2e-4, warmup=10)
-    trainer = Trainer(cfg, images, device)
-    counter = itertools.count()
+    with padding(padding_name):
+        trainer = Trainer(cfg, images, device)
+        counter = itertools.count()
 
-    def run() -> None:
-        for _ in range(steps):
-            trainer.step(next(counter))
+        def run() -> None:
+            for _ in range(steps):
+                trainer.step(next(counter))
 
-    seconds = median_seconds(run, device, warmup, repeats)
+        seconds = median_seconds(run, device, warmup, repeats)
+        profiled = _try_profile(lambda: trainer.step(next(counter)), device, 3, seconds / steps) if profile else None
     gflop = gflops_per_image(build_model(trainer.model.config()), trainer.size)
     per_second = steps * batch_size / seconds
     row = {"name": model, "model": model, "batch_size": batch_size,
@@ -166,9 +197,10 @@ def training_row(model: str, device: torch.device, batch_size: int, memory_forma
            "memory_format": "channels_last" if trainer.memory_format == torch.channels_last else "contiguous",
            "compile": trainer.compile_mode, "compile_seconds": trainer.compile_seconds,
            "images_per_second": per_second, "parameters": count_parameters(trainer.model),
-           "gflop_per_image": gflop, "tflops": TRAINING_FLOP_FACTOR * gflop * per_second / 1000}
-    if profile:
-        row["profile"] = _try_profile(lambda: trainer.step(next(counter)), device, 3, seconds / steps)
+           "gflop_per_image": gflop, "tflops": TRAINING_FLOP_FACTOR * gflop * per_second / 1000,
+           "padding": padding_name}
+    if profiled is not None:
+        row["profile"] = profiled
     return row
 
 

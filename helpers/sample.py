@@ -58,6 +58,8 @@ class Sampler:
             raise ValueError(f"guidance must be a number of 0 (none) or more, got {self.guidance!r}")
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
+        if self.kind == "ddpm":  # every step: there is nothing to space
+            object.__setattr__(self, "spacing", "uniform")
         object.__setattr__(self, "eta", float(self.eta))
         object.__setattr__(self, "guidance", float(self.guidance))
 

@@ -127,8 +127,8 @@ def wrap_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 
     The same values as ``F.pad(x, (pad,) * 4, mode="circular")``, written as five copies into one
     tensor of the input's memory layout: ``F.pad`` returns a channels-first tensor for a
-    channels-last input, which the next convolution then converts back (on a CPU with bf16
-    weights the two conversions cost a fifth of a sampling step).
+    channels-last input, which the next convolution then converts back (without those conversions
+    bf16 NHWC sampling on a 2-core CPU ran 1.18x faster: tools/padding_speed.py, README).
     """
     if pad == 0:
         return x
@@ -149,6 +149,12 @@ def wrap_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 class PeriodicConv2d(nn.Conv2d):
     """A convolution with circular padding (``padding_mode="circular"``) done by ``wrap_pad``,
     which keeps the input's memory layout; the weights and their names are nn.Conv2d's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "circular" or isinstance(self.padding, str) or len(set(self.padding)) != 1:
+            raise ValueError(f"PeriodicConv2d pads circularly by the same whole number of pixels on every side; "
+                             f"got padding {self.padding!r}, padding_mode {self.padding_mode!r}")
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return F.conv2d(wrap_pad(x, self.padding[0]), weight, bias, self.stride, 0, self.dilation, self.groups)

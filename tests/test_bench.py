@@ -39,3 +39,27 @@ def test_bench_refuses_a_bad_lever(capsys):
     assert "expected a positive whole number, got '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
         bench.sampling_row(torch.nn.Conv2d(1, 1, 1), None, torch.device("cpu"), 1, 1, "int8")
+
+
+def test_the_padding_lever_pads_with_f_pad_inside_its_block_only():
+    from torch.profiler import ProfilerActivity, profile
+
+    from helpers.unet import PeriodicConv2d
+
+    torch.manual_seed(0)
+    conv = PeriodicConv2d(4, 4, 3, padding=1, padding_mode="circular")
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def operators(padding_name):
+        with bench.padding(padding_name), profile(activities=[ProfilerActivity.CPU]) as prof:
+            y = conv(x)
+        return {event.key for event in prof.key_averages()}, y
+
+    wrapped, ours = operators("wrap")
+    padded, torchs = operators("torch")
+    assert "aten::_pad_circular" in padded and "aten::_pad_circular" not in wrapped
+    assert torch.equal(ours, torchs)
+    assert PeriodicConv2d._conv_forward is not torch.nn.Conv2d._conv_forward  # restored after the block
+    with pytest.raises(ValueError, match="unknown padding 'zeros'; expected one of wrap, torch"):
+        with bench.padding("zeros"):
+            pass

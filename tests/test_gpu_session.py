@@ -42,6 +42,20 @@ def test_the_measuring_phases_take_the_networks_and_memory_formats_asked_for(tmp
     assert all(r["images_per_second"] > 0 for r in phases["eager"]["rows"] + phases["compiled"]["rows"])
 
 
+def test_the_eager_phase_measures_the_default_unet_with_each_padding_asked_for(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
+                           "--phases", "eager", "--models", "unet", "--batches", "4", "--paddings", "wrap", "torch",
+                           "--deadline", "600"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((out / "session.json").read_text())["phases"]["eager"]["rows"]
+    assert [(r["name"], r["memory_format"], r.get("padding")) for r in rows] == [
+        ("original", "contiguous", None), ("unet", "contiguous", "wrap"), ("unet", "contiguous", "torch"),
+        ("unet", "channels_last", "wrap"), ("unet", "channels_last", "torch")]
+    assert all(r["images_per_second"] > 0 for r in rows)
+
+
 def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",

@@ -96,6 +96,7 @@ def test_sampler_settings_are_checked_and_described():
     assert quadratic.stored() == {"sampler": "dpm++2m", "steps": 25, "eta": 1.0, "spacing": "quadratic"}
     assert Sampler.from_stored(quadratic.stored()) == quadratic
     assert quadratic.timesteps(Schedule.linear())[-4:] == [16, 7, 2, 0]
+    assert Sampler("ddpm", spacing="quadratic") == Sampler("ddpm")  # every step: nothing to space
     with pytest.raises(ValueError, match="unknown spacing 'cubic'"):
         Sampler.from_stored({"sampler": "ddim", "steps": 5, "eta": 0, "spacing": "cubic"})
 

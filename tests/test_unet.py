@@ -102,6 +102,13 @@ def test_periodic_conv_matches_torchs_circular_conv_with_its_gradients(stride):
         torch.testing.assert_close(a, b)
 
 
+def test_periodic_conv_refuses_padding_it_cannot_wrap():
+    for settings in (dict(padding=(1, 2), padding_mode="circular"), dict(padding=1, padding_mode="zeros"),
+                     dict(padding="same", padding_mode="circular")):
+        with pytest.raises(ValueError, match="PeriodicConv2d pads circularly by the same whole number"):
+            PeriodicConv2d(2, 2, 3, **settings)
+
+
 def test_zero_padded_unet_does_not_commute_with_shifts():
     torch.manual_seed(0)
     model = UNet(32, **SMALL_UNET, periodic=False).eval()

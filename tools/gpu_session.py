@@ -9,7 +9,9 @@ every phase, so a session cut short still brings back what it measured.
             a profiler summary of the default UNet
   compiled  torch.compile in each of --compile-modes (default and reduce-overhead) for each
             network at the first batch, in each of --compile-formats (default: the eager
-            phase's fastest); compile time reported apart
+            phase's fastest); compile time reported apart. --paddings wrap torch adds, in both
+            measuring phases, the default UNet padding with F.pad (PyTorch's circular mode)
+            beside our wrap_pad, side by side (training always uses wrap_pad)
   sampling  1000 images with DDIM-50 eta 1 from the shipped model three ways: today's path (fp32,
             NCHW, batches of 256), bf16 channels_last in one batch, and that compiled
   train     the default UNet with the fastest measured batch-128 setting (this process has
@@ -124,6 +126,8 @@ def main() -> None:
                         help="memory formats of the compiled phase (default: --memory-format, else the eager phase's fastest)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
                         "eager phase's fastest, else auto)")
+    parser.add_argument("--paddings", nargs="+", choices=bench.PADDINGS, default=["wrap"],
+                        help="circular paddings of the default UNet in the eager and compiled phases (torch: F.pad)")
     parser.add_argument("--smoke", action="store_true", help="small settings for a dry run on a CPU")
     parser.add_argument("--data", default="voronoi_gb_64", help="the training set of the train phase")
     parser.add_argument("--condition", nargs="+", default=[], metavar="COLUMN",
@@ -156,42 +160,47 @@ def main() -> None:
         for model in args.models:
             for batch in batches:
                 for fmt in ("contiguous", "channels_last"):
-                    if s.elapsed() > until:
-                        s.log(f"skipped {model} {batch} {fmt}: phase out of time")
-                        continue
-                    profile = model == "unet" and batch == base_batch
-                    s.attempt(f"eager {model} {batch} {fmt}", rows, lambda: bench.training_row(
-                        model, device, batch, fmt, "none", "auto", steps, warmup, repeats, profile, images))
-                    row = rows[-1]
-                    if "error" not in row:
-                        s.log(f"eager {model} batch {batch} {fmt}: {row['images_per_second']:.0f} img/s, "
-                              f"{row['tflops']:.1f} TFLOP/s" + (f"; {bench._profile_line(row['profile'])}"
-                                                                 if profile else ""))
+                    for pad in paddings(model):
+                        if s.elapsed() > until:
+                            s.log(f"skipped {model} {batch} {fmt} {pad}: phase out of time")
+                            continue
+                        profile = model == "unet" and batch == base_batch
+                        s.attempt(f"eager {model} {batch} {fmt} {pad}", rows, lambda: bench.training_row(
+                            model, device, batch, fmt, "none", "auto", steps, warmup, repeats, profile, images, pad))
+                        row = rows[-1]
+                        if "error" not in row:
+                            s.log(f"eager {model} batch {batch} {fmt} padding {pad}: "
+                                  f"{row['images_per_second']:.0f} img/s, {row['tflops']:.1f} TFLOP/s" +
+                                  (f"; {bench._profile_line(row['profile'])}" if profile else ""))
+
+    def paddings(model: str) -> list[str]:
+        return args.paddings if model == "unet" else ["wrap"]  # SeedUNet pads with zeros
 
     def best_format(model: str) -> str:
         if args.memory_format:
             return args.memory_format
         rows = [r for r in s.report["phases"].get("eager", {}).get("rows", [])
-                if "error" not in r and r["name"] == model and r["batch_size"] == base_batch]
+                if "error" not in r and r["name"] == model and r["batch_size"] == base_batch
+                and r.get("padding", "wrap") == "wrap"]
         return max(rows, key=lambda r: r["images_per_second"])["memory_format"] if rows else "contiguous"
 
     def compiled(until, record):
         rows = record.setdefault("rows", [])
         models = args.models
-        settings = [(model, base_batch, mode, fmt) for model in models for mode in args.compile_modes
-                    for fmt in (args.compile_formats or [best_format(model)])]
+        settings = [(model, base_batch, mode, fmt, pad) for model in models for mode in args.compile_modes
+                    for fmt in (args.compile_formats or [best_format(model)]) for pad in paddings(model)]
         if not smoke and not args.no_512 and "unet" in models and "reduce-overhead" in args.compile_modes:
-            settings.append(("unet", 512, "reduce-overhead", best_format("unet")))  # if time is left
-        for model, batch, mode, fmt in settings:
+            settings.append(("unet", 512, "reduce-overhead", best_format("unet"), "wrap"))  # if time is left
+        for model, batch, mode, fmt, pad in settings:
             if s.elapsed() > until:
-                s.log(f"skipped {model} {batch} {mode} {fmt}: phase out of time")
+                s.log(f"skipped {model} {batch} {mode} {fmt} {pad}: phase out of time")
                 continue
-            s.attempt(f"compiled {model} {batch} {mode} {fmt}", rows, lambda: bench.training_row(
+            s.attempt(f"compiled {model} {batch} {mode} {fmt} {pad}", rows, lambda: bench.training_row(
                 model, device, batch, fmt, mode, "auto", steps, warmup, repeats,
-                model == "unet" and batch == base_batch, images))
+                model == "unet" and batch == base_batch, images, pad))
             row = rows[-1]
             if "error" not in row:
-                s.log(f"{row['compile']} {model} batch {batch} {row['memory_format']}: "
+                s.log(f"{row['compile']} {model} batch {batch} {row['memory_format']} padding {pad}: "
                       f"{row['images_per_second']:.0f} img/s, {row['tflops']:.1f} TFLOP/s, "
                       f"compile {row['compile_seconds']:.0f} s" +
                       (f"; {bench._profile_line(row['profile'])}" if "profile" in row else ""))
@@ -216,7 +225,8 @@ def main() -> None:
 
     def fastest_training() -> dict:
         rows = [r for phase in ("eager", "compiled") for r in s.report["phases"].get(phase, {}).get("rows", [])
-                if "error" not in r and r["name"] == "unet" and not r["compile"].startswith("eager (") and r["batch_size"] == base_batch]
+                if "error" not in r and r["name"] == "unet" and not r["compile"].startswith("eager (")
+                and r["batch_size"] == base_batch and r.get("padding", "wrap") == "wrap"]
         return max(rows, key=lambda r: r["images_per_second"]) if rows else {}
 
     run_dir = Path("/tmp/mddpm_gpu_run") if not smoke else args.out / "run"

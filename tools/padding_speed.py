@@ -4,8 +4,8 @@
 
 The shipped model samples --n images (16) with --sampler (DPM-Solver++(2M)-30, eta 1) in each
 layout and precision below, once with its convolutions as they are (``PeriodicConv2d``, padding by
-``wrap_pad`` in the input's layout) and once turned back into plain ``nn.Conv2d(padding_mode=
-"circular")``, whose ``F.pad`` returns channels-first tensors. The two runs alternate, --repeats
+``wrap_pad`` in the input's layout) and once padding as ``nn.Conv2d(padding_mode="circular")``
+does, with ``F.pad``, which returns channels-first tensors (``helpers.bench.padding``). The two runs alternate, --repeats
 times each after a warm-up, and the medians and their ratio are printed (and merged into --json,
 one row per precision and layout); the two networks' images are checked to be identical. Run it
 with nothing else on the machine.
@@ -13,7 +13,6 @@ with nothing else on the machine.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -26,23 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from helpers import sample  # noqa: E402
+from helpers.bench import padding  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import at_precision  # noqa: E402
-from helpers.unet import PeriodicConv2d  # noqa: E402
 from pretrained_report import parse_sampler  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 # (precision, layout): the default fp32 path, fp32 in NHWC, and --precision bf16 (NHWC on a CPU)
 WAYS = (("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "channels_last"))
-
-
-def with_torch_padding(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy whose periodic convolutions pad with ``F.pad`` again (nn.Conv2d's own circular mode)."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, PeriodicConv2d):
-            module.__class__ = torch.nn.Conv2d
-    return model
+PADDINGS = {"wrap_pad": "wrap", "F.pad": "torch"}  # column name: helpers.bench.padding's name
 
 
 def main() -> None:
@@ -60,17 +51,20 @@ def main() -> None:
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print("| weights | layout | F.pad (s) | wrap_pad (s) | ratio |\n|---|---|---|---|---|")
     for precision, layout in WAYS:
-        ours = at_precision(model, precision, cpu, layout)
-        networks = {"wrap_pad": ours, "F.pad": with_torch_padding(ours)}
-        images = {name: sample.generate(net, schedule, args.n, args.sampler, seed=0, device=cpu)
-                  for name, net in networks.items()}  # the warm-up, and the check
+        network = at_precision(model, precision, cpu, layout)
+
+        def draw(name: str) -> torch.Tensor:
+            with padding(PADDINGS[name]):
+                return sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu)
+
+        images = {name: draw(name) for name in PADDINGS}  # the warm-up, and the check
         if not torch.equal(images["wrap_pad"], images["F.pad"]):
             raise SystemExit(f"{precision} {layout}: the two paddings gave different images")
-        times = {name: [] for name in networks}
+        times = {name: [] for name in PADDINGS}
         for _ in range(args.repeats):
-            for name, net in networks.items():
+            for name in PADDINGS:
                 start = time.perf_counter()
-                sample.generate(net, schedule, args.n, args.sampler, seed=0, device=cpu)
+                draw(name)
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(values) for name, values in times.items()}
         row = {"precision": precision, "layout": layout, "sampler": args.sampler.describe(), "n": args.n,

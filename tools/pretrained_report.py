@@ -182,7 +182,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=sample.DEFAULT_SAMPLER.steps, help="DDIM steps")
     parser.add_argument("--eta", type=float, default=sample.DEFAULT_SAMPLER.eta, help="DDIM noise, 0 to 1")
     parser.add_argument("--also", type=parse_sampler, nargs="*", default=[], metavar="SAMPLER",
-                        help="other samplers to measure model.pt with, as ddim:STEPS:ETA or ddpm "
+                        help="other samplers to measure model.pt with, as ddim:STEPS:ETA, dpm++2m:STEPS:ETA "
+                             "(either with :quadratic for quadratic spacing) or ddpm "
                              "(written to OUT/samplers.json and the README)")
     args = parser.parse_args()
     try:
