@@ -336,9 +336,9 @@ def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], *, step
     the step); eta = 1 its SDE variant, fresh noise at every step (with D = x0_hat it is then
     DDIM with eta 1; in between the two etas weigh the noise differently). First order (D =
     x0_hat) at the first step, which has no history, and into t = 0, whose step in lambda is, with
-    uniform spacing, four times the one before (extrapolating over it overshoots; diffusers' ``lower_order_final``). The
-    timesteps are DDIM's (``spacing``: SPACINGS); the last one, t = 0, returns its x0_hat, as
-    DDIM's last step does. ``steps`` network calls in all.
+    uniform spacing, four times the one before (extrapolating over it overshoots; diffusers'
+    ``lower_order_final``). The timesteps are DDIM's (``spacing``: SPACINGS); the last one, t = 0,
+    returns its x0_hat, as DDIM's last step does. ``steps`` network calls in all.
     """
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be a number from 0 to 1, got {eta!r}")

@@ -30,11 +30,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.sample import generate, recommended_sampler, write_batch, write_manifest  # noqa: E402
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 WAYS = {"whole": False, "windows": True}
 REFERENCE_SEED = 1
 

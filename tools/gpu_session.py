@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import bench, data, train  # noqa: E402
 from helpers.device import MEMORY_FORMATS, device_name, pick_device  # noqa: E402
 from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
@@ -58,7 +59,6 @@ from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  #
 
 PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control", "ddp"]
 DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by name
-PRETRAINED = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "model.pt"
 
 
 class Session:
@@ -207,7 +207,7 @@ def main() -> None:
 
     def sampling(until, record):
         rows = record.setdefault("rows", [])
-        model, schedule, _ = load_model(PRETRAINED, device)
+        model, schedule, _ = load_model(DEFAULT_MODEL, device)
         n = 8 if smoke else 1000
         ways = [("fp32", "contiguous", "none", min(n, 256)), ("bf16", "channels_last", "none", n),
                 ("bf16", "channels_last", "default" if smoke else "reduce-overhead", n)]

@@ -5,10 +5,10 @@
 The shipped model samples --n images (16) with --sampler (DPM-Solver++(2M)-30, eta 1) in each
 layout and precision below, once with its convolutions as they are (``PeriodicConv2d``, padding by
 ``wrap_pad`` in the input's layout) and once padding as ``nn.Conv2d(padding_mode="circular")``
-does, with ``F.pad``, which returns channels-first tensors (``helpers.bench.padding``). The two runs alternate, --repeats
-times each after a warm-up, and the medians and their ratio are printed (and merged into --json,
-one row per precision and layout); the two networks' images are checked to be identical. Run it
-with nothing else on the machine.
+does, with ``F.pad``, which returns channels-first tensors (``helpers.bench.padding``). The two
+runs alternate, --repeats times each after a warm-up, and the medians and their ratio are printed
+(and merged into --json, one row per precision and layout); the two paddings' images are checked
+to be identical. Run it with nothing else on the machine.
 """
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import sample  # noqa: E402
 from helpers.bench import padding  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import at_precision  # noqa: E402
 from pretrained_report import parse_sampler  # noqa: E402
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 # (precision, layout): the default fp32 path, fp32 in NHWC, and --precision bf16 (NHWC on a CPU)
 WAYS = (("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "channels_last"))
 PADDINGS = {"wrap_pad": "wrap", "F.pad": "torch"}  # column name: helpers.bench.padding's name
@@ -53,19 +53,20 @@ def main() -> None:
     for precision, layout in WAYS:
         network = at_precision(model, precision, cpu, layout)
 
-        def draw(name: str) -> torch.Tensor:
+        def draw(name: str) -> tuple[torch.Tensor, float]:
+            """The images and the seconds they took (switching the padding is not timed)."""
             with padding(PADDINGS[name]):
-                return sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu)
+                start = time.perf_counter()
+                images = sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu)
+                return images, time.perf_counter() - start
 
-        images = {name: draw(name) for name in PADDINGS}  # the warm-up, and the check
+        images = {name: draw(name)[0] for name in PADDINGS}  # the warm-up, and the check
         if not torch.equal(images["wrap_pad"], images["F.pad"]):
             raise SystemExit(f"{precision} {layout}: the two paddings gave different images")
         times = {name: [] for name in PADDINGS}
         for _ in range(args.repeats):
             for name in PADDINGS:
-                start = time.perf_counter()
-                draw(name)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(draw(name)[1])
         medians = {name: statistics.median(values) for name, values in times.items()}
         row = {"precision": precision, "layout": layout, "sampler": args.sampler.describe(), "n": args.n,
                "threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": medians,

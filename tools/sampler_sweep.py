@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics, sample  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
@@ -30,7 +31,6 @@ from helpers.sample import Sampler  # noqa: E402
 from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
                                parse_sampler)
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "pretrained" / "model.pt"
 
 
 def key(sampler: Sampler, precision: str, seed: int) -> str:
