@@ -19,12 +19,12 @@ from .conditions import ConditionError, check_range, parse_targets, target_vecto
 from .control import check_target, default_targets, format_control, guidance_sweep, measured_condition
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
                    read_images, write_failure)
-from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device
+from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision
 from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .sample import (SAMPLERS, canvas_size, check_guidance, each_batch, generate, recommended_sampler,
+from .sample import (SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler, generate, recommended_sampler,
                      reverse_process_gif, write_batch, write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
@@ -171,7 +171,8 @@ def _sample(args: argparse.Namespace) -> None:
     asked += f", {args.size}x{args.size}{' in windows' if args.windows else ''}" if args.size else ""
     shared = f", {world.size} processes" if world.size > 1 else ""
     if world.main:
-        print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, {args.precision}, "
+        print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, "
+              f"{resolve_precision(args.precision, device)} weights, "
               f"{seconds:.1f} s on {device}{shared}, model from step {payload['step']})")
 
 
@@ -210,6 +211,7 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     if args.gif and world.size > 1:
         raise DataError("--gif follows one process's images; sample with python -m helpers, not torchrun")
     _new_file(args.gif, "--gif", replace=args.force)
+    args.precision = args.precision or ("auto" if args.fast else "fp32")
     model, schedule, payload = load_model(args.checkpoint, device, args.precision)
     try:
         trained, side = model.config()["size"], canvas_size(model, args.size)
@@ -224,9 +226,10 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     if args.batch_size is None:  # as many pixels per batch as 256 images of the training size
         args.batch_size = max(1, 256 * trained ** 2 // side ** 2)
     try:
-        recommended = recommended_sampler(payload)
+        recommended = fast_sampler(payload) if args.fast else recommended_sampler(payload)
     except ValueError as exc:
-        raise DataError(f"{args.checkpoint}: its recommended sampler is unusable ({exc})") from None
+        raise DataError(f"--fast: {args.checkpoint} {exc}" if args.fast else
+                        f"{args.checkpoint}: its recommended sampler is unusable ({exc})") from None
     try:
         sampler = recommended.replace(kind=args.sampler, steps=args.steps, eta=args.eta, variance=args.variance,
                                       clip=False if args.no_clip else None, guidance=args.guidance,
@@ -458,10 +461,14 @@ def _add_sample(commands) -> None:
                         "with --windows)")
     sample.add_argument("--windows", action="store_true", help="with --size: denoise the canvas as overlapping "
                         "windows of the training size, blended at every step (MultiDiffusion; 4x the arithmetic)")
-    sample.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
+    sample.add_argument("--fast", action="store_true", help="the model's fast sampler (fewer network calls than "
+                        "its recommended one, measured to meet the fidelity bar on it; the shipped model's README "
+                        "names it) and --precision auto; the sampler and precision flags given still win")
+    sample.add_argument("--precision", choices=SAMPLING_PRECISIONS,
                         help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
                         "float32 (faster on processors with bf16 arithmetic; measured in the README); "
-                        "auto picks bf16 where the processor computes it natively, else fp32")
+                        "auto picks bf16 where the processor computes it natively, else fp32; "
+                        "default: fp32, auto with --fast")
     sample.add_argument("--out", required=True, type=Path, help="folder for the PNGs (new or empty)")
     sample.add_argument("--force", action="store_true",
                         help="write into a non-empty folder, replace an existing GIF")

@@ -2,7 +2,7 @@
 
 Two kinds of file, one format: a training checkpoint (everything a run needs to resume exactly:
 weights, EMA, optimiser, random states, logs) and a weights file (the EMA weights in fp16, the
-configs and the recommended sampler). Both are plain dicts of tensors and plain values, loaded
+configs, the recommended sampler and optionally a fast one). Both are plain dicts of tensors and plain values, loaded
 with ``weights_only=True`` so that opening a file can never run code. Saves go to a temporary
 file that is renamed over the old one, so a file is never half written.
 """
@@ -159,6 +159,19 @@ def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torc
         payload["sampler"] = sampler.stored()
     save_atomic(payload, Path(path))
     return Path(path)
+
+
+def store_fast_sampler(path: str | Path, sampler) -> None:
+    """Keep ``sampler`` (a ``sample.Sampler``) in the weights file at ``path`` as its fast sampler,
+    the one ``sample --fast`` uses; everything else in the file is kept as it was."""
+    payload = load_checkpoint(path)
+    if payload.get("kind") != "weights":
+        raise CheckpointError(f"{path}: a file of kind {payload.get('kind')!r}; expected a weights file "
+                              "(train --export), which is what sample --fast reads")
+    if not hasattr(sampler, "stored"):
+        raise TypeError(f"sampler: expected a sample.Sampler (checked when made), got {sampler!r}")
+    payload["fast_sampler"] = sampler.stored()
+    save_atomic(payload, Path(path))
 
 
 def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32"):

@@ -19,7 +19,7 @@ from .viz import frame_timesteps, image_grid, save_gif, to_frame
 # steps (10-25 is its range), eta 0 (the ODE) to 1 (its SDE variant, fresh noise every step)
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm++2m": dpm_solver_sample}
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)"}
-STORED_KEYS = ("sampler", "steps", "eta")  # what a model file keeps of its recommended sampler
+STORED_KEYS = ("sampler", "steps", "eta")  # what a model file keeps of a sampler it names
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,28 @@ def recommended_sampler(payload: dict) -> Sampler:
     published statistics used, and ``python -m helpers sample`` uses it unless told otherwise.
     """
     return Sampler.from_stored(payload["sampler"]) if "sampler" in payload else DEFAULT_SAMPLER
+
+
+def fast_sampler(payload: dict) -> Sampler:
+    """A sampler with fewer network calls than the recommended one, measured to meet the fidelity
+    bar on this model (``sample --fast``), stored beside it by ``tools/sampler_sweep.py --store-fast``.
+
+    The recommended sampler is the one the model's published statistics used; the fast one trades
+    some of that margin for time (the shipped model's README gives both, measured). The errors
+    read after the file's name: "FILE stores no fast sampler ...".
+    """
+    if payload.get("kind") == "training":
+        raise ValueError("is a training checkpoint, which stores no fast sampler; export its weights "
+                         "(train --export), then measure one with tools/sampler_sweep.py --store-fast")
+    if "fast_sampler" not in payload:
+        how = ("tools/sampler_sweep.py measures unconditional models only" if "condition" in payload else
+               "or measure one with tools/sampler_sweep.py --store-fast")
+        raise ValueError(f"stores no fast sampler (none was measured to meet the fidelity bar on it); sample "
+                         f"without --fast ({how})")
+    try:
+        return Sampler.from_stored(payload["fast_sampler"])
+    except ValueError as exc:
+        raise ValueError(f"holds an unusable fast sampler ({exc})") from None
 
 
 def check_guidance(payload: dict, guidance: float, source: str = "the model") -> None:

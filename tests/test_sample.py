@@ -1,10 +1,13 @@
 """helpers.sample and the sample command: PNGs, GIFs, the shipped model."""
+import json
+import sys
+
 import pytest
 import torch
 from PIL import Image
 
-from helpers import data, device, sample, train
-from helpers.checkpoint import export_weights, load_checkpoint, load_model
+from helpers import ROOT, data, device, sample, train
+from helpers.checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, store_fast_sampler
 from helpers.diffusion import Schedule
 from helpers.sample import Sampler
 from helpers.__main__ import DEFAULT_MODEL, main
@@ -75,6 +78,87 @@ def test_a_recommended_spacing_is_followed_and_can_be_overridden(weights, tmp_pa
     assert not (data.load_uint8(tmp_path / "q") == data.load_uint8(tmp_path / "u")).all()  # other timesteps
 
 
+def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path, capsys, monkeypatch):
+    stored = export_weights(load_checkpoint(weights.parent / "checkpoint.pt"), tmp_path / "m.pt",
+                            sampler=Sampler("ddim", 3, 1))
+    out = tmp_path / "none"
+    assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--out", str(out), "--quiet"]) == 2
+    assert f"--fast: {stored} stores no fast sampler" in capsys.readouterr().err and not out.exists()
+    conditional = dict(load_checkpoint(stored), condition={"names": ["grains"]})
+    with pytest.raises(ValueError, match=r"without --fast \(tools/sampler_sweep.py measures unconditional models only\)"):
+        sample.fast_sampler(conditional)
+    before = load_checkpoint(stored)
+    store_fast_sampler(stored, Sampler("dpm++2m", 2, 1))
+    after = load_checkpoint(stored)
+    assert after["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
+    assert after["sampler"] == before["sampler"] and all(torch.equal(after["ema"][k], v) for k, v in before["ema"].items())
+    assert sample.fast_sampler(after) == Sampler("dpm++2m", 2, 1.0)
+    assert sample.recommended_sampler(after) == Sampler("ddim", 3, 1.0)  # unchanged: the published one
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512_bf16"})  # a processor with native bf16
+    gif = tmp_path / "fast.gif"
+    assert main(["sample", "--checkpoint", str(stored), "--n", "2", "--fast", "--out", str(tmp_path / "a"),
+                 "--gif", str(gif), "--quiet"]) == 0
+    with Image.open(gif) as image:
+        assert image.n_frames == 2  # the fast sampler's 2 steps
+    assert "(DPM-Solver++(2M)-2, eta 1, bf16 weights," in capsys.readouterr().out  # --fast: precision auto
+    assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--steps", "3", "--precision", "fp32",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "(DPM-Solver++(2M)-3, eta 1, fp32 weights," in capsys.readouterr().out  # what the command names wins
+    assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert "(DDIM-3, eta 1, fp32 weights," in capsys.readouterr().out  # without --fast: as before
+    with pytest.raises(CheckpointError, match="a file of kind 'training'; expected a weights file"):
+        store_fast_sampler(weights.parent / "checkpoint.pt", Sampler("dpm++2m", 2, 1))
+    assert main(["sample", "--checkpoint", str(weights.parent / "checkpoint.pt"), "--n", "1", "--fast",
+                 "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "is a training checkpoint, which stores no fast sampler; export its weights" in capsys.readouterr().err
+    payload = load_checkpoint(stored)
+    payload["fast_sampler"] = {"sampler": "ddim"}  # edited by hand: no steps, no eta
+    torch.save(payload, tmp_path / "edited.pt")
+    assert main(["sample", "--checkpoint", str(tmp_path / "edited.pt"), "--n", "1", "--fast",
+                 "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    assert f"--fast: {tmp_path / 'edited.pt'} holds an unusable fast sampler (sampler settings" in capsys.readouterr().err
+
+
+def _sweep_module():
+    """tools/sampler_sweep.py, imported (a script; it imports pretrained_report from beside it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sampler_sweep", ROOT / "tools" / "sampler_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep
+
+
+def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_the_bar(weights, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """The smoke model's samples are noise, so ``measure`` is stubbed: this tests the decision, not the bar."""
+    sweep, model, table = _sweep_module(), tmp_path / "m.pt", tmp_path / "rows.json"
+    model.write_bytes(weights.read_bytes())
+    monkeypatch.setattr(sweep.metrics, "describe_set", lambda masks: None)
+    met = {"boundary_fraction": 0.2, "grains": 23.0, "dangling_ends": 0.05, "bar_met": True, "open_end_rate": 0.05,
+           "gray_background_rate": 0.0}
+    monkeypatch.setattr(sweep, "measure", lambda images, reference: dict(met))
+
+    def run(*extra: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["sampler_sweep.py", "--model", str(model), "--samplers", "dpm++2m:2:1",
+                                          "--json", str(table), *extra])
+        return sweep.main()
+
+    table.write_text(json.dumps({"dpm++2m:2:1:bf16": {"sampler_words": "DPM-Solver++(2M)-2, eta 1", "bar_met": False}}))
+    assert run("--store-fast") == 1  # this run met the bar, the bf16 row of the same sampler did not
+    assert "(dpm++2m:2:1:bf16): not stored" in capsys.readouterr().out and "fast_sampler" not in load_checkpoint(model)
+    table.unlink()
+    assert run("--store-fast") == 0
+    assert load_checkpoint(model)["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
+    assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["samples"] == 200
+    for refused, why in ((["--store-fast", "--n", "2"], "on at least 200 samples (--n)"),
+                         (["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
+                         (["--store-fast", "--model", str(weights.parent / "checkpoint.pt")], "is not a weights file")):
+        with pytest.raises(SystemExit) as stopped:
+            run(*refused)
+        assert stopped.value.code == 2 and why in capsys.readouterr().err
+
+
 def test_sampler_settings_are_checked_and_described():
     for bad, message in (({"sampler": "ddim", "steps": 50}, "expected the keys sampler, steps, eta"),
                          ({"sampler": "ddim", "steps": 50, "eta": 0, "order": 2}, "expected the keys"),
@@ -127,6 +211,9 @@ def test_bad_sampling_requests(weights):
 
 def test_the_shipped_model_samples_on_cpu():
     model, schedule, payload = load_model(DEFAULT_MODEL, CPU)
+    fast, recommended = sample.fast_sampler(payload), sample.recommended_sampler(payload)
+    assert fast == Sampler("dpm++2m", 30, 1.0) and recommended == Sampler("ddim", 50, 1.0)  # as the README says
+    assert len(fast.timesteps(schedule)) < len(recommended.timesteps(schedule))
     assert DEFAULT_MODEL.stat().st_size < 20 * 2**20
     images = sample.generate(model, schedule, 4, Sampler("ddim", 10), seed=0)
     assert images.shape == (4, 1, 64, 64) and torch.isfinite(images).all()
@@ -153,7 +240,7 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrained_report.py"), "--run", str(run),
                            "--out", str(out), "--n", "4", "--machine", "the test machine",
                            "--command", "python -m helpers train --profile smoke", "--compare", str(run),
-                           "--steps", "5", "--eta", "1", "--also", "ddim:5:0", "ddpm"],
+                           "--steps", "5", "--eta", "1", "--spacing", "quadratic", "--also", "ddim:5:0", "ddpm"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert {p.name for p in out.iterdir()} == {"model.pt", "samples.png", "README.md", "comparison.json",
@@ -162,16 +249,18 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     assert "| machine | the test machine |" in readme and "predicts the velocity v" in readme
     assert "| optimiser | AdamW, lr 0.0002, warm-up 5 steps, clip 1, EMA 0.9 |" in readme  # no decay
     assert "Fidelity bar not met" in readme  # four steps of a tiny network: noise
-    assert "recommended sampler (DDIM-5, eta 1, x0 clipped" in readme and "--steps 5 --eta 1" in readme
+    assert "recommended sampler (DDIM-5, eta 1, quadratic spacing, x0 clipped" in readme
+    assert "--steps 5 --eta 1 --spacing quadratic --machine" in readme  # the rebuild command keeps the spacing
     others = json.loads((out / "samplers.json").read_text())
     assert [(r["sampler_words"], r["network_calls"]) for r in others] == [
-        ("DDIM-5, eta 1", 5), ("DDIM-5, eta 0", 5), ("DDPM (every step)", 1000)]
+        ("DDIM-5, eta 1, quadratic spacing", 5), ("DDIM-5, eta 0", 5), ("DDPM (every step)", 1000)]
     assert "| DDIM-5, eta 0 | 5 |" in readme
     rows = json.loads((out / "comparison.json").read_text())
     assert len(rows) == 2 and rows[0]["step"] == rows[1]["step"] == 4 and rows[0]["prediction"] == "v"
     assert rows[0] == rows[1]  # the same run measured twice gives the same numbers
     _, schedule, payload = load_model(out / "model.pt", CPU)
-    assert schedule.prediction == "v" and payload["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 1.0}
+    assert schedule.prediction == "v"
+    assert payload["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 1.0, "spacing": "quadratic"}
 
 
 def _report_module():

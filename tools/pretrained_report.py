@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from helpers import data, metrics, sample, train, viz  # noqa: E402
 from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
+from helpers.diffusion import SPACINGS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
 
@@ -181,13 +182,15 @@ def main() -> int:
                         help="the sampler to measure with, stored in model.pt as its recommended one")
     parser.add_argument("--steps", type=int, default=sample.DEFAULT_SAMPLER.steps, help="DDIM steps")
     parser.add_argument("--eta", type=float, default=sample.DEFAULT_SAMPLER.eta, help="DDIM noise, 0 to 1")
+    parser.add_argument("--spacing", choices=SPACINGS, default=sample.DEFAULT_SAMPLER.spacing,
+                        help="timesteps of ddim and dpm++2m (diffusion.SPACINGS)")
     parser.add_argument("--also", type=parse_sampler, nargs="*", default=[], metavar="SAMPLER",
                         help="other samplers to measure model.pt with, as ddim:STEPS:ETA, dpm++2m:STEPS:ETA "
                              "(either with :quadratic for quadratic spacing) or ddpm "
                              "(written to OUT/samplers.json and the README)")
     args = parser.parse_args()
     try:
-        settings = Sampler(args.sampler, args.steps, args.eta)
+        settings = Sampler(args.sampler, args.steps, args.eta, spacing=args.spacing)
     except ValueError as exc:
         parser.error(str(exc))
     sampler_words = settings.describe()
@@ -281,6 +284,7 @@ def main() -> int:
         "```",
         f"python tools/pretrained_report.py --run RUN_DIR --out {args.out} --n {args.n} "
         f"--sampler {settings.kind} --steps {settings.steps} --eta {settings.eta:g} "
+        f"{'' if settings.spacing == 'uniform' else f'--spacing {settings.spacing} '}"
         "--machine \"...\" --command \"...\"",
         "```",
         "",

@@ -9,6 +9,13 @@ ends at most 0.1 per image above the training set's), the open-end rate and the 
 rate; --timing adds the median wall time of 16 images over 3 runs after a warm-up (run it with
 nothing else on the machine). Rows are printed as a Markdown table and written to --json
 (merged into what the file already holds, one row per sampler).
+
+    python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision bf16 --store-fast
+
+--store-fast keeps the one sampler measured in --model as its fast sampler (``sample --fast``) if
+its samples met the bar, with at least the fidelity bar's 200 samples, and if no row of --json
+for the same sampler (other seeds, the other precision) failed it: measure those first. Only an
+unconditional weights file takes one (this sweep draws unconditional samples).
 """
 from __future__ import annotations
 
@@ -25,7 +32,8 @@ import torch  # noqa: E402
 
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics, sample  # noqa: E402
-from helpers.checkpoint import load_model  # noqa: E402
+from helpers.train import TrainConfig  # noqa: E402
+from helpers.checkpoint import load_model, store_fast_sampler  # noqa: E402
 from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
@@ -38,7 +46,7 @@ def key(sampler: Sampler, precision: str, seed: int) -> str:
     return f"{sampler.kind}:{sampler.steps}:{sampler.eta:g}{spacing}:{precision}" + (f":seed{seed}" if seed else "")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--samplers", nargs="+", type=parse_sampler, required=True,
@@ -50,9 +58,17 @@ def main() -> None:
     parser.add_argument("--timing", action="store_true", help="also time 16 images (median of 3)")
     parser.add_argument("--timing-only", action="store_true", help="only time 16 images")
     parser.add_argument("--json", type=Path, help="rows are merged into this file")
+    parser.add_argument("--store-fast", action="store_true", help="store the one sampler measured in --model "
+                        "as its fast sampler (sample --fast) if its samples met the fidelity bar")
     args = parser.parse_args()
+    if args.store_fast and (len(args.samplers) != 1 or args.timing_only or args.n < TrainConfig.bar_samples):
+        parser.error(f"--store-fast: expected one sampler in --samplers, measured (not --timing-only) on at least "
+                     f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is")
     cpu = torch.device("cpu")
     model, schedule, payload = load_model(args.model, cpu, args.precision)
+    if args.store_fast and (payload.get("kind") != "weights" or "condition" in payload):
+        parser.error(f"--store-fast: {args.model} is {'a conditional model' if 'condition' in payload else 'not a weights file'}"
+                     f"; expected the weights of an unconditional model (train --export), whose samples this sweep measures")
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     print(f"{args.model} (step {payload['step']}), on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
@@ -74,7 +90,17 @@ def main() -> None:
         print(f"| {row['sampler_words']}, {args.precision} | {cells} | {row.get('seconds_16', float('nan')):.1f} |", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.store_fast:
+        failed = [name for name, other in rows.items()
+                  if other.get("sampler_words") == settings.describe() and other.get("bar_met") is False]
+        if not row["bar_met"] or failed:
+            print(f"{settings.describe()} did not meet the bar on {args.model} "
+                  f"({', '.join(failed) if failed else 'this run'}): not stored")
+            return 1
+        store_fast_sampler(args.model, settings)
+        print(f"stored {settings.describe()} in {args.model} as its fast sampler (sample --fast)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
