@@ -1,5 +1,6 @@
 """helpers.sample and the sample command: PNGs, GIFs, the shipped model."""
 import json
+import subprocess
 import sys
 
 import pytest
@@ -273,6 +274,26 @@ def _report_module():
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     return report
+
+
+def test_pretrained_report_stores_a_fast_sampler_only_if_its_samples_met_the_bar(weights, tmp_path):
+    report, model = _report_module(), tmp_path / "model.pt"
+    model.write_bytes(weights.read_bytes())
+    fast = Sampler("dpm++2m", 30, 1.0)
+    row = {"network_calls": 30, "samples": 200, "bar_met": False}
+    assert report.store_fast(model, fast, row).startswith("Fast sampler (`sample --fast`): none stored; "
+                                                          "DPM-Solver++(2M)-30, eta 1, 30 network calls")
+    assert "fast_sampler" not in load_checkpoint(model)
+    assert "stored in `model.pt`: its 200 samples (seed 0) met" in report.store_fast(model, fast, {**row, "bar_met": True})
+    assert sample.fast_sampler(load_checkpoint(model)) == fast
+    for sampler in (fast, Sampler("ddim", 25, 0.5, spacing="quadratic")):
+        assert report.parse_sampler(report.spec(sampler)) == sampler  # the rebuild command's spelling reads back
+    assert report.spec(Sampler("ddpm")) == "ddpm"  # every step: nothing else to say
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrained_report.py"), "--run", str(weights.parent),
+                           "--out", str(tmp_path / "out"), "--n", "4", "--machine", "m", "--command", "c",
+                           "--fast", "dpm++2m:30:1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--fast with --n 4: expected at least 200 samples" in done.stderr
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_pretrained_report_reads_a_run_from_its_exported_weights(weights, tmp_path):

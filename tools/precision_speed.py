@@ -39,7 +39,7 @@ from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import sample  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import at_precision  # noqa: E402
-from pretrained_report import parse_sampler  # noqa: E402
+from pretrained_report import parse_sampler, spec  # noqa: E402
 
 # the environment each instruction set runs under (oneDNN's and ATen's documented caps)
 CAPS = {
@@ -91,9 +91,8 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
-    spacing = f":{args.sampler.spacing}" if args.sampler.spacing != "uniform" else ""
     common = ["--model", str(args.model), "--n", str(args.n), "--repeats", str(args.repeats),
-              "--sampler", f"{args.sampler.kind}:{args.sampler.steps}:{args.sampler.eta:g}{spacing}"]
+              "--sampler", spec(args.sampler)]
     print(f"{args.model}, {args.n} images, {args.sampler.describe()}, torch {torch.__version__}")
     print("| instruction set | ATen | oneDNN bf16 | fp32 (s) | bf16 (s) | bf16 / fp32 |\n|---|---|---|---|---|---|")
     for isa in args.isa:
@@ -104,7 +103,7 @@ def main() -> None:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise SystemExit(f"{isa}: measuring {args.model} failed ({last})")
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows[f"{isa}:{common[-1]}:n{args.n}"] = row
+        rows[f"{isa}:{spec(args.sampler)}:n{args.n}"] = row
         print(f"| {isa} | {row['aten_capability']} | {'yes' if row['onednn_bf16'] else 'no'} | "
               f"{row['seconds']['fp32']:.2f} | {row['seconds']['bf16']:.2f} | {row['ratio']:.2f} |", flush=True)
         if args.json:

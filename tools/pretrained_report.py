@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from helpers import data, metrics, sample, train, viz  # noqa: E402
-from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
+from helpers.checkpoint import export_weights, load_checkpoint, load_model, store_fast_sampler  # noqa: E402
 from helpers.diffusion import SPACINGS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
@@ -109,6 +109,13 @@ def parse_sampler(spec: str) -> Sampler:
                                          "dpm++2m:STEPS:ETA, either with :quadratic, or ddpm") from None
 
 
+def spec(sampler: Sampler) -> str:
+    """``parse_sampler``'s spelling of a sampler: 'dpm++2m:30:1', 'ddim:25:1:quadratic' or 'ddpm'."""
+    if sampler.kind == "ddpm":
+        return "ddpm"
+    return f"{sampler.kind}:{sampler.steps}:{sampler.eta:g}" + (f":{sampler.spacing}" if sampler.spacing != "uniform" else "")
+
+
 def table_section(title: str, intro: str, columns: list[str], rows: list[list]) -> list[str]:
     """A README section: a heading, a sentence, and a table whose last columns are the measured ones."""
     header = " | ".join([*columns, measured_header()])
@@ -125,6 +132,18 @@ def sampler_lines(rows: list[dict]) -> list[str]:
         f"`model.pt` sampled other ways (seed 0, {rows[0]['samples']} samples, threshold 0; `samplers.json`), "
         "beside its recommended sampler:", ["sampler", "network calls per image"],
         [[row["sampler_words"], row["network_calls"], measured_cells(row)] for row in rows])
+
+
+def store_fast(weights: Path, sampler: Sampler, row: dict) -> str:
+    """Store ``sampler`` as the fast one of ``weights`` (``sample --fast``) if ``row``, its measured
+    samples, met the bar; the README's sentence saying which."""
+    words = f"{sampler.describe()}, {row['network_calls']} network calls an image"
+    if not row["bar_met"]:
+        return f"Fast sampler (`sample --fast`): none stored; {words} did not meet the bar (the samplers table)."
+    store_fast_sampler(weights, sampler)
+    return (f"Fast sampler (`python -m helpers sample --fast`, which also picks bf16 weights where the processor "
+            f"computes bf16 natively): {words}, stored in `model.pt`: its {row['samples']} samples (seed 0) met "
+            "the bar (the samplers table).")
 
 
 NOTES = "## Notes from earlier runs"  # a section of the README kept when it is rebuilt
@@ -188,7 +207,14 @@ def main() -> int:
                         help="other samplers to measure model.pt with, as ddim:STEPS:ETA, dpm++2m:STEPS:ETA "
                              "(either with :quadratic for quadratic spacing) or ddpm "
                              "(written to OUT/samplers.json and the README)")
+    parser.add_argument("--fast", type=parse_sampler, metavar="SAMPLER", help="a sampler with fewer network "
+                        "calls, as --also takes it: measured with the others and stored in model.pt as its fast "
+                        "sampler (sample --fast) if its samples meet the bar (needs --n of at least "
+                        f"{train.TrainConfig.bar_samples})")
     args = parser.parse_args()
+    if args.fast and args.n < train.TrainConfig.bar_samples:
+        parser.error(f"--fast with --n {args.n}: expected at least {train.TrainConfig.bar_samples} samples, "
+                     "as the fidelity bar is judged on")
     try:
         settings = Sampler(args.sampler, args.steps, args.eta, spacing=args.spacing)
     except ValueError as exc:
@@ -210,7 +236,8 @@ def main() -> int:
     cfg = checkpoint["train_config"]
     rows = metrics.fidelity_bar(generated, reference)
     met = metrics.meets_bar(rows)
-    measured = measure(images, reference) if args.compare or args.also else {}
+    also = [*args.also, *([args.fast] if args.fast and args.fast not in args.also else [])]
+    measured = measure(images, reference) if args.compare or also else {}
     compared = []
     if args.compare:
         compared = [comparison_row(args.run, checkpoint, args.n, measured)]
@@ -219,7 +246,7 @@ def main() -> int:
             compared.append(comparison_row(run, other, args.n, measure(other_images, reference)))
         (args.out / "comparison.json").write_text(json.dumps(compared, indent=1) + "\n", encoding="utf-8")
     others = []
-    for other in [settings, *args.also] if args.also else []:
+    for other in [settings, *also] if also else []:
         other_measured = measured if other == settings else measure(  # the recommended one is measured
             sample.generate(model, schedule, args.n, other, seed=0, device=cpu), reference)
         others.append({"sampler_words": other.describe(), **other.stored(), "samples": args.n,
@@ -227,6 +254,9 @@ def main() -> int:
                        **other_measured})
     if others:
         (args.out / "samplers.json").write_text(json.dumps(others, indent=1) + "\n", encoding="utf-8")
+    fast_words = ""
+    if args.fast:
+        fast_words = store_fast(weights, args.fast, others[[settings, *also].index(args.fast)])
     lines = [
         "# The shipped model",
         "",
@@ -276,6 +306,7 @@ def main() -> int:
         f"Sampling 16 images with {sampler_words} on this machine's CPU: {seconds_16:.1f} s "
         "(median of 3, after a warm-up).",
         "",
+        *([fast_words, ""] if fast_words else []),
         *sampler_lines(others),
         *comparison_lines(compared, sampler_words),
         *earlier_notes(args.out / "README.md"),
@@ -285,6 +316,7 @@ def main() -> int:
         f"python tools/pretrained_report.py --run RUN_DIR --out {args.out} --n {args.n} "
         f"--sampler {settings.kind} --steps {settings.steps} --eta {settings.eta:g} "
         f"{'' if settings.spacing == 'uniform' else f'--spacing {settings.spacing} '}"
+        f"{f'--fast {spec(args.fast)} ' if args.fast else ''}"
         "--machine \"...\" --command \"...\"",
         "```",
         "",

@@ -37,13 +37,12 @@ from helpers.checkpoint import load_model, store_fast_sampler  # noqa: E402
 from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
-                               parse_sampler)
+                               parse_sampler, spec)
 
 
 
 def key(sampler: Sampler, precision: str, seed: int) -> str:
-    spacing = f":{sampler.spacing}" if sampler.spacing != "uniform" else ""
-    return f"{sampler.kind}:{sampler.steps}:{sampler.eta:g}{spacing}:{precision}" + (f":seed{seed}" if seed else "")
+    return f"{spec(sampler)}:{precision}" + (f":seed{seed}" if seed else "")
 
 
 def main() -> int:
