@@ -66,9 +66,9 @@ def native_bf16(device: torch.device) -> bool:
 
     CUDA: compute capability 8.0 and up (A100, H100, RTX 30xx and later; not Colab's T4). CPU:
     the AVX512-BF16 or AMX-BF16 instructions, as Linux lists them in /proc/cpuinfo. Elsewhere bf16
-    is emulated and slower than fp32, and this says no: on the 2-core EPYC the shipped UNet samples
-    2.3x faster in bf16, but 1.5x slower with the instruction set capped at AVX-512 without BF16
-    and 3.8x slower at AVX2 (tools/precision_speed.py; README, Performance).
+    is emulated or takes a reference path, and this says no: on the 2-core EPYC the shipped UNet
+    samples 2.3x faster in bf16, but 1.5x slower with the instruction set capped at AVX-512 without
+    BF16 and 3.8x slower at AVX2 (tools/precision_speed.py; README, Performance).
     """
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
