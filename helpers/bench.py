@@ -53,6 +53,18 @@ def median_seconds(run: Callable[[], None], device: torch.device, warmup: int, r
     return statistics.median(times)
 
 
+def alternated_seconds(runs: dict[str, Callable[[], float]], repeats: int) -> tuple[dict, dict]:
+    """Each of ``runs`` ``repeats`` times, in turn (a, b, a, b, ...), so that a noisy machine's
+    drifts fall on every candidate alike; each call returns the seconds it measured itself (so
+    that setup around the timed work stays untimed). The seconds of every call, and their
+    medians, by name."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    return times, {name: statistics.median(values) for name, values in times.items()}
+
+
 def profile_summary(run: Callable[[], None], device: torch.device, calls: int, seconds_per_call: float,
                     top: int = 5) -> dict:
     """What one call of ``run`` launches, from torch.profiler over ``calls`` calls.

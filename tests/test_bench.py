@@ -63,3 +63,16 @@ def test_the_padding_lever_pads_with_f_pad_inside_its_block_only():
     with pytest.raises(ValueError, match="unknown padding 'zeros'; expected one of wrap, torch"):
         with bench.padding("zeros"):
             pass
+
+
+def test_alternated_seconds_takes_turns_and_gives_each_candidates_median():
+    calls = []
+    seconds = {"a": iter([3.0, 1.0, 2.0]), "b": iter([10.0, 30.0, 20.0])}
+
+    def run(name: str) -> float:
+        calls.append(name)
+        return next(seconds[name])
+
+    times, medians = bench.alternated_seconds({"a": lambda: run("a"), "b": lambda: run("b")}, 3)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # in turn, not all of a then all of b
+    assert times == {"a": [3.0, 1.0, 2.0], "b": [10.0, 30.0, 20.0]} and medians == {"a": 2.0, "b": 20.0}

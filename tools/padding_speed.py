@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch  # noqa: E402
 
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import sample  # noqa: E402
-from helpers.bench import padding  # noqa: E402
+from helpers.bench import alternated_seconds, padding  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import at_precision  # noqa: E402
 from pretrained_report import parse_sampler  # noqa: E402
@@ -63,11 +62,8 @@ def main() -> None:
         images = {name: draw(name)[0] for name in PADDINGS}  # the warm-up, and the check
         if not torch.equal(images["wrap_pad"], images["F.pad"]):
             raise SystemExit(f"{precision} {layout}: the two paddings gave different images")
-        times = {name: [] for name in PADDINGS}
-        for _ in range(args.repeats):
-            for name in PADDINGS:
-                times[name].append(draw(name)[1])
-        medians = {name: statistics.median(values) for name, values in times.items()}
+        times, medians = alternated_seconds({name: lambda name=name: draw(name)[1] for name in PADDINGS},
+                                            args.repeats)
         row = {"precision": precision, "layout": layout, "sampler": args.sampler.describe(), "n": args.n,
                "threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": medians,
                "runs": times, "ratio": medians["F.pad"] / medians["wrap_pad"]}

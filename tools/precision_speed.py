@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import torch  # noqa: E402
 
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import sample  # noqa: E402
+from helpers.bench import alternated_seconds  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import at_precision  # noqa: E402
 from pretrained_report import parse_sampler, spec  # noqa: E402
@@ -58,15 +58,16 @@ def measure(args: argparse.Namespace) -> dict:
     cpu = torch.device("cpu")
     model, schedule, payload = load_model(args.model, cpu)
     networks = {precision: at_precision(model, precision, cpu) for precision in PRECISIONS}
-    times = {precision: [] for precision in PRECISIONS}
-    for precision, network in networks.items():  # warm-up: oneDNN builds its kernels on first use
+    for network in networks.values():  # warm-up: oneDNN builds its kernels on first use
         sample.generate(network, schedule, 2, args.sampler.replace(steps=2), seed=0, device=cpu)
-    for _ in range(args.repeats):
-        for precision, network in networks.items():
-            start = time.perf_counter()
-            sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu)
-            times[precision].append(time.perf_counter() - start)
-    medians = {precision: statistics.median(values) for precision, values in times.items()}
+
+    def draw(network: torch.nn.Module) -> float:
+        start = time.perf_counter()
+        sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu)
+        return time.perf_counter() - start
+
+    times, medians = alternated_seconds({precision: lambda network=network: draw(network)
+                                         for precision, network in networks.items()}, args.repeats)
     mkldnn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return {"isa": args.child, "env": CAPS[args.child], "aten_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_bf16": bool(mkldnn_bf16()) if mkldnn_bf16 else None,
