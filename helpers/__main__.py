@@ -24,8 +24,8 @@ from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .sample import (SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler, generate, recommended_sampler,
-                     reverse_process_gif, write_batch, write_manifest, write_pngs)
+from .sample import (SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler, fast_sampler_evidence, generate,
+                     recommended_sampler, reverse_process_gif, write_batch, write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
 from .unet import MODELS
@@ -154,6 +154,9 @@ def _sample(args: argparse.Namespace) -> None:
     world, device = distributed.join()  # alone, or one rank of a torchrun job sharing the images
     with distributed.together():  # what can fail: refused on every rank, said once
         model, schedule, payload, sampler, condition = _sampling_setup(args, device, world)
+    if args.fast and world.main:
+        print(f"the model's fast sampler, {fast_sampler(payload).describe()}, "
+              f"{fast_sampler_evidence(payload) or 'was stored without a record of what vetted it'}")
     start = time.perf_counter()
     if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
         first = min(args.n, 16)

@@ -2,9 +2,10 @@
 
 Two kinds of file, one format: a training checkpoint (everything a run needs to resume exactly:
 weights, EMA, optimiser, random states, logs) and a weights file (the EMA weights in fp16, the
-configs, the recommended sampler and optionally a fast one). Both are plain dicts of tensors and plain values, loaded
-with ``weights_only=True`` so that opening a file can never run code. Saves go to a temporary
-file that is renamed over the old one, so a file is never half written.
+configs, the recommended sampler and optionally a fast one with the measurements that vetted it).
+Both are plain dicts of tensors and plain values, loaded with ``weights_only=True`` so that
+opening a file can never run code. Saves go to a temporary file that is renamed over the old one,
+so a file is never half written.
 """
 from __future__ import annotations
 
@@ -161,16 +162,54 @@ def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torc
     return Path(path)
 
 
-def store_fast_sampler(path: str | Path, sampler) -> None:
-    """Keep ``sampler`` (a ``sample.Sampler``) in the weights file at ``path`` as its fast sampler,
-    the one ``sample --fast`` uses; everything else in the file is kept as it was."""
-    payload = load_checkpoint(path)
+# what each measurement that vetted a fast sampler keeps in the weights file, and as what (the rows
+# sampler_sweep and pretrained_report write have these and more)
+FAST_EVIDENCE = {"precision": str, "seed": int, "samples": int, "dangling_ends": float}
+
+
+def fast_sampler_refusal(payload: dict) -> Optional[str]:
+    """Why the file ``payload`` was read from cannot take a fast sampler, in words that follow
+    "FILE is", or None if it can. One rule for the writers (``store_fast_sampler``, the tools that
+    measure before they store) and for ``sample --fast``'s refusal.
+
+    Only the weights file of an unconditional model: ``sample --fast`` reads weights files, and a
+    fast sampler is vetted by the fidelity bar, which judges unconditional samples against the
+    training set; a conditional model's samples depend on the condition asked for.
+    """
     if payload.get("kind") != "weights":
-        raise CheckpointError(f"{path}: a file of kind {payload.get('kind')!r}; expected a weights file "
-                              "(train --export), which is what sample --fast reads")
+        return (f"a file of kind {payload.get('kind')!r}, not a weights file (train --export), which is what "
+                "sample --fast reads")
+    if "condition" in payload:
+        return ("a conditional model; a fast sampler is vetted by the fidelity bar on unconditional samples, "
+                "which does not say how a conditional model samples")
+    return None
+
+
+def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> None:
+    """Keep ``sampler`` (a ``sample.Sampler``) in the weights file at ``path`` as its fast sampler,
+    the one ``sample --fast`` uses, with the measurements that vetted it; everything else in the
+    file is kept as it was.
+
+    ``measured``: at least one row per set of samples the sampler was judged on (the dicts
+    ``tools/sampler_sweep.py`` and ``tools/pretrained_report.py`` write), every one with
+    ``bar_met`` true; the ``FAST_EVIDENCE`` entries of each are stored, so the file says which
+    precisions and seeds it was measured with.
+    """
+    payload = load_checkpoint(path)
+    refusal = fast_sampler_refusal(payload)
+    if refusal:
+        raise CheckpointError(f"{path} is {refusal}")
     if not hasattr(sampler, "stored"):
         raise TypeError(f"sampler: expected a sample.Sampler (checked when made), got {sampler!r}")
+    if not measured or any(row.get("bar_met") is not True for row in measured):
+        raise ValueError(f"measured: expected at least one measurement of {sampler.describe()}, every one "
+                         f"meeting the fidelity bar; got {[row.get('bar_met') for row in measured]}")
+    missing = sorted({key for row in measured for key in FAST_EVIDENCE if key not in row})
+    if missing:
+        raise ValueError(f"measured: every row needs {', '.join(FAST_EVIDENCE)}; missing {', '.join(missing)}")
     payload["fast_sampler"] = sampler.stored()
+    payload["fast_sampler_measured"] = [{key: kind(row[key]) for key, kind in FAST_EVIDENCE.items()}
+                                        for row in measured]
     save_atomic(payload, Path(path))
 
 

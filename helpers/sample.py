@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
+from .checkpoint import fast_sampler_refusal
 from .diffusion import SPACINGS, VARIANCES, Schedule, ddim_sample, ddpm_sample, dpm_solver_sample, sampling_timesteps
 from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
@@ -139,18 +140,29 @@ def fast_sampler(payload: dict) -> Sampler:
     fewer network calls and was also measured to meet the bar (the shipped model's README gives
     both). The errors read after the file's name: "FILE stores no fast sampler ...".
     """
-    if payload.get("kind") == "training":
-        raise ValueError("is a training checkpoint, which stores no fast sampler; export its weights "
-                         "(train --export), then measure one with tools/sampler_sweep.py --store-fast")
     if "fast_sampler" not in payload:
-        how = ("tools/sampler_sweep.py measures unconditional models only" if "condition" in payload else
-               "or measure one with tools/sampler_sweep.py --store-fast")
-        raise ValueError(f"stores no fast sampler (none was measured to meet the fidelity bar on it); sample "
-                         f"without --fast ({how})")
+        refusal = fast_sampler_refusal(payload)
+        raise ValueError(f"stores no fast sampler: it is {refusal}" if refusal else
+                         "stores no fast sampler (none was measured to meet the fidelity bar on it); sample "
+                         "without --fast, or measure one with tools/sampler_sweep.py --store-fast")
     try:
         return Sampler.from_stored(payload["fast_sampler"])
     except ValueError as exc:
         raise ValueError(f"holds an unusable fast sampler ({exc})") from None
+
+
+def fast_sampler_evidence(payload: dict) -> str:
+    """What the file says vetted its fast sampler, in words, e.g. "met the fidelity bar on this model
+    in 2 sets of 200 samples: bf16 seed 0 (0.08 dangling ends per image), fp32 seed 0 (0.09)";
+    empty where it records nothing."""
+    rows = sorted(payload.get("fast_sampler_measured") or [], key=lambda row: (row["precision"], row["seed"]))
+    if not rows:
+        return ""
+    sizes = sorted({row["samples"] for row in rows})
+    sets = [f"{row['precision']} seed {row['seed']} ({row['dangling_ends']:.2f}"
+            f"{' dangling ends per image' if i == 0 else ''})" for i, row in enumerate(rows)]
+    return (f"met the fidelity bar on this model in {len(rows)} set{'s' if len(rows) > 1 else ''} of "
+            f"{' or '.join(map(str, sizes))} samples: {', '.join(sets)}")
 
 
 def check_guidance(payload: dict, guidance: float, source: str = "the model") -> None:

@@ -14,6 +14,7 @@ from helpers.sample import Sampler
 from helpers.__main__ import DEFAULT_MODEL, main
 
 CPU = torch.device("cpu")
+MET = {"precision": "fp32", "seed": 0, "samples": 200, "dangling_ends": 0.09, "bar_met": True}  # one set that met the bar
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +87,21 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--out", str(out), "--quiet"]) == 2
     assert f"--fast: {stored} stores no fast sampler" in capsys.readouterr().err and not out.exists()
     conditional = dict(load_checkpoint(stored), condition={"names": ["grains"]})
-    with pytest.raises(ValueError, match=r"without --fast \(tools/sampler_sweep.py measures unconditional models only\)"):
+    with pytest.raises(ValueError, match="stores no fast sampler: it is a conditional model; a fast sampler is vetted"):
         sample.fast_sampler(conditional)
+    torch.save(conditional, tmp_path / "conditional.pt")
+    with pytest.raises(CheckpointError, match="conditional.pt is a conditional model"):
+        store_fast_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 2, 1), [MET])
     before = load_checkpoint(stored)
-    store_fast_sampler(stored, Sampler("dpm++2m", 2, 1))
+    for unvetted in ([], [MET, {**MET, "bar_met": False}], [{"bar_met": True, "seed": 0}]):
+        with pytest.raises(ValueError, match="measured: "):
+            store_fast_sampler(stored, Sampler("dpm++2m", 2, 1), unvetted)
+    assert "fast_sampler" not in load_checkpoint(stored)
+    store_fast_sampler(stored, Sampler("dpm++2m", 2, 1), [MET, {**MET, "precision": "bf16", "seed": 1, "dangling_ends": 0.07}])
     after = load_checkpoint(stored)
     assert after["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
+    assert after["fast_sampler_measured"] == [{"precision": "fp32", "seed": 0, "samples": 200, "dangling_ends": 0.09},
+                                              {"precision": "bf16", "seed": 1, "samples": 200, "dangling_ends": 0.07}]
     assert after["sampler"] == before["sampler"] and all(torch.equal(after["ema"][k], v) for k, v in before["ema"].items())
     assert sample.fast_sampler(after) == Sampler("dpm++2m", 2, 1.0)
     assert sample.recommended_sampler(after) == Sampler("ddim", 3, 1.0)  # unchanged: the published one
@@ -101,17 +111,21 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
                  "--gif", str(gif), "--quiet"]) == 0
     with Image.open(gif) as image:
         assert image.n_frames == 2  # the fast sampler's 2 steps
-    assert "(DPM-Solver++(2M)-2, eta 1, bf16 weights," in capsys.readouterr().out  # --fast: precision auto
+    said = capsys.readouterr().out
+    assert "(DPM-Solver++(2M)-2, eta 1, bf16 weights," in said  # --fast: precision auto
+    assert ("the model's fast sampler, DPM-Solver++(2M)-2, eta 1, met the fidelity bar on this model in 2 sets of "
+            "200 samples: bf16 seed 1 (0.07 dangling ends per image), fp32 seed 0 (0.09)") in said
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--steps", "3", "--precision", "fp32",
                  "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert "(DPM-Solver++(2M)-3, eta 1, fp32 weights," in capsys.readouterr().out  # what the command names wins
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert "(DDIM-3, eta 1, fp32 weights," in capsys.readouterr().out  # without --fast: as before
-    with pytest.raises(CheckpointError, match="a file of kind 'training'; expected a weights file"):
-        store_fast_sampler(weights.parent / "checkpoint.pt", Sampler("dpm++2m", 2, 1))
+    with pytest.raises(CheckpointError, match="checkpoint.pt is a file of kind 'training', not a weights file"):
+        store_fast_sampler(weights.parent / "checkpoint.pt", Sampler("dpm++2m", 2, 1), [MET])
     assert main(["sample", "--checkpoint", str(weights.parent / "checkpoint.pt"), "--n", "1", "--fast",
                  "--out", str(tmp_path / "d"), "--quiet"]) == 2
-    assert "is a training checkpoint, which stores no fast sampler; export its weights" in capsys.readouterr().err
+    assert ("checkpoint.pt stores no fast sampler: it is a file of kind 'training', not a weights file (train --export)"
+            in capsys.readouterr().err)
     payload = load_checkpoint(stored)
     payload["fast_sampler"] = {"sampler": "ddim"}  # edited by hand: no steps, no eta
     torch.save(payload, tmp_path / "edited.pt")
@@ -152,9 +166,13 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
     assert run("--store-fast") == 0
     assert load_checkpoint(model)["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["samples"] == 200
+    assert "it met the fidelity bar on this model in 1 set of 200 samples: fp32 seed 0" in capsys.readouterr().out
+    assert run("--store-fast", "--seed", "1", "--precision", "bf16") == 0  # every row of the sampler that met the bar
+    assert [(row["precision"], row["seed"]) for row in load_checkpoint(model)["fast_sampler_measured"]] == [
+        ("fp32", 0), ("bf16", 1)]
     for refused, why in ((["--store-fast", "--n", "2"], "on at least 200 samples (--n)"),
                          (["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
-                         (["--store-fast", "--model", str(weights.parent / "checkpoint.pt")], "is not a weights file")):
+                         (["--store-fast", "--model", str(weights.parent / "checkpoint.pt")], "not a weights file")):
         with pytest.raises(SystemExit) as stopped:
             run(*refused)
         assert stopped.value.code == 2 and why in capsys.readouterr().err
@@ -215,6 +233,9 @@ def test_the_shipped_model_samples_on_cpu():
     fast, recommended = sample.fast_sampler(payload), sample.recommended_sampler(payload)
     assert fast == Sampler("dpm++2m", 30, 1.0) and recommended == Sampler("ddim", 50, 1.0)  # as the README says
     assert len(fast.timesteps(schedule)) < len(recommended.timesteps(schedule))
+    vetted = payload["fast_sampler_measured"]  # both precisions --fast may pick, two seeds each, as the README says
+    assert sorted((row["precision"], row["seed"]) for row in vetted) == [("bf16", 0), ("bf16", 1), ("fp32", 0), ("fp32", 1)]
+    assert all(row["samples"] >= 200 and row["dangling_ends"] <= 0.1 for row in vetted)
     assert DEFAULT_MODEL.stat().st_size < 20 * 2**20
     images = sample.generate(model, schedule, 4, Sampler("ddim", 10), seed=0)
     assert images.shape == (4, 1, 64, 64) and torch.isfinite(images).all()
@@ -284,8 +305,11 @@ def test_pretrained_report_stores_a_fast_sampler_only_if_its_samples_met_the_bar
     assert report.store_fast(model, fast, row).startswith("Fast sampler (`sample --fast`): none stored; "
                                                           "DPM-Solver++(2M)-30, eta 1, 30 network calls")
     assert "fast_sampler" not in load_checkpoint(model)
-    assert "stored in `model.pt`: its 200 samples (seed 0) met" in report.store_fast(model, fast, {**row, "bar_met": True})
+    met = {**row, "bar_met": True, "dangling_ends": 0.09}
+    assert "stored in `model.pt`: its 200 samples (seed 0) met" in report.store_fast(model, fast, met)
     assert sample.fast_sampler(load_checkpoint(model)) == fast
+    assert load_checkpoint(model)["fast_sampler_measured"] == [{"precision": "fp32", "seed": 0, "samples": 200,
+                                                                "dangling_ends": 0.09}]
     for sampler in (fast, Sampler("ddim", 25, 0.5, spacing="quadratic")):
         assert report.parse_sampler(report.spec(sampler)) == sampler  # the rebuild command's spelling reads back
     assert report.spec(Sampler("ddpm")) == "ddpm"  # every step: nothing else to say
@@ -294,6 +318,20 @@ def test_pretrained_report_stores_a_fast_sampler_only_if_its_samples_met_the_bar
                            "--fast", "dpm++2m:30:1"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--fast with --n 4: expected at least 200 samples" in done.stderr
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_pretrained_report_refuses_a_fast_sampler_for_a_conditional_model_before_sampling(weights, tmp_path,
+                                                                                         monkeypatch, capsys):
+    report, run = _report_module(), tmp_path / "conditional_run"
+    run.mkdir()
+    torch.save(dict(load_checkpoint(weights), condition={"names": ["grains"]}), run / "model.pt")
+    monkeypatch.setattr(report, "median_seconds", lambda *args: pytest.fail("sampled before refusing"))
+    monkeypatch.setattr(sys, "argv", ["pretrained_report.py", "--run", str(run), "--out", str(tmp_path / "out"),
+                                      "--n", "200", "--fast", "dpm++2m:2:1", "--machine", "m", "--command", "c"])
+    with pytest.raises(SystemExit) as stopped:
+        report.main()
+    assert stopped.value.code == 2
+    assert f"--fast: {tmp_path / 'out' / 'model.pt'} (exported from {run}) is a conditional model" in capsys.readouterr().err
 
 
 def test_pretrained_report_reads_a_run_from_its_exported_weights(weights, tmp_path):

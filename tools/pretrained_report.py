@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from helpers import data, metrics, sample, train, viz  # noqa: E402
-from helpers.checkpoint import export_weights, load_checkpoint, load_model, store_fast_sampler  # noqa: E402
+from helpers.checkpoint import (export_weights, fast_sampler_refusal, load_checkpoint, load_model,  # noqa: E402
+                               store_fast_sampler)
 from helpers.diffusion import SPACINGS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
@@ -136,11 +137,11 @@ def sampler_lines(rows: list[dict]) -> list[str]:
 
 def store_fast(weights: Path, sampler: Sampler, row: dict) -> str:
     """Store ``sampler`` as the fast one of ``weights`` (``sample --fast``) if ``row``, its measured
-    samples, met the bar; the README's sentence saying which."""
+    samples (fp32 weights, seed 0, as every sampler here), met the bar; the README's sentence saying which."""
     words = f"{sampler.describe()}, {row['network_calls']} network calls an image"
     if not row["bar_met"]:
         return f"Fast sampler (`sample --fast`): none stored; {words} did not meet the bar (the samplers table)."
-    store_fast_sampler(weights, sampler)
+    store_fast_sampler(weights, sampler, [{**row, "precision": "fp32", "seed": 0}])
     return (f"Fast sampler (`python -m helpers sample --fast`, which also picks bf16 weights where the processor "
             f"computes bf16 natively): {words}, stored in `model.pt`: its {row['samples']} samples (seed 0) met "
             "the bar (the samplers table).")
@@ -224,6 +225,9 @@ def main() -> int:
     checkpoint = load_run(args.run)
     args.out.mkdir(parents=True, exist_ok=True)
     weights = export_weights(checkpoint, args.out / "model.pt", sampler=settings)
+    refusal = fast_sampler_refusal(load_checkpoint(weights)) if args.fast else None
+    if refusal:  # said before minutes of sampling
+        parser.error(f"--fast: {weights} (exported from {args.run}) is {refusal}")
     cpu = torch.device("cpu")
     model, schedule, _ = load_model(weights, cpu)
     seconds_16 = median_seconds(model, schedule, settings)

@@ -14,8 +14,10 @@ nothing else on the machine). Rows are printed as a Markdown table and written t
 
 --store-fast keeps the one sampler measured in --model as its fast sampler (``sample --fast``) if
 its samples met the bar, with at least the fidelity bar's 200 samples, and if no row of --json
-for the same sampler (other seeds, the other precision) failed it: measure those first. Only an
-unconditional weights file takes one (this sweep draws unconditional samples).
+for the same sampler (other seeds, the other precision) failed it: measure those first. The file
+keeps, beside the sampler, every row of it that met the bar (precision, seed, samples, dangling
+ends), which ``sample --fast`` prints. Only an unconditional weights file takes one
+(``checkpoint.fast_sampler_refusal``: this sweep draws unconditional samples).
 """
 from __future__ import annotations
 
@@ -33,9 +35,9 @@ import torch  # noqa: E402
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics, sample  # noqa: E402
 from helpers.train import TrainConfig  # noqa: E402
-from helpers.checkpoint import load_model, store_fast_sampler  # noqa: E402
+from helpers.checkpoint import fast_sampler_refusal, load_checkpoint, load_model, store_fast_sampler  # noqa: E402
 from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
-from helpers.sample import Sampler  # noqa: E402
+from helpers.sample import Sampler, fast_sampler_evidence  # noqa: E402
 from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
                                parse_sampler, spec)
 
@@ -65,9 +67,8 @@ def main() -> int:
                      f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is")
     cpu = torch.device("cpu")
     model, schedule, payload = load_model(args.model, cpu, args.precision)
-    if args.store_fast and (payload.get("kind") != "weights" or "condition" in payload):
-        parser.error(f"--store-fast: {args.model} is {'a conditional model' if 'condition' in payload else 'not a weights file'}"
-                     f"; expected the weights of an unconditional model (train --export), whose samples this sweep measures")
+    if args.store_fast and fast_sampler_refusal(payload):
+        parser.error(f"--store-fast: {args.model} is {fast_sampler_refusal(payload)}")
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     print(f"{args.model} (step {payload['step']}), on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
@@ -90,14 +91,17 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.store_fast:
-        failed = [name for name, other in rows.items()
-                  if other.get("sampler_words") == settings.describe() and other.get("bar_met") is False]
+        same = {name: other for name, other in rows.items() if other.get("sampler_words") == settings.describe()}
+        failed = [name for name, other in same.items() if other.get("bar_met") is False]
         if not row["bar_met"] or failed:
             print(f"{settings.describe()} did not meet the bar on {args.model} "
                   f"({', '.join(failed) if failed else 'this run'}): not stored")
             return 1
-        store_fast_sampler(args.model, settings)
-        print(f"stored {settings.describe()} in {args.model} as its fast sampler (sample --fast)")
+        vetted = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
+                  if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
+        store_fast_sampler(args.model, settings, vetted)
+        print(f"stored {settings.describe()} in {args.model} as its fast sampler (sample --fast); it "
+              f"{fast_sampler_evidence(load_checkpoint(args.model))}")
     return 0
 
 
