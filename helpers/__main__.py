@@ -55,7 +55,8 @@ def _data_make(args: argparse.Namespace) -> None:
 RESUME_FLAGS = ("steps", "lr_decay", "stop_after", "max_minutes", "export", "quiet")
 # train's flags that define a run: stored in its checkpoint, so not to be given with --resume
 RECIPE_FLAGS = ("data", "model", "profile", "batch_size", "lr", "seed", "precision", "limit",
-                "bar_every", "bar_samples", "prediction", "eta", "compile", "memory_format", "condition")
+                "bar_every", "bar_samples", "prediction", "eta", "compile", "memory_format", "condition",
+                "init_from")
 
 
 def _number(convert, accept, expected: str):
@@ -144,10 +145,12 @@ def _train_config(args: argparse.Namespace, device: torch.device) -> tuple[Train
                          memory_format=args.memory_format,
                          prediction=args.prediction, bar_every=args.bar_every,
                          bar_samples=args.bar_samples, sample_eta=args.eta,
-                         lr_decay_steps=args.lr_decay, condition=args.condition)
+                         lr_decay_steps=args.lr_decay, condition=args.condition,
+                         init_from=str(args.init_from) if args.init_from else None)
     size = image_size(cfg.data)
     return cfg, (f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
-                 f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}")
+                 f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}"
+                 + (f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""))
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -421,6 +424,9 @@ def _add_train(commands) -> None:
                        "(default: contiguous, NCHW)")
     train.add_argument("--condition", nargs="+", metavar="COLUMN", help="condition the network on these "
                        "numeric manifest columns (e.g. grains on voronoi_gb_range_64), for sample --condition")
+    train.add_argument("--init-from", type=Path, metavar="MODEL", help="start from this model file's EMA weights "
+                       "(fine-tuning; same network and schedule, e.g. data/pretrained/model.pt with --profile gpu; "
+                       "with --condition its new condition layers start silent) instead of random ones")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--stop-after", type=_positive_int, help="stop this session at that step (resumable)")
     train.add_argument("--max-minutes", type=_positive_float, help="end this session (with a checkpoint) after "

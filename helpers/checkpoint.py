@@ -213,6 +213,36 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> None:
     save_atomic(payload, Path(path))
 
 
+def initialise_from(network: torch.nn.Module, path: str | Path, schedule: dict) -> None:
+    """Start ``network`` (a new run's) from the EMA weights of the model file at ``path``:
+    fine-tuning instead of training from random weights.
+
+    The file must have been trained with the same ``schedule`` (its noise levels and what the
+    network predicts) and the same network, except that a conditional run may start from an
+    unconditional model: its condition layers, which the file lacks, start silent
+    (``UNet.silence_condition``), so the network begins as the file's model for every condition.
+    """
+    payload = load_checkpoint(path)
+    if payload["schedule"] != schedule:
+        raise CheckpointError(f"{path}: trained with the schedule {payload['schedule']}, this run's is {schedule}; "
+                              "expected the same (the run's --prediction and profile set it)")
+    state, expected = payload["ema"], network.state_dict()
+    layers = getattr(network, "CONDITION_LAYERS", ())
+    new = [k for k in expected if k not in state and k.startswith(layers)] if layers else []
+    missing = [k for k in expected if k not in state and k not in new]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {word} (first: {v[0]})" for v, word in
+                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if v]
+        raise CheckpointError(f"{path}: its weights do not fit this run's network ({'; '.join(parts)}); expected "
+                              f"a file of the same network, {payload['model_config']} (the run's --model and "
+                              "--profile set it)")
+    network.load_state_dict({**expected, **state})  # copied into the network's own dtype and layout
+    if new:
+        network.silence_condition()
+
+
 def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32"):
     """The EMA network of a checkpoint or weights file, in eval mode, its schedule and the file's dict.
 

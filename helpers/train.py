@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from . import data as data_module
 from . import distributed, metrics
 from .conditions import condition_stats, normalise
-from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, checkpoint_step, is_temporary, load_checkpoint,
-                         load_weights, remove_stale_temporaries, restore_rng_states, rng_states, save_atomic)
+from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, checkpoint_step, initialise_from, is_temporary,
+                         load_checkpoint, load_weights, remove_stale_temporaries, restore_rng_states, rng_states,
+                         save_atomic)
 from .device import autocast_dtype, check_compile_mode, compile_network, configure_backends, memory_format, pick_device
 from .distributed import World
 from .diffusion import PREDICTIONS, SCHEDULES, Schedule, diffusion_loss
@@ -98,6 +99,7 @@ class TrainConfig:
     condition_dropout: float = 0.15  # share of images trained without their condition (guidance)
     compile: str = "none"  # torch.compile mode (device.COMPILE_MODES); eager where unavailable
     memory_format: str = "contiguous"  # layout of images and weights (device.MEMORY_FORMATS)
+    init_from: str = ""  # a model file whose EMA weights start the network (fine-tuning); "": random
 
     def __post_init__(self) -> None:
         # checkpoints written before compile modes existed stored a bool
@@ -119,6 +121,8 @@ class TrainConfig:
             raise TrainingError(f"--condition: expected manifest column names, got {self.condition!r}")
         if self.condition and self.model != "unet":
             raise TrainingError(f"--condition needs --model unet ({self.model} takes no condition)")
+        if not isinstance(self.init_from, str):
+            raise TrainingError(f"--init-from: expected the path of a model file, got {self.init_from!r}")
         if not 0 <= self.condition_dropout < 1:
             raise TrainingError(f"condition_dropout must be from 0 to below 1, got {self.condition_dropout!r}")
         for flag, value, table in (("--model", self.model, MODELS), ("--prediction", self.prediction, PREDICTIONS),
@@ -281,6 +285,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"], self.generators)
+
+    def start_from(self, path: str) -> None:
+        """Begin from the EMA weights of the model file at ``path`` (``checkpoint.initialise_from``),
+        the network and its EMA both, instead of the random weights the seed drew."""
+        initialise_from(self.model, path, self.schedule.config())
+        self.ema.load_state_dict(self.model.state_dict())
 
     def autocast(self):
         """The precision context of a forward pass (bf16 or fp16 autocast, or none for fp32)."""
@@ -548,7 +558,11 @@ class Run:
         with distributed.together():
             if distributed.current().main:
                 check_new_run_folder(Path(run_dir))
-        return cls(cfg, run_dir, device)
+        run = cls(cfg, run_dir, device)
+        if cfg.init_from:
+            with distributed.together():  # a file that does not fit fails alike everywhere: said once
+                run.trainer.start_from(cfg.init_from)
+        return run
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: torch.device, extend_to: Optional[int] = None,

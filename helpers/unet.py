@@ -291,6 +291,19 @@ class UNet(nn.Module):
     def config(self) -> dict:
         return {"name": "unet", **self.settings}
 
+    # the parameters a condition adds (names start so): all else is an unconditional UNet's
+    CONDITION_LAYERS = ("condition_mlp.", "null_condition")
+
+    @torch.no_grad()
+    def silence_condition(self) -> None:
+        """Zero the condition MLP's last layer, so that every condition embeds as the null one
+        does at first (zeros): given an unconditional model's weights, the network then starts as
+        exactly that model for every condition, and training moves it from there."""
+        last = self.condition_mlp[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        self.null_condition.zero_()
+
     def embed_condition(self, condition: Optional[torch.Tensor], n: int, dtype: torch.dtype) -> torch.Tensor:
         """The condition's embedding per image: the MLP's, or the null embedding for a missing
         condition (``None``, or a row holding NaN)."""

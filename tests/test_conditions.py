@@ -9,7 +9,7 @@ import torch
 
 from helpers import conditions, control, data, metrics, sample, train
 from helpers.__main__ import main
-from helpers.checkpoint import load_checkpoint, load_model
+from helpers.checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
 from helpers.sample import Sampler
 from helpers.unet import UNet
 
@@ -112,6 +112,38 @@ def conditional(tmp_path_factory):
                                checkpoint_every=4, sample_every=1000)
     train.train(cfg, run, device=CPU, progress=False)
     return run / "checkpoint.pt"
+
+
+def test_a_conditional_run_started_from_an_unconditional_model_begins_as_that_model(tmp_path, capsys):
+    """train --init-from: fine-tuning the shipped unconditional model into a conditional one."""
+    train.train(train.profile_config("smoke", steps=4, checkpoint_every=4, sample_every=1000), tmp_path / "plain",
+                device=CPU, progress=False)
+    weights = export_weights(load_checkpoint(tmp_path / "plain" / "checkpoint.pt"), tmp_path / "plain.pt")
+    plain, _, _ = load_model(weights, CPU)
+    cfg = train.profile_config("smoke", data="voronoi_gb_range_64", condition=["grains"], steps=2, checkpoint_every=2,
+                               sample_every=1000, init_from=str(weights))
+    run = train.Run.start(cfg, tmp_path / "tuned", CPU)
+    x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    t, c = torch.tensor([10, 500, 990]), torch.tensor([[-1.0], [0.0], [float("nan")]])
+    with torch.no_grad():
+        for network in (run.trainer.model, run.trainer.ema):  # any condition, or none: the file's model
+            assert torch.equal(network(x, t, c), plain(x, t)) and torch.equal(network(x, t), plain(x, t))
+    train.train(cfg, tmp_path / "tuned2", device=CPU, progress=False)
+    tuned = load_checkpoint(tmp_path / "tuned2" / "checkpoint.pt")
+    assert tuned["train_config"]["init_from"] == str(weights)  # the recipe says where it started
+    assert tuned["model"]["condition_mlp.2.weight"].abs().sum() > 0  # training moves the silent layers
+    for settings, message in ((dict(prediction="eps"), "trained with the schedule"),
+                              (dict(model_options={"widths": [8, 16, 32], "blocks": 1, "attention_at": []}),
+                               "its weights do not fit this run's network \\(.*of another shape")):
+        with pytest.raises(CheckpointError, match=message):
+            train.Run.start(train.profile_config("smoke", data="voronoi_gb_range_64", condition=["grains"],
+                                                 init_from=str(weights), **settings), tmp_path / "refused", CPU)
+    assert main(["train", "--out", str(tmp_path / "tuned2"), "--resume", "--init-from", str(weights)]) == 2
+    assert "--init-from: a resumed run keeps the settings in its checkpoint" in capsys.readouterr().err
+    assert main(["train", "--profile", "smoke", "--out", str(tmp_path / "none"), "--init-from",
+                 str(tmp_path / "missing.pt"), "--quiet"]) == 2
+    assert f"{tmp_path / 'missing.pt'}: no such checkpoint file" in capsys.readouterr().err
+    assert not (tmp_path / "none" / "checkpoint.pt").exists()
 
 
 def test_a_conditional_run_drops_its_condition_at_the_configured_rate_and_keeps_the_scaling(conditional):
