@@ -157,9 +157,6 @@ def _sample(args: argparse.Namespace) -> None:
     world, device = distributed.join()  # alone, or one rank of a torchrun job sharing the images
     with distributed.together():  # what can fail: refused on every rank, said once
         model, schedule, payload, sampler, condition = _sampling_setup(args, device, world)
-    if args.fast and world.main:
-        print(f"the model's fast sampler, {fast_sampler(payload).describe()}, "
-              f"{fast_sampler_evidence(payload) or 'was stored without a record of what vetted it'}")
     start = time.perf_counter()
     if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
         first = min(args.n, 16)
@@ -233,6 +230,7 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         args.batch_size = max(1, 256 * trained ** 2 // side ** 2)
     try:
         recommended = fast_sampler(payload) if args.fast else recommended_sampler(payload)
+        vetted = fast_sampler_evidence(payload) if args.fast else ""
     except ValueError as exc:
         raise DataError(f"--fast: {args.checkpoint} {exc}" if args.fast else
                         f"{args.checkpoint}: its recommended sampler is unusable ({exc})") from None
@@ -253,6 +251,10 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         sampler = sampler.replace(guidance=0.0)
     if world.main:
         prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
+        if args.fast:
+            changed = f"; drawing {sampler.describe()} instead, as the flags ask" if sampler != recommended else ""
+            print(f"the model's fast sampler, {recommended.describe()}, "
+                  f"{vetted or 'was stored without a record of what vetted it'}{changed}")
     return model, schedule, payload, sampler, condition
 
 

@@ -9,6 +9,7 @@ so a file is never half written.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -162,6 +163,18 @@ def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torc
     return Path(path)
 
 
+def weights_digest(payload: dict) -> str:
+    """A short fingerprint of a file's EMA weights (SHA-256 of their names, dtypes and bytes; 12 hex
+    digits): it tells one model's measurements from another's whatever else the file holds, so it
+    stays the same when a fast sampler is stored in the file."""
+    digest = hashlib.sha256()
+    for name in sorted(payload["ema"]):
+        tensor = payload["ema"][name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 # what each measurement that vetted a fast sampler keeps in the weights file, and as what (the rows
 # sampler_sweep and pretrained_report write have these and more)
 FAST_EVIDENCE = {"precision": str, "seed": int, "samples": int, "dangling_ends": float}
@@ -213,32 +226,55 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> None:
     save_atomic(payload, Path(path))
 
 
-def initialise_from(network: torch.nn.Module, path: str | Path, schedule: dict) -> None:
-    """Start ``network`` (a new run's) from the EMA weights of the model file at ``path``:
-    fine-tuning instead of training from random weights.
+# what a fine-tuned run may change of the network it starts from (train --init-from): a condition
+# input (layers the file may lack) and dropout (no weights)
+FINE_TUNING_MAY_CHANGE = ("conditions", "dropout")
 
-    The file must have been trained with the same ``schedule`` (its noise levels and what the
-    network predicts) and the same network, except that a conditional run may start from an
-    unconditional model: its condition layers, which the file lacks, start silent
-    (``UNet.silence_condition``), so the network begins as the file's model for every condition.
+
+def initial_weights(path: str | Path, network_config: dict, schedule: dict, condition: list[str]) -> dict:
+    """The EMA weights a new run starts from (``train --init-from``), read from the model file at
+    ``path`` (a weights file or a training checkpoint) and checked, before any other work, against
+    the run's network config, schedule and condition names; errors begin "--init-from PATH:".
+
+    The file's network must be the run's (``FINE_TUNING_MAY_CHANGE`` aside) and trained with the
+    same schedule (noise levels and what it predicts). A conditional run may start from an
+    unconditional model (``start_from_weights`` then silences the layers the file lacks); a
+    conditional file needs a run on the same condition columns.
     """
-    payload = load_checkpoint(path)
-    if payload["schedule"] != schedule:
-        raise CheckpointError(f"{path}: trained with the schedule {payload['schedule']}, this run's is {schedule}; "
+    where = f"--init-from {path}"
+    try:
+        payload = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init-from {exc}") from None
+    theirs = Schedule.create(**payload["schedule"]).config()  # files from before `prediction` was stored: eps
+    if theirs != schedule:
+        raise CheckpointError(f"{where}: the file was trained with the schedule {theirs}, this run has {schedule}; "
                               "expected the same (the run's --prediction and profile set it)")
-    state, expected = payload["ema"], network.state_dict()
-    layers = getattr(network, "CONDITION_LAYERS", ())
-    new = [k for k in expected if k not in state and k.startswith(layers)] if layers else []
-    missing = [k for k in expected if k not in state and k not in new]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = [f"{len(v)} {word} (first: {v[0]})" for v, word in
-                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if v]
-        raise CheckpointError(f"{path}: its weights do not fit this run's network ({'; '.join(parts)}); expected "
-                              f"a file of the same network, {payload['model_config']} (the run's --model and "
+    theirs_network = build_network(payload, path)
+    load_weights(theirs_network, payload["ema"], path)  # a damaged file: said here, not as odd weights later
+    file_net = {k: v for k, v in theirs_network.config().items() if k not in FINE_TUNING_MAY_CHANGE}
+    run_net = {k: v for k, v in build_model(network_config).config().items() if k not in FINE_TUNING_MAY_CHANGE}
+    if file_net != run_net:
+        differ = ", ".join(f"{k} {file_net.get(k)!r} in the file, {run_net.get(k)!r} in this run"
+                           for k in sorted(set(file_net) | set(run_net)) if file_net.get(k) != run_net.get(k))
+        raise CheckpointError(f"{where}: another network ({differ}); expected the same (the run's --model and "
                               "--profile set it)")
-    network.load_state_dict({**expected, **state})  # copied into the network's own dtype and layout
+    names = payload.get("condition", {}).get("names", [])
+    if names and names != list(condition):
+        raise CheckpointError(f"{where}: a model conditioned on {', '.join(names)}, this run "
+                              f"{'on ' + ', '.join(condition) if condition else 'unconditional'}; expected the "
+                              "same --condition")
+    return payload["ema"]
+
+
+def start_from_weights(network: torch.nn.Module, state: dict) -> None:
+    """Copy ``state`` (from ``initial_weights``) into ``network``, in the network's own dtype and
+    layout; condition layers the state lacks (an unconditional model fine-tuned with a condition)
+    start silent (``UNet.silence_condition``), so the network begins as exactly that model for
+    every condition."""
+    expected = network.state_dict()
+    new = [k for k in expected if k not in state]
+    network.load_state_dict({**expected, **state})
     if new:
         network.silence_condition()
 

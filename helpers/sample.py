@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from .checkpoint import fast_sampler_refusal
+from .checkpoint import FAST_EVIDENCE, fast_sampler_refusal
 from .diffusion import SPACINGS, VARIANCES, Schedule, ddim_sample, ddpm_sample, dpm_solver_sample, sampling_timesteps
 from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
@@ -140,10 +140,11 @@ def fast_sampler(payload: dict) -> Sampler:
     fewer network calls and was also measured to meet the bar (the shipped model's README gives
     both). The errors read after the file's name: "FILE stores no fast sampler ...".
     """
+    refusal = fast_sampler_refusal(payload)
+    if refusal:  # also where an older tool stored one anyway
+        raise ValueError(f"cannot use a fast sampler: it is {refusal}")
     if "fast_sampler" not in payload:
-        refusal = fast_sampler_refusal(payload)
-        raise ValueError(f"stores no fast sampler: it is {refusal}" if refusal else
-                         "stores no fast sampler (none was measured to meet the fidelity bar on it); sample "
+        raise ValueError("stores no fast sampler (none was measured to meet the fidelity bar on it); sample "
                          "without --fast, or measure one with tools/sampler_sweep.py --store-fast")
     try:
         return Sampler.from_stored(payload["fast_sampler"])
@@ -154,8 +155,14 @@ def fast_sampler(payload: dict) -> Sampler:
 def fast_sampler_evidence(payload: dict) -> str:
     """What the file says vetted its fast sampler, in words, e.g. "met the fidelity bar on this model
     in 2 sets of 200 samples: bf16 seed 0 (0.08 dangling ends per image), fp32 seed 0 (0.09)";
-    empty where it records nothing."""
-    rows = sorted(payload.get("fast_sampler_measured") or [], key=lambda row: (row["precision"], row["seed"]))
+    empty where it records nothing. The errors read after the file's name, as ``fast_sampler``'s."""
+    rows = payload.get("fast_sampler_measured") or []
+    if not isinstance(rows, list) or not all(
+            isinstance(row, dict) and all(isinstance(row.get(key), kind) for key, kind in FAST_EVIDENCE.items())
+            for row in rows):
+        raise ValueError(f"holds an unusable record of what vetted its fast sampler (expected rows of "
+                         f"{', '.join(FAST_EVIDENCE)}; got {rows!r:.80})")
+    rows = sorted(rows, key=lambda row: (row["precision"], row["seed"]))
     if not rows:
         return ""
     sizes = sorted({row["samples"] for row in rows})

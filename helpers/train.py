@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from . import data as data_module
 from . import distributed, metrics
 from .conditions import condition_stats, normalise
-from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, checkpoint_step, initialise_from, is_temporary,
+from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, checkpoint_step, initial_weights, is_temporary,
                          load_checkpoint, load_weights, remove_stale_temporaries, restore_rng_states, rng_states,
-                         save_atomic)
+                         save_atomic, start_from_weights)
 from .device import autocast_dtype, check_compile_mode, compile_network, configure_backends, memory_format, pick_device
 from .distributed import World
 from .diffusion import PREDICTIONS, SCHEDULES, Schedule, diffusion_loss
@@ -121,6 +121,8 @@ class TrainConfig:
             raise TrainingError(f"--condition: expected manifest column names, got {self.condition!r}")
         if self.condition and self.model != "unet":
             raise TrainingError(f"--condition needs --model unet ({self.model} takes no condition)")
+        if isinstance(self.init_from, os.PathLike):
+            self.init_from = str(self.init_from)
         if not isinstance(self.init_from, str):
             raise TrainingError(f"--init-from: expected the path of a model file, got {self.init_from!r}")
         if not 0 <= self.condition_dropout < 1:
@@ -286,10 +288,10 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"], self.generators)
 
-    def start_from(self, path: str) -> None:
-        """Begin from the EMA weights of the model file at ``path`` (``checkpoint.initialise_from``),
-        the network and its EMA both, instead of the random weights the seed drew."""
-        initialise_from(self.model, path, self.schedule.config())
+    def start_from(self, state: dict) -> None:
+        """Begin from ``state``, a model file's EMA weights (``checkpoint.initial_weights``), the
+        network and its EMA both, instead of the random weights the seed drew."""
+        start_from_weights(self.model, state)
         self.ema.load_state_dict(self.model.state_dict())
 
     def autocast(self):
@@ -555,13 +557,17 @@ class Run:
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: str | Path, device: torch.device) -> "Run":
         """A new run in ``run_dir`` (new or empty; refused otherwise, before any work)."""
+        state = None
         with distributed.together():
             if distributed.current().main:
                 check_new_run_folder(Path(run_dir))
+            if cfg.init_from:  # checked before the data, the network and any compiling
+                schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps, cfg.prediction).config()
+                state = initial_weights(cfg.init_from, model_config(cfg, data_module.image_size(cfg.data)),
+                                        schedule, cfg.condition)
         run = cls(cfg, run_dir, device)
-        if cfg.init_from:
-            with distributed.together():  # a file that does not fit fails alike everywhere: said once
-                run.trainer.start_from(cfg.init_from)
+        if state is not None:
+            run.trainer.start_from(state)
         return run
 
     @classmethod

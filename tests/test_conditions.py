@@ -114,7 +114,7 @@ def conditional(tmp_path_factory):
     return run / "checkpoint.pt"
 
 
-def test_a_conditional_run_started_from_an_unconditional_model_begins_as_that_model(tmp_path, capsys):
+def test_a_conditional_run_started_from_an_unconditional_model_begins_as_that_model(tmp_path, capsys, monkeypatch):
     """train --init-from: fine-tuning the shipped unconditional model into a conditional one."""
     train.train(train.profile_config("smoke", steps=4, checkpoint_every=4, sample_every=1000), tmp_path / "plain",
                 device=CPU, progress=False)
@@ -132,17 +132,31 @@ def test_a_conditional_run_started_from_an_unconditional_model_begins_as_that_mo
     tuned = load_checkpoint(tmp_path / "tuned2" / "checkpoint.pt")
     assert tuned["train_config"]["init_from"] == str(weights)  # the recipe says where it started
     assert tuned["model"]["condition_mlp.2.weight"].abs().sum() > 0  # training moves the silent layers
-    for settings, message in ((dict(prediction="eps"), "trained with the schedule"),
-                              (dict(model_options={"widths": [8, 16, 32], "blocks": 1, "attention_at": []}),
-                               "its weights do not fit this run's network \\(.*of another shape")):
-        with pytest.raises(CheckpointError, match=message):
-            train.Run.start(train.profile_config("smoke", data="voronoi_gb_range_64", condition=["grains"],
-                                                 init_from=str(weights), **settings), tmp_path / "refused", CPU)
+    assert train.profile_config("smoke", init_from=weights).init_from == str(weights)  # a Path, as notebooks give it
+    conditional = tmp_path / "tuned2" / "checkpoint.pt"  # a training checkpoint: its EMA weights, in fp32
+    for settings, message in (
+            (dict(prediction="eps"), "the file was trained with the schedule .*'v'.*, this run has .*'eps'"),
+            (dict(model_options={"widths": [8, 16, 32], "blocks": 1, "attention_at": []}),
+             r"another network \(widths \[8, 16, 16\] in the file, \[8, 16, 32\] in this run\)"),
+            (dict(model_options={**train.TINY_UNET, "periodic": False}), "another network \\(periodic True in the file"),
+            (dict(init_from=str(conditional), condition=[]), "a model conditioned on grains, this run unconditional"),
+            (dict(init_from=str(conditional), condition=["boundary_fraction"]),
+             "a model conditioned on grains, this run on boundary_fraction")):
+        settings = {"data": "voronoi_gb_range_64", "condition": ["grains"], "init_from": str(weights), **settings}
+        with monkeypatch.context() as patched:
+            patched.setattr(train, "Trainer", lambda *args, **kwargs: pytest.fail("set up before refusing"))
+            with pytest.raises(CheckpointError, match=f"--init-from {settings['init_from']}: {message}"):
+                train.Run.start(train.profile_config("smoke", **settings), tmp_path / "refused", CPU)
+    # a conditional model carried on to the same condition: every weight, condition layers too
+    again = train.Run.start(train.profile_config("smoke", data="voronoi_gb_range_64", condition=["grains"],
+                                                 init_from=str(conditional)), tmp_path / "again", CPU)
+    tuned_ema = load_checkpoint(conditional)["ema"]
+    assert all(torch.equal(v, tuned_ema[k]) for k, v in again.trainer.model.state_dict().items())
     assert main(["train", "--out", str(tmp_path / "tuned2"), "--resume", "--init-from", str(weights)]) == 2
     assert "--init-from: a resumed run keeps the settings in its checkpoint" in capsys.readouterr().err
     assert main(["train", "--profile", "smoke", "--out", str(tmp_path / "none"), "--init-from",
                  str(tmp_path / "missing.pt"), "--quiet"]) == 2
-    assert f"{tmp_path / 'missing.pt'}: no such checkpoint file" in capsys.readouterr().err
+    assert f"--init-from {tmp_path / 'missing.pt'}: no such checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "none" / "checkpoint.pt").exists()
 
 

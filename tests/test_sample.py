@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from helpers import ROOT, data, device, sample, train
-from helpers.checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, store_fast_sampler
+from helpers.checkpoint import (CheckpointError, export_weights, load_checkpoint, load_model, store_fast_sampler,
+                                weights_digest)
 from helpers.diffusion import Schedule
 from helpers.sample import Sampler
 from helpers.__main__ import DEFAULT_MODEL, main
@@ -87,8 +88,10 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--out", str(out), "--quiet"]) == 2
     assert f"--fast: {stored} stores no fast sampler" in capsys.readouterr().err and not out.exists()
     conditional = dict(load_checkpoint(stored), condition={"names": ["grains"]})
-    with pytest.raises(ValueError, match="stores no fast sampler: it is a conditional model; a fast sampler is vetted"):
+    with pytest.raises(ValueError, match="cannot use a fast sampler: it is a conditional model; a fast sampler is vetted"):
         sample.fast_sampler(conditional)
+    with pytest.raises(ValueError, match="cannot use a fast sampler: it is a conditional model"):  # one stored anyway
+        sample.fast_sampler(dict(conditional, fast_sampler={"sampler": "ddim", "steps": 2, "eta": 1.0}))
     torch.save(conditional, tmp_path / "conditional.pt")
     with pytest.raises(CheckpointError, match="conditional.pt is a conditional model"):
         store_fast_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 2, 1), [MET])
@@ -117,21 +120,31 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
             "200 samples: bf16 seed 1 (0.07 dangling ends per image), fp32 seed 0 (0.09)") in said
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--steps", "3", "--precision", "fp32",
                  "--out", str(tmp_path / "b"), "--quiet"]) == 0
-    assert "(DPM-Solver++(2M)-3, eta 1, fp32 weights," in capsys.readouterr().out  # what the command names wins
+    said = capsys.readouterr().out
+    assert "(DPM-Solver++(2M)-3, eta 1, fp32 weights," in said  # what the command names wins
+    assert "(0.09); drawing DPM-Solver++(2M)-3, eta 1 instead, as the flags ask" in said
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert "(DDIM-3, eta 1, fp32 weights," in capsys.readouterr().out  # without --fast: as before
     with pytest.raises(CheckpointError, match="checkpoint.pt is a file of kind 'training', not a weights file"):
         store_fast_sampler(weights.parent / "checkpoint.pt", Sampler("dpm++2m", 2, 1), [MET])
     assert main(["sample", "--checkpoint", str(weights.parent / "checkpoint.pt"), "--n", "1", "--fast",
                  "--out", str(tmp_path / "d"), "--quiet"]) == 2
-    assert ("checkpoint.pt stores no fast sampler: it is a file of kind 'training', not a weights file (train --export)"
-            in capsys.readouterr().err)
+    assert ("checkpoint.pt cannot use a fast sampler: it is a file of kind 'training', not a weights file (train "
+            "--export)" in capsys.readouterr().err)
     payload = load_checkpoint(stored)
     payload["fast_sampler"] = {"sampler": "ddim"}  # edited by hand: no steps, no eta
     torch.save(payload, tmp_path / "edited.pt")
     assert main(["sample", "--checkpoint", str(tmp_path / "edited.pt"), "--n", "1", "--fast",
                  "--out", str(tmp_path / "e"), "--quiet"]) == 2
     assert f"--fast: {tmp_path / 'edited.pt'} holds an unusable fast sampler (sampler settings" in capsys.readouterr().err
+    payload = load_checkpoint(stored)
+    payload["fast_sampler_measured"] = [{"precision": "fp32", "seed": 0}]  # edited by hand: no samples, no ends
+    torch.save(payload, tmp_path / "edited_record.pt")
+    assert main(["sample", "--checkpoint", str(tmp_path / "edited_record.pt"), "--n", "1", "--fast",
+                 "--out", str(tmp_path / "f"), "--quiet"]) == 2
+    assert (f"--fast: {tmp_path / 'edited_record.pt'} holds an unusable record of what vetted its fast sampler "
+            "(expected rows of precision, seed, samples, dangling_ends;") in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
 
 
 def _sweep_module():
@@ -159,10 +172,17 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
                                           "--json", str(table), *extra])
         return sweep.main()
 
-    table.write_text(json.dumps({"dpm++2m:2:1:bf16": {"sampler_words": "DPM-Solver++(2M)-2, eta 1", "bar_met": False}}))
-    assert run("--store-fast") == 1  # this run met the bar, the bf16 row of the same sampler did not
+    words, ours = "DPM-Solver++(2M)-2, eta 1", weights_digest(load_checkpoint(model))
+    other_model = {"sampler_words": words, "weights": "0" * 12, "bar_met": True, "precision": "bf16", "seed": 5,
+                   "samples": 200, "dangling_ends": 0.01}
+    table.write_text(json.dumps({"dpm++2m:2:1:bf16": {"sampler_words": words, "weights": ours, "bar_met": False},
+                                 "other": other_model}))
+    assert run("--store-fast") == 1  # this run met the bar, the bf16 row of the same sampler and model did not
     assert "(dpm++2m:2:1:bf16): not stored" in capsys.readouterr().out and "fast_sampler" not in load_checkpoint(model)
-    table.unlink()
+    table.write_text(json.dumps({"other": {**other_model, "bar_met": False}}))
+    assert run("--store-fast") == 0  # another model's rows neither block nor vouch
+    assert len(load_checkpoint(model)["fast_sampler_measured"]) == 1
+    table.write_text(json.dumps({"other": other_model}))
     assert run("--store-fast") == 0
     assert load_checkpoint(model)["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["samples"] == 200
@@ -331,7 +351,8 @@ def test_pretrained_report_refuses_a_fast_sampler_for_a_conditional_model_before
     with pytest.raises(SystemExit) as stopped:
         report.main()
     assert stopped.value.code == 2
-    assert f"--fast: {tmp_path / 'out' / 'model.pt'} (exported from {run}) is a conditional model" in capsys.readouterr().err
+    assert f"--fast: {run} holds a conditional model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_pretrained_report_reads_a_run_from_its_exported_weights(weights, tmp_path):

@@ -223,11 +223,11 @@ def main() -> int:
     sampler_words = settings.describe()
 
     checkpoint = load_run(args.run)
+    refusal = fast_sampler_refusal({**checkpoint, "kind": "weights"}) if args.fast else None  # what export writes
+    if refusal:  # said before anything is written or sampled
+        parser.error(f"--fast: {args.run} holds {refusal}")
     args.out.mkdir(parents=True, exist_ok=True)
     weights = export_weights(checkpoint, args.out / "model.pt", sampler=settings)
-    refusal = fast_sampler_refusal(load_checkpoint(weights)) if args.fast else None
-    if refusal:  # said before minutes of sampling
-        parser.error(f"--fast: {weights} (exported from {args.run}) is {refusal}")
     cpu = torch.device("cpu")
     model, schedule, _ = load_model(weights, cpu)
     seconds_16 = median_seconds(model, schedule, settings)

@@ -14,9 +14,10 @@ nothing else on the machine). Rows are printed as a Markdown table and written t
 
 --store-fast keeps the one sampler measured in --model as its fast sampler (``sample --fast``) if
 its samples met the bar, with at least the fidelity bar's 200 samples, and if no row of --json
-for the same sampler (other seeds, the other precision) failed it: measure those first. The file
-keeps, beside the sampler, every row of it that met the bar (precision, seed, samples, dangling
-ends), which ``sample --fast`` prints. Only an unconditional weights file takes one
+for the same sampler and model (other seeds, the other precision) failed it: measure those first.
+Rows name their model by ``checkpoint.weights_digest``, so one --json can hold several models'.
+The file keeps, beside the sampler, every row of it on this model that met the bar with at least
+200 samples (precision, seed, samples, dangling ends), which ``sample --fast`` prints. Only an unconditional weights file takes one
 (``checkpoint.fast_sampler_refusal``: this sweep draws unconditional samples).
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ import torch  # noqa: E402
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics, sample  # noqa: E402
 from helpers.train import TrainConfig  # noqa: E402
-from helpers.checkpoint import fast_sampler_refusal, load_checkpoint, load_model, store_fast_sampler  # noqa: E402
+from helpers.checkpoint import (fast_sampler_refusal, load_checkpoint, load_model, store_fast_sampler,  # noqa: E402
+                               weights_digest)
 from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
 from helpers.sample import Sampler, fast_sampler_evidence  # noqa: E402
 from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
@@ -71,12 +73,13 @@ def main() -> int:
         parser.error(f"--store-fast: {args.model} is {fast_sampler_refusal(payload)}")
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    digest = weights_digest(payload)  # which model a row measured: --json may hold several models' rows
     print(f"{args.model} (step {payload['step']}), on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print(f"| sampler | {measured_header()} | 16 images (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for settings in args.samplers:
         row = dict(rows.get(key(settings, args.precision, args.seed), {}))
-        row.update(sampler_words=settings.describe(), precision=args.precision, **settings.stored())
+        row.update(sampler_words=settings.describe(), precision=args.precision, weights=digest, **settings.stored())
         if not args.timing_only:
             start = time.perf_counter()
             images = sample.generate(model, schedule, args.n, settings, seed=args.seed, device=cpu)
@@ -91,7 +94,8 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.store_fast:
-        same = {name: other for name, other in rows.items() if other.get("sampler_words") == settings.describe()}
+        same = {name: other for name, other in rows.items()
+                if other.get("sampler_words") == settings.describe() and other.get("weights") == digest}
         failed = [name for name, other in same.items() if other.get("bar_met") is False]
         if not row["bar_met"] or failed:
             print(f"{settings.describe()} did not meet the bar on {args.model} "
