@@ -6,6 +6,10 @@ import sys
 import tarfile
 from pathlib import Path
 
+import torch
+
+from helpers import train
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -57,15 +61,19 @@ def test_the_eager_phase_measures_the_default_unet_with_each_padding_asked_for(t
 
 
 def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(tmp_path):
-    out = tmp_path / "out"
+    """Fine-tuned from an unconditional model (--init-from), as the GPU lever for issue 16 would be."""
+    out, plain = tmp_path / "out", tmp_path / "plain"
+    train.train(train.profile_config("smoke", steps=2, checkpoint_every=2, sample_every=1000), plain,
+                device=torch.device("cpu"), progress=False)
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
                            "--phases", "train", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
-                           "--deadline", "600"],
+                           "--init-from", str(plain / "checkpoint.pt"), "--deadline", "600"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-2000:]
     phases = json.loads((out / "session.json").read_text())["phases"]
     assert [phases[p]["status"] for p in ("train", "control")] == ["done", "done"], phases
     assert phases["train"]["config"]["condition"] == ["grains"]
+    assert phases["train"]["config"]["init_from"] == str(plain / "checkpoint.pt")
     assert [r["sampler"] for r in phases["control"]["reports"]] == ["DDIM-5, eta 0", "DDIM-5, eta 0, guidance 2"]
 
 

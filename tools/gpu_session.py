@@ -20,6 +20,7 @@ every phase, so a session cut short still brings back what it measured.
             every --bar-every steps on 200 EMA samples
   samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
             several samplers, packed for evaluation off the GPU machine
+            (with --init-from MODEL: fine-tuned from that model file's weights)
   control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains): the conditional
             model's control at 8 targets x 64 samples and guidance 0, 1, 2, 4 (python -m helpers control)
   ddp       only when named in --phases: what data parallelism costs, one NCCL rank under torchrun
@@ -134,6 +135,9 @@ def main() -> None:
                         help="train a conditional model on these manifest columns (e.g. --data "
                              "voronoi_gb_range_64 --condition grains); the export recommends --guidance")
     parser.add_argument("--guidance", type=float, default=2.0, help="the guidance a conditional export recommends")
+    parser.add_argument("--init-from", type=Path, metavar="MODEL", help="the train phase fine-tunes this model file "
+                        "instead of starting from random weights (train --init-from; e.g. data/pretrained/model.pt "
+                        "with --condition grains: the unconditional model, given silent condition layers)")
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
@@ -248,7 +252,8 @@ def main() -> None:
         profile = "gpu"
         if smoke:
             profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
-        overrides.update(data=args.data, condition=list(args.condition))
+        overrides.update(data=args.data, condition=list(args.condition),
+                         init_from=str(args.init_from) if args.init_from else "")
         cfg = train.profile_config(profile, **overrides)
         record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
                       chosen_from=best, planned_seconds=seconds)
