@@ -198,7 +198,7 @@ def fast_sampler_refusal(payload: dict) -> Optional[str]:
     return None
 
 
-def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> None:
+def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> list[dict]:
     """Keep ``sampler`` (a ``sample.Sampler``) in the weights file at ``path`` as its fast sampler,
     the one ``sample --fast`` uses, with the measurements that vetted it; everything else in the
     file is kept as it was.
@@ -206,7 +206,7 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> None:
     ``measured``: at least one row per set of samples the sampler was judged on (the dicts
     ``tools/sampler_sweep.py`` and ``tools/pretrained_report.py`` write), every one with
     ``bar_met`` true; the ``FAST_EVIDENCE`` entries of each are stored, so the file says which
-    precisions and seeds it was measured with.
+    precisions and seeds it was measured with; they are returned as stored.
     """
     payload = load_checkpoint(path)
     refusal = fast_sampler_refusal(payload)
@@ -224,6 +224,7 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> None:
     payload["fast_sampler_measured"] = [{key: kind(row[key]) for key, kind in FAST_EVIDENCE.items()}
                                         for row in measured]
     save_atomic(payload, Path(path))
+    return payload["fast_sampler_measured"]
 
 
 # what a fine-tuned run may change of the network it starts from (train --init-from): a condition

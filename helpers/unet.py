@@ -291,9 +291,6 @@ class UNet(nn.Module):
     def config(self) -> dict:
         return {"name": "unet", **self.settings}
 
-    # the parameters a condition adds (names start so): all else is an unconditional UNet's
-    CONDITION_LAYERS = ("condition_mlp.", "null_condition")
-
     @torch.no_grad()
     def silence_condition(self) -> None:
         """Zero the condition MLP's last layer, so that every condition embeds as the null one

@@ -17,8 +17,9 @@ its samples met the bar, with at least the fidelity bar's 200 samples, and if no
 for the same sampler and model (other seeds, the other precision) failed it: measure those first.
 Rows name their model by ``checkpoint.weights_digest``, so one --json can hold several models'.
 The file keeps, beside the sampler, every row of it on this model that met the bar with at least
-200 samples (precision, seed, samples, dangling ends), which ``sample --fast`` prints. Only an unconditional weights file takes one
-(``checkpoint.fast_sampler_refusal``: this sweep draws unconditional samples).
+200 samples (precision, seed, samples, dangling ends), which ``sample --fast`` prints. Only an
+unconditional weights file takes one (``checkpoint.fast_sampler_refusal``: this sweep draws
+unconditional samples).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics, sample  # noqa: E402
 from helpers.train import TrainConfig  # noqa: E402
-from helpers.checkpoint import (fast_sampler_refusal, load_checkpoint, load_model, store_fast_sampler,  # noqa: E402
+from helpers.checkpoint import (fast_sampler_refusal, load_model, store_fast_sampler,  # noqa: E402
                                weights_digest)
 from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
 from helpers.sample import Sampler, fast_sampler_evidence  # noqa: E402
@@ -69,8 +70,9 @@ def main() -> int:
                      f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is")
     cpu = torch.device("cpu")
     model, schedule, payload = load_model(args.model, cpu, args.precision)
-    if args.store_fast and fast_sampler_refusal(payload):
-        parser.error(f"--store-fast: {args.model} is {fast_sampler_refusal(payload)}")
+    refusal = fast_sampler_refusal(payload) if args.store_fast else None
+    if refusal:
+        parser.error(f"--store-fast: {args.model} is {refusal}")
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     digest = weights_digest(payload)  # which model a row measured: --json may hold several models' rows
@@ -103,9 +105,9 @@ def main() -> int:
             return 1
         vetted = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
                   if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
-        store_fast_sampler(args.model, settings, vetted)
+        stored = store_fast_sampler(args.model, settings, vetted)
         print(f"stored {settings.describe()} in {args.model} as its fast sampler (sample --fast); it "
-              f"{fast_sampler_evidence(load_checkpoint(args.model))}")
+              f"{fast_sampler_evidence({'fast_sampler_measured': stored})}")
     return 0
 
 
