@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .bench import format_bench, run_bench
-from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
+from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
 from .conditions import ConditionError, check_range, parse_targets, target_vector
-from .control import check_target, default_targets, format_control, guidance_sweep, measured_condition
+from .control import (DrawnSamples, check_target, default_targets, format_control, guidance_sweep, judge,
+                      measured_condition, reference)
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
                    read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision
@@ -291,11 +292,17 @@ def _bench(args: argparse.Namespace) -> None:
     _write_json(args.json, report)
 
 
+CONTROL_SAMPLING = ("vary", "targets", "n", "guidance", "sampler", "steps", "eta", "spacing", "precision", "seed")
+
+
 def _control(args: argparse.Namespace) -> None:
     _new_file(args.json, "--json")
     _new_file(args.plot, "--plot")
+    if args.measure:
+        return _control_measured(args)
+    args.n, args.guidance, args.seed = args.n or 64, args.guidance or [0.0, 1.0, 2.0, 4.0], args.seed or 0
     device = pick_device()
-    model, schedule, payload = load_model(args.checkpoint, device, args.precision)
+    model, schedule, payload = load_model(args.checkpoint, device, args.precision or "fp32")
     stats = payload.get("condition")
     name = measured_condition(stats, str(args.checkpoint), args.vary)
     targets = args.targets or default_targets(stats, name=name)
@@ -316,7 +323,39 @@ def _control(args: argparse.Namespace) -> None:
     print(format_control(reports))
     print(f"({len(targets)} targets x {args.n} samples x {len(reports)} guidance scales in "
           f"{time.perf_counter() - start:.0f} s on {device})")
-    _write_json(args.json, {"model": str(args.checkpoint), "step": payload["step"],
+    _control_outputs(args, payload, reports)
+
+
+def _control_measured(args: argparse.Namespace) -> None:
+    """control --measure: samples drawn elsewhere (tools/gpu_session.py) measured here, against the
+    same real images at the targets as a run of control that drew them itself."""
+    given = [f"--{option}" for option in CONTROL_SAMPLING if getattr(args, option) is not None]
+    if given:
+        raise DataError(f"--measure {args.measure}: the targets, samples and samplers come from the file; "
+                        f"expected no {', '.join(given)}")
+    try:
+        drawn = DrawnSamples.load(args.measure)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    payload = load_checkpoint(args.checkpoint)
+    stats = payload.get("condition")
+    name = measured_condition(stats, str(args.checkpoint), drawn.name)
+    if drawn.weights != weights_digest(payload):
+        raise DataError(f"--measure {args.measure}: drawn by the model with weights {drawn.weights}, not by "
+                        f"{args.checkpoint} ({weights_digest(payload)}); expected the model file that drew them")
+    start = time.perf_counter()
+    size = drawn.masks[0][0].shape[-1]
+    held, real = reference(stats, name, drawn.targets, 2 * drawn.n, size, drawn.held)
+    reports = [judge(masks, stats, drawn.targets, words, name=name, real=real, held=held, size=size,
+                     splits=args.splits) for words, masks in zip(drawn.samplers, drawn.masks)]
+    print(format_control(reports))
+    print(f"({len(drawn.targets)} targets x {drawn.n} samples x {len(reports)} samplers from {args.measure}, "
+          f"measured in {time.perf_counter() - start:.0f} s)")
+    _control_outputs(args, payload, reports, samples=str(args.measure))
+
+
+def _control_outputs(args: argparse.Namespace, payload: dict, reports, **more) -> None:
+    _write_json(args.json, {"model": str(args.checkpoint), "step": payload["step"], **more,
                             "reports": [r.summary() for r in reports]})
     if args.plot:
         plt.close(control_plot(reports, args.plot))
@@ -546,16 +585,18 @@ def _add_control(commands) -> None:
                          "real images at each target")
     control.add_argument("--targets", type=float, nargs="+", metavar="V",
                          help="target values (default: 8 across the model's training range)")
-    control.add_argument("--n", type=_positive_int, default=64, help="samples per target (default 64)")
-    control.add_argument("--guidance", type=_non_negative_float, nargs="+", default=[0.0, 1.0, 2.0, 4.0],
+    control.add_argument("--n", type=_positive_int, help="samples per target (default 64)")
+    control.add_argument("--guidance", type=_non_negative_float, nargs="+",
                          metavar="W", help="guidance scales to compare (default 0 1 2 4)")
     control.add_argument("--sampler", choices=SAMPLERS, help="default: the model's recommended sampler")
     control.add_argument("--steps", type=_positive_int, help="sampler steps (default: the model's)")
     control.add_argument("--eta", type=_fraction, help="fresh noise per step, 0 to 1 (default: the model's)")
     control.add_argument("--spacing", choices=SPACINGS, help="uniform or quadratic timesteps (default: the model's)")
-    control.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32")
-    control.add_argument("--seed", type=_non_negative_int, default=0)
+    control.add_argument("--precision", choices=SAMPLING_PRECISIONS, help="default: fp32")
+    control.add_argument("--seed", type=_non_negative_int, help="default: 0")
     control.add_argument("--splits", type=_positive_int, default=20, help="random splits for each noise floor")
+    control.add_argument("--measure", type=Path, metavar="FILE", help="measure the samples in FILE instead of "
+                         "drawing them (the control.npz of tools/gpu_session.py, drawn on a GPU by --checkpoint)")
     control.add_argument("--json", type=Path, help="also write the reports as JSON")
     control.add_argument("--plot", type=Path, help="also write the control plot (PNG)")
     control.set_defaults(run=_control)

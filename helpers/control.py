@@ -25,7 +25,9 @@ that ignored that condition would score.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -333,6 +335,100 @@ def _mae(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float
     return float(np.mean([abs(a - t) for t, values in zip(targets, achieved) for a in values]))
 
 
+def control_masks(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
+                  name: str, held: dict[str, Held], seed: int = 0,
+                  device: Optional[torch.device] = None) -> list[np.ndarray]:
+    """Boundary masks of ``n`` samples at each target of ``name``, the model's other conditions at
+    their ``held`` values, target ``i`` seeded ``target_seed(seed, i)``: what ``judge`` measures."""
+    masks = []
+    for i, target in enumerate(targets):
+        asked = {name: target, **{other: h.values[i] for other, h in held.items()}}
+        images = generate(model, schedule, n, sampler, seed=target_seed(seed, i), device=device,
+                          condition=target_vector(stats, asked))
+        masks.append(metrics.boundary_masks(images))
+    return masks
+
+
+def judge(masks: Sequence[np.ndarray], stats: dict, targets: Sequence[float], sampler_words: str, *, name: str,
+          real: dict[float, np.ndarray], held: dict[str, Held], size: int = 64, splits: int = 20) -> ControlReport:
+    """Measure the samples at each target (``masks``, as ``control_masks`` makes them): achieved
+    against target, ratios to the noise floor against the ``real`` images at each target, and
+    against real images matched to each sample (``matched_ratios``)."""
+    described = {t: metrics.describe_set(real[t]) for t in targets}
+    ranges = {d: (stats["low"][i], stats["high"][i]) for i, d in enumerate(stats["names"])}
+    achieved, ratios, ends, matched, outside, unmatched = [], [], [], [], [], []
+    held_achieved: dict[str, list[list[float]]] = {other: [] for other in held}
+    for i, (target, mask) in enumerate(zip(targets, masks)):
+        generated = metrics.describe_set(mask)
+        comparison = metrics.compare_sets(generated, described[target], splits=splits, seed=i)
+        achieved.append(generated.per_image[name].astype(float).tolist())
+        for other in held:
+            held_achieved[other].append(generated.per_image[other].astype(float).tolist())
+        ratios.append({d: comparison.ratio(d) for d in ratio_names(*stats["names"])})
+        ends.append(float(generated.per_image["dangling_ends"].mean()))
+        like, out, short = matched_ratios(generated, name, ranges[name], size, splits=splits, comparison_seed=i,
+                                          held_ranges={other: ranges[other] for other in held})
+        matched.append(like)
+        outside.append(out)
+        unmatched.append(short)
+    return ControlReport(name, sampler_words, [float(t) for t in targets], achieved, ratios, ends, matched,
+                         outside, unmatched, {other: (h, held_achieved[other]) for other, h in held.items()})
+
+
+@dataclass
+class DrawnSamples:
+    """A conditional model's samples at each target, kept as boundary masks with what ``judge``
+    needs to measure them later and elsewhere: drawn where the GPU is, measured where the time is
+    (``python -m helpers control --measure FILE``). One list of masks per sampler."""
+
+    name: str  # the descriptor varied over the targets
+    targets: list[float]
+    seed: int
+    held: dict[str, Held]  # the model's other conditions, as the samples were asked for them
+    weights: str  # checkpoint.weights_digest of the model that drew them
+    samplers: list[str] = field(default_factory=list)  # each set's sampler, in words
+    masks: list[list[np.ndarray]] = field(default_factory=list)  # per set, per target: (n, H, W) bool
+
+    def add(self, sampler_words: str, masks: Sequence[np.ndarray]) -> None:
+        if len(masks) != len(self.targets):
+            raise ValueError(f"{len(masks)} mask sets for {len(self.targets)} targets")
+        self.samplers.append(sampler_words)
+        self.masks.append([np.asarray(m, dtype=bool) for m in masks])
+
+    def save(self, path: str | Path) -> None:
+        """One compressed .npz (bool masks: about 1 MB per sampler at 8 targets x 64 at 64 x 64),
+        written whole to a temporary name and then renamed, so a job killed mid-write leaves the last one."""
+        meta = {"name": self.name, "targets": self.targets, "seed": self.seed, "weights": self.weights,
+                "samplers": self.samplers, "held": {o: {"values": h.values, "real_mae": h.real_mae}
+                                                    for o, h in self.held.items()}}
+        arrays = {f"set{k}_target{i}": m for k, masks in enumerate(self.masks) for i, m in enumerate(masks)}
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial.npz")
+        np.savez_compressed(partial, meta=np.array(json.dumps(meta)), **arrays)
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DrawnSamples":
+        """Read a file ``save`` wrote; anything else is refused in one line that names it."""
+        try:
+            with np.load(path, allow_pickle=False) as file:
+                meta = json.loads(str(file["meta"]))
+                drawn = cls(meta["name"], [float(t) for t in meta["targets"]], int(meta["seed"]),
+                            {o: Held(h["values"], h["real_mae"]) for o, h in meta["held"].items()}, meta["weights"])
+                for k, words in enumerate(meta["samplers"]):
+                    drawn.add(words, [file[f"set{k}_target{i}"] for i in range(len(drawn.targets))])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a file of drawn control samples ({exc.__class__.__name__}: {exc}); "
+                             f"expected the control.npz of tools/gpu_session.py") from None
+        if not drawn.masks or len({m.shape[0] for masks in drawn.masks for m in masks}) != 1:
+            raise ValueError(f"{path}: expected one or more sets with the same number of samples at every target")
+        return drawn
+
+    @property
+    def n(self) -> int:
+        return int(self.masks[0][0].shape[0])
+
+
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
                     name: Optional[str] = None, seed: int = 0, device: Optional[torch.device] = None,
                     real: Optional[dict[float, np.ndarray]] = None, splits: int = 20,
@@ -352,29 +448,8 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         if len(stats["names"]) > 1:
             raise ValueError("real images were given without the held values they hold; expected held= too")
         held = {}
-    described = {t: metrics.describe_set(real[t]) for t in targets}
-    ranges = {d: (stats["low"][i], stats["high"][i]) for i, d in enumerate(stats["names"])}
-    within = ranges[name]
-    achieved, ratios, ends, matched, outside, unmatched = [], [], [], [], [], []
-    held_achieved: dict[str, list[list[float]]] = {other: [] for other in held}
-    for i, target in enumerate(targets):
-        asked = {name: target, **{other: h.values[i] for other, h in held.items()}}
-        images = generate(model, schedule, n, sampler, seed=target_seed(seed, i), device=device,
-                          condition=target_vector(stats, asked))
-        generated = metrics.describe_set(metrics.boundary_masks(images))
-        comparison = metrics.compare_sets(generated, described[target], splits=splits, seed=i)
-        achieved.append(generated.per_image[name].astype(float).tolist())
-        for other in held:
-            held_achieved[other].append(generated.per_image[other].astype(float).tolist())
-        ratios.append({d: comparison.ratio(d) for d in ratio_names(*stats["names"])})
-        ends.append(float(generated.per_image["dangling_ends"].mean()))
-        like, out, short = matched_ratios(generated, name, within, size, splits=splits, comparison_seed=i,
-                                          held_ranges={other: ranges[other] for other in held})
-        matched.append(like)
-        outside.append(out)
-        unmatched.append(short)
-    return ControlReport(name, sampler.describe(), [float(t) for t in targets], achieved, ratios, ends, matched,
-                         outside, unmatched, {other: (h, held_achieved[other]) for other, h in held.items()})
+    masks = control_masks(model, schedule, stats, targets, n, sampler, name=name, held=held, seed=seed, device=device)
+    return judge(masks, stats, targets, sampler.describe(), name=name, real=real, held=held, size=size, splits=splits)
 
 
 def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,

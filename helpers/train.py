@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import os
 import random
 import time
@@ -797,17 +798,18 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
           resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
           on_log: Optional[Callable[[list[dict]], None]] = None,
           extend_to: Optional[int] = None, max_seconds: Optional[float] = None,
-          lr_decay_steps: Optional[int] = None) -> TrainResult:
+          lr_decay_steps: Optional[int] = None, ends_by: Optional[float] = None) -> TrainResult:
     """Train (or, with ``resume``, continue training) a denoiser into ``run_dir``.
 
     ``run_dir`` gets checkpoint.pt (atomic, every ``checkpoint_every`` steps and at the end),
     loss.csv, loss.png and samples/step_NNNNNN.png grids (bar.csv with ``cfg.bar_every``: the
     fidelity bar on EMA samples, with the training time so far). ``stop_after`` ends the session
     at that step, as an interruption would; ``max_seconds`` once it has trained that long (with a
-    checkpoint; ``resume`` carries the run on). ``on_log(history)`` is called at every log line
-    (a notebook's live loss curve). With ``resume``, ``extend_to`` raises the run's total steps
-    and ``lr_decay_steps`` sets how many of its last steps decay the rate: a run trained at a
-    constant rate can be carried on and annealed.
+    checkpoint; ``resume`` carries the run on); ``ends_by``, a ``time.perf_counter()`` reading, the
+    same way with set-up and compilation counted too (a job under a hard wall-clock limit).
+    ``on_log(history)`` is called at every log line (a notebook's live loss curve). With
+    ``resume``, ``extend_to`` raises the run's total steps and ``lr_decay_steps`` sets how many of
+    its last steps decay the rate: a run trained at a constant rate can be carried on and annealed.
     """
     # set-up: a new run, or the one in the folder carried on
     device = device or pick_device()
@@ -821,6 +823,8 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
         bar = tqdm(total=run.cfg.steps, initial=run.step, desc="training", unit="step", disable=not progress)
         start_step = run.step
         run.start_clock()
+        if ends_by is not None:  # what set-up left of the wall-clock limit
+            max_seconds = min(max_seconds if max_seconds is not None else math.inf, ends_by - run.clock)
         try:
             while run.step < end:
                 # 1. one optimisation step

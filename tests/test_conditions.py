@@ -9,7 +9,7 @@ import torch
 
 from helpers import conditions, control, data, metrics, sample, train
 from helpers.__main__ import main
-from helpers.checkpoint import CheckpointError, export_weights, load_checkpoint, load_model
+from helpers.checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
 from helpers.sample import Sampler
 from helpers.unet import UNet
 
@@ -221,6 +221,39 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
         err = capsys.readouterr().err
         assert f"guidance {w}: {tmp_path / 'never.pt'} was trained with condition_dropout 0" in err
         assert err.count("\n") == 1 and not (tmp_path / "d").exists()
+
+
+def test_samples_drawn_elsewhere_measure_as_if_control_had_drawn_them(conditional, tmp_path, capsys):
+    """control --measure: what tools/gpu_session.py draws on a GPU, measured here, gives the report
+    control gives when it draws the same samples itself."""
+    model, schedule, payload = load_model(conditional, CPU)
+    stats, sampler = payload["condition"], sample.recommended_sampler(payload).replace(steps=2, guidance=2.0)
+    drawn = control.DrawnSamples("grains", [10.0, 30.0], 0, {}, weights_digest(payload))
+    drawn.add(sampler.describe(), control.control_masks(model, schedule, stats, drawn.targets, 2, sampler,
+                                                        name="grains", held={}))
+    drawn.save(tmp_path / "control.npz")
+    again = control.DrawnSamples.load(tmp_path / "control.npz")
+    assert (again.targets, again.samplers, again.weights, again.n) == (drawn.targets, drawn.samplers, drawn.weights, 2)
+    assert all(np.array_equal(a, b) and a.dtype == bool for a, b in zip(again.masks[0], drawn.masks[0]))
+    assert main(["control", "--checkpoint", str(conditional), "--measure", str(tmp_path / "control.npz"),
+                 "--splits", "2", "--json", str(tmp_path / "measured.json")]) == 0
+    assert main(["control", "--checkpoint", str(conditional), "--targets", "10", "30", "--n", "2", "--guidance", "2",
+                 "--steps", "2", "--splits", "2", "--json", str(tmp_path / "drawn.json")]) == 0
+    measured, direct = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("measured", "drawn"))
+    assert measured["reports"] == direct["reports"] and measured["samples"] == str(tmp_path / "control.npz")
+    capsys.readouterr()
+    # refused in one line: sampling flags, another model's samples, a file that is not one
+    other = control.DrawnSamples("grains", [10.0], 0, {}, "0" * 12)
+    other.add("DDIM-2", [np.zeros((2, 64, 64), bool)])
+    other.save(tmp_path / "other.npz")
+    (tmp_path / "text.npz").write_text("not an archive")
+    for extra, message in ((["--measure", str(tmp_path / "control.npz"), "--n", "8", "--seed", "0"],
+                            "come from the file; expected no --n, --seed"),
+                           (["--measure", str(tmp_path / "other.npz")], "drawn by the model with weights 000000000000"),
+                           (["--measure", str(tmp_path / "text.npz")], "not a file of drawn control samples")):
+        assert main(["control", "--checkpoint", str(conditional), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
 
 
 def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_real_images_median(

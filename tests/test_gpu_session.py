@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from helpers import train
+from helpers.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,14 +68,22 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
                 device=torch.device("cpu"), progress=False)
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
                            "--phases", "train", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
-                           "--init-from", str(plain / "checkpoint.pt"), "--deadline", "600"],
+                           "--init-from", str(plain / "checkpoint.pt"), "--measure-control", "--deadline", "600"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-2000:]
     phases = json.loads((out / "session.json").read_text())["phases"]
     assert [phases[p]["status"] for p in ("train", "control")] == ["done", "done"], phases
     assert phases["train"]["config"]["condition"] == ["grains"]
     assert phases["train"]["config"]["init_from"] == str(plain / "checkpoint.pt")
-    assert [r["sampler"] for r in phases["control"]["reports"]] == ["DDIM-5, eta 0", "DDIM-5, eta 0, guidance 2"]
+    assert phases["train"]["compile_reserved"] == 0.0 and phases["train"]["last_log"]["step"] == 20
+    # the recommended guidance (--guidance, 2) first, each scale's samples kept in control.npz
+    samplers = ["DDIM-5, eta 0, guidance 2", "DDIM-5, eta 0"]
+    assert [r["sampler"] for r in phases["control"]["drawn"]] == samplers
+    assert [r["sampler"] for r in phases["control"]["reports"]] == samplers
+    # measured off the GPU machine, they give the report the session measured
+    assert main(["control", "--checkpoint", str(out / "model.pt"), "--measure", str(out / "control.npz"),
+                 "--splits", "2", "--json", str(tmp_path / "measured.json")]) == 0
+    assert json.loads((tmp_path / "measured.json").read_text())["reports"] == phases["control"]["reports"]
 
 
 def test_the_ddp_phase_times_torchrun_against_the_plain_loop(tmp_path):

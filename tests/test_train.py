@@ -1,4 +1,6 @@
 """helpers.train: the loop learns, checkpoints resume exactly, bad files and diverged runs stop cleanly."""
+import time
+
 import pytest
 import torch
 
@@ -206,6 +208,17 @@ def test_a_time_budget_ends_the_session_with_a_checkpoint(tmp_path):
                          progress=False, max_seconds=0.0)
     assert result.step == 1
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+
+
+def test_a_wall_clock_limit_counts_the_set_up_too(tmp_path):
+    # the limit passes during set-up: one step, a checkpoint, though max_seconds alone allows an hour
+    result = train.train(smoke(steps=1000, checkpoint_every=500), tmp_path / "run", device=CPU,
+                         progress=False, max_seconds=3600.0, ends_by=time.perf_counter())
+    assert result.step == 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+    # a limit an hour away lets the run finish its steps
+    assert train.train(smoke(steps=3), tmp_path / "later", device=CPU, progress=False,
+                       ends_by=time.perf_counter() + 3600.0).step == 3
 
 
 def test_samples_are_judged_with_the_runs_sampler(tmp_path, monkeypatch):

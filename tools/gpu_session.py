@@ -15,19 +15,22 @@ every phase, so a session cut short still brings back what it measured.
   sampling  1000 images with DDIM-50 eta 1 from the shipped model three ways: today's path (fp32,
             NCHW, batches of 256), bf16 channels_last in one batch, and that compiled
   train     the default UNet with the fastest measured batch-128 setting (this process has
-            compiled it already), for the time left: the gpu profile's recipe with its steps
+            compiled it already; --train-compile and --train-rate when nothing was measured), for
+            the time left, set-up included: the gpu profile's recipe with its steps
             sized to the measured throughput, the last 30% decaying; the fidelity bar checked
-            every --bar-every steps on 200 EMA samples
+            every --bar-every steps on 200 EMA samples (with --init-from MODEL: fine-tuned from
+            that model file's weights)
   samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
             several samplers, packed for evaluation off the GPU machine
-            (with --init-from MODEL: fine-tuned from that model file's weights)
   control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains): the conditional
-            model's control at 8 targets x 64 samples and guidance 0, 1, 2, 4 (python -m helpers control)
+            model's samples at 8 targets x 64 and guidance 0, 1, 2, 4, kept in control.npz for
+            python -m helpers control --measure (measured here too with --measure-control)
   ddp       only when named in --phases: what data parallelism costs, one NCCL rank under torchrun
             against the plain loop, side by side (tools/ddp_overhead.py; gpu profile, batch 128)
 
 Files in --out (the device tool brings back at most 8): session.json, session.log (what was
-printed), model.pt, loss.csv, bar.csv, samples.tar.gz (sample folders, progress grids, loss.png).
+printed), model.pt, loss.csv, bar.csv, samples.tar.gz (sample folders, progress grids, loss.png),
+and control.npz with --condition.
 
   OUT=/tmp/x python3 tools/gpu_session.py                  # on the GPU machine (~9 minutes)
   python3 tools/gpu_session.py --out /tmp/x --smoke        # dry run on a CPU (small settings)
@@ -52,12 +55,16 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
-from helpers import bench, data, train  # noqa: E402
-from helpers.device import MEMORY_FORMATS, device_name, pick_device  # noqa: E402
-from helpers.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
-from helpers.control import default_targets, format_control, guidance_sweep, measured_condition  # noqa: E402
+from helpers import bench, data, metrics, train  # noqa: E402
+from helpers.device import COMPILE_MODES, MEMORY_FORMATS, device_name, pick_device  # noqa: E402
+from helpers.checkpoint import export_weights, load_checkpoint, load_model, weights_digest  # noqa: E402
+from helpers.control import (DrawnSamples, control_masks, default_targets, held_values,  # noqa: E402
+                             judge, measured_condition, reference)
 from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  # noqa: E402
 
+# what the train phase keeps for compiling a network the measuring phases did not compile: the first
+# compile of the default UNet took 83-112 s on an H200 (benchmarks/h200_session_*.json)
+FIRST_COMPILE_SECONDS = 120.0
 PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control", "ddp"]
 DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by name
 
@@ -83,7 +90,7 @@ class Session:
             fh.write(line + "\n")
 
     def save(self) -> None:
-        (self.out / "session.json").write_text(json.dumps(self.report, indent=2) + "\n")
+        (self.out / "session.json").write_text(json.dumps(metrics.json_safe(self.report), indent=2) + "\n")
 
     def attempt(self, label: str, rows: list, make) -> None:
         """Append ``make()`` to ``rows``; a failure is logged and recorded, and the phase goes on."""
@@ -115,7 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
-    parser.add_argument("--after", type=float, default=45, help="seconds kept after training (export, samples)")
+    parser.add_argument("--after", type=float, help="seconds kept after training (export, samples, and with "
+                        "--condition the control phase; default 45, with --condition 150)")
     parser.add_argument("--bar-every", type=int, default=500)
     parser.add_argument("--phases", nargs="+", default=DEFAULT_PHASES, choices=PHASES, help="phases to run")
     parser.add_argument("--compile-modes", nargs="+", default=["default", "reduce-overhead"])
@@ -127,6 +135,12 @@ def main() -> None:
                         help="memory formats of the compiled phase (default: --memory-format, else the eager phase's fastest)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
                         "eager phase's fastest, else auto)")
+    parser.add_argument("--train-compile", choices=COMPILE_MODES, help="torch.compile mode of the train phase (default: "
+                        "the fastest the measuring phases found, none when they did not run)")
+    parser.add_argument("--measure-control", action="store_true", help="the control phase also measures its "
+                        "samples (CPU work, minutes; default: control.npz only, for control --measure)")
+    parser.add_argument("--train-rate", type=float, metavar="IMG/S", help="the training throughput its steps are "
+                        "planned with (default: what the measuring phases found for the chosen setting, else 1000)")
     parser.add_argument("--paddings", nargs="+", choices=bench.PADDINGS, default=["wrap"],
                         help="circular paddings of the default UNet in the eager and compiled phases (torch: F.pad)")
     parser.add_argument("--smoke", action="store_true", help="small settings for a dry run on a CPU")
@@ -139,6 +153,8 @@ def main() -> None:
                         "instead of starting from random weights (train --init-from; e.g. data/pretrained/model.pt "
                         "with --condition grains: the unconditional model, given silent condition layers)")
     args = parser.parse_args()
+    if args.after is None:
+        args.after = 150.0 if args.condition else 45.0
     os.environ.setdefault("MPLBACKEND", "Agg")
     torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
     device = pick_device()
@@ -191,8 +207,11 @@ def main() -> None:
     def compiled(until, record):
         rows = record.setdefault("rows", [])
         models = args.models
-        settings = [(model, base_batch, mode, fmt, pad) for model in models for mode in args.compile_modes
-                    for fmt in (args.compile_formats or [best_format(model)]) for pad in paddings(model)]
+        # F.pad rows first: leaving F.pad clears torch.compile's caches (bench.padding), and the train
+        # phase reuses what the last wrap_pad rows compiled
+        settings = [(model, base_batch, mode, fmt, pad) for model in models for pad in sorted(
+                    paddings(model), key=lambda p: p == "wrap") for mode in args.compile_modes
+                    for fmt in (args.compile_formats or [best_format(model)])]
         if not smoke and not args.no_512 and "unet" in models and "reduce-overhead" in args.compile_modes:
             settings.append(("unet", 512, "reduce-overhead", best_format("unet"), "wrap"))  # if time is left
         for model, batch, mode, fmt, pad in settings:
@@ -238,12 +257,20 @@ def main() -> None:
     def train_phase(until, record):
         best = fastest_training()
         mode = best.get("compile", "eager")
-        mode = mode.split("(")[1].rstrip(")") if mode.startswith("compiled (") else "none"
+        mode = args.train_compile or (mode.split("(")[1].rstrip(")") if mode.startswith("compiled (") else "none")
         fmt = args.memory_format or best.get("memory_format", "contiguous")
-        per_second = best.get("images_per_second", 1000.0) / base_batch
-        # the run's clock starts after its setup, which compiles the network again from this process's
-        # caches: a few seconds where the first compile took minutes (3 s after 112 s on an H200)
-        seconds = max(30.0, until - s.elapsed() - min(best.get("compile_seconds", 0.0), 20.0))
+        measured = best.get("compile") == ("eager" if mode == "none" else f"compiled ({mode})")  # measured here
+        per_second = (args.train_rate or (best["images_per_second"] if measured else 1000.0)) / base_batch
+        # the run's clock starts after its set-up, which compiles the network: again, from this
+        # process's caches, a few seconds where the first compile took minutes (3 s after 112 s on an
+        # H200); from scratch for a network the measuring phases did not compile (a conditional one)
+        if mode == "none":
+            compile_seconds = 0.0
+        elif measured:  # from this process's caches, but for a conditional network, new to them
+            compile_seconds = best["compile_seconds"] if args.condition else min(best["compile_seconds"], 20.0)
+        else:
+            compile_seconds = FIRST_COMPILE_SECONDS
+        seconds = max(30.0, until - s.elapsed() - compile_seconds)
         checks = max(1, int(per_second * seconds) // args.bar_every)
         # 90% of what the throughput fits, less ~2 s per fidelity-bar check (200 samples + metrics)
         total = max(100, int(0.9 * per_second * (seconds - 2.0 * checks)) // 100 * 100)
@@ -256,13 +283,25 @@ def main() -> None:
                          init_from=str(args.init_from) if args.init_from else "")
         cfg = train.profile_config(profile, **overrides)
         record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
-                      chosen_from=best, planned_seconds=seconds)
+                      chosen_from=best, planned_seconds=seconds, compile_reserved=compile_seconds)
+        s.save()  # the plan comes back even if the job is killed while training
         s.log(f"training {cfg.steps} steps of {cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
-              f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s")
+              f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s after "
+              f"{compile_seconds:.0f} s kept for compiling")
         if run_dir.exists():
             shutil.rmtree(run_dir)
+        saved = [time.perf_counter()]
+
+        def progress(history: list[dict]) -> None:  # the latest loss row, saved at most every 10 s
+            record["last_log"] = history[-1]
+            if time.perf_counter() - saved[0] > 10.0:
+                s.save()
+                saved[0] = time.perf_counter()
+
         wall = time.perf_counter()
-        result = train.train(cfg, run_dir, device, progress=False, max_seconds=seconds)
+        # the phase's end holds, set-up and compiling included, if compiling took longer than kept
+        result = train.train(cfg, run_dir, device, progress=False, max_seconds=seconds, on_log=progress,
+                             ends_by=s.start + until)
         record.update(step=result.step, final_loss=result.final_loss, training_seconds=result.seconds,
                       wall_seconds=time.perf_counter() - wall, images_per_second=result.images_per_second,
                       bar=train.read_bar_history(run_dir))
@@ -304,20 +343,50 @@ def main() -> None:
         shutil.rmtree(pack)
 
     def control_phase(until, record):
-        """A conditional model's control (R^2, MAE, ratios at each target) at guidance 0, 1, 2, 4."""
+        """A conditional model's samples at 8 targets x 64 and guidance 0, 1, 2, 4 (the recommended
+        first), saved to control.npz after each scale. Measuring them (R^2, MAE, ratios at each
+        target) is CPU work, minutes of drawing and measuring real images: ``python -m helpers
+        control --checkpoint model.pt --measure control.npz`` does it off the GPU machine, and
+        --measure-control here, for as long as the phase has time."""
         model, schedule, payload = load_model(s.out / "model.pt", device)
         if "condition" not in payload:
             s.log("control: the model is unconditional; skipped")
             return
         stats = payload["condition"]
         name = measured_condition(stats)
-        targets = default_targets(stats)
-        n, scales = (2, (0.0, 2.0)) if smoke else (64, (0.0, 1.0, 2.0, 4.0))
-        reports = guidance_sweep(model, schedule, stats, targets[:2] if smoke else targets, n,
-                                 recommended_sampler(payload), scales=scales, name=name, device=device,
-                                 splits=2 if smoke else 20)
-        record["reports"] = [r.summary() for r in reports]
-        s.log(format_control(reports))
+        targets = default_targets(stats)[:2] if smoke else default_targets(stats)
+        n, scales = (2, [0.0, 2.0]) if smoke else (64, [0.0, 1.0, 2.0, 4.0])
+        scales.sort(key=lambda w: w != args.guidance)
+        sampler, size = recommended_sampler(payload), model.config()["size"]
+        drawn = DrawnSamples(name, targets, 0, held_values(stats, name, targets, size), weights_digest(payload))
+        record.update(drawn=[], reports=[])
+        last = 0.0
+        for w in scales:
+            if s.elapsed() + last > until:
+                s.log(f"control: guidance {w:g} not drawn, out of time")
+                continue
+            started = time.perf_counter()
+            drawn.add(sampler.replace(guidance=w).describe(), control_masks(
+                model, schedule, stats, targets, n, sampler.replace(guidance=w), name=name, held=drawn.held,
+                seed=drawn.seed, device=device))
+            drawn.save(s.out / "control.npz")
+            last = time.perf_counter() - started
+            record["drawn"].append({"sampler": drawn.samplers[-1], "seconds": last})
+            s.save()
+            s.log(f"control: {len(targets)} targets x {n} samples with {drawn.samplers[-1]} in {last:.0f} s")
+        if not args.measure_control:
+            s.log("control: measure with python -m helpers control --checkpoint model.pt --measure control.npz")
+            return
+        _, real = reference(stats, name, targets, 2 * n, size, drawn.held)
+        for words, masks in zip(drawn.samplers, drawn.masks):
+            if s.elapsed() > until:
+                s.log(f"control: {words} not measured, out of time (control --measure does it)")
+                continue
+            record["reports"].append(judge(masks, stats, targets, words, name=name, real=real, held=drawn.held,
+                                           size=size, splits=2 if smoke else 20).summary())
+            s.save()
+            s.log(f"control: {words}: R^2 {record['reports'][-1]['r2']:.3f}, "
+                  f"{record['reports'][-1]['dangling_ends']:.2f} dangling ends per image")
 
     def ddp_phase(until, record):
         settings = (["--profile", "smoke", "--batch-size", "8", "--stop-after", "10", "--repeats", "1"] if smoke
