@@ -26,6 +26,8 @@ that ignored that condition would score.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -417,7 +419,7 @@ class DrawnSamples:
                             {o: Held(h["values"], h["real_mae"]) for o, h in meta["held"].items()}, meta["weights"])
                 for k, words in enumerate(meta["samplers"]):
                     drawn.add(words, [file[f"set{k}_target{i}"] for i in range(len(drawn.targets))])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise ValueError(f"{path}: not a file of drawn control samples ({exc.__class__.__name__}: {exc}); "
                              f"expected the control.npz of tools/gpu_session.py") from None
         if not drawn.masks or len({m.shape[0] for masks in drawn.masks for m in masks}) != 1:

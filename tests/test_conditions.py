@@ -247,10 +247,13 @@ def test_samples_drawn_elsewhere_measure_as_if_control_had_drawn_them(conditiona
     other.add("DDIM-2", [np.zeros((2, 64, 64), bool)])
     other.save(tmp_path / "other.npz")
     (tmp_path / "text.npz").write_text("not an archive")
+    whole = (tmp_path / "control.npz").read_bytes()  # a copy cut short: a zip archive without its end
+    (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
     for extra, message in ((["--measure", str(tmp_path / "control.npz"), "--n", "8", "--seed", "0"],
                             "come from the file; expected no --n, --seed"),
                            (["--measure", str(tmp_path / "other.npz")], "drawn by the model with weights 000000000000"),
-                           (["--measure", str(tmp_path / "text.npz")], "not a file of drawn control samples")):
+                           (["--measure", str(tmp_path / "text.npz")], "not a file of drawn control samples"),
+                           (["--measure", str(tmp_path / "cut.npz")], "not a file of drawn control samples")):
         assert main(["control", "--checkpoint", str(conditional), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1

@@ -15,14 +15,15 @@ every phase, so a session cut short still brings back what it measured.
   sampling  1000 images with DDIM-50 eta 1 from the shipped model three ways: today's path (fp32,
             NCHW, batches of 256), bf16 channels_last in one batch, and that compiled
   train     the default UNet with the fastest measured batch-128 setting (this process has
-            compiled it already; --train-compile and --train-rate when nothing was measured), for
-            the time left, set-up included: the gpu profile's recipe with its steps
+            compiled it already, unless the network is conditional; --train-compile and
+            --train-rate when nothing was measured), for the time left, set-up included: the gpu profile's recipe with its steps
             sized to the measured throughput, the last 30% decaying; the fidelity bar checked
             every --bar-every steps on 200 EMA samples (with --init-from MODEL: fine-tuned from
             that model file's weights)
   samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
             several samplers, packed for evaluation off the GPU machine
-  control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains): the conditional
+  control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains; the phases are
+            then env train samples control unless --phases says otherwise): the conditional
             model's samples at 8 targets x 64 and guidance 0, 1, 2, 4, kept in control.npz for
             python -m helpers control --measure (measured here too with --measure-control)
   ddp       only when named in --phases: what data parallelism costs, one NCCL rank under torchrun
@@ -67,6 +68,9 @@ from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  #
 FIRST_COMPILE_SECONDS = 120.0
 PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control", "ddp"]
 DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by name
+# a conditional session trains and draws: the measuring phases (measured in three sessions already)
+# would leave its training less time than its network takes to compile
+CONDITIONAL_PHASES = ["env", "train", "samples", "control"]
 
 
 class Session:
@@ -90,7 +94,10 @@ class Session:
             fh.write(line + "\n")
 
     def save(self) -> None:
-        (self.out / "session.json").write_text(json.dumps(metrics.json_safe(self.report), indent=2) + "\n")
+        """session.json, written whole under another name and renamed: a kill mid-write leaves the last one."""
+        partial = self.out / "session.json.partial"
+        partial.write_text(json.dumps(metrics.json_safe(self.report), indent=2) + "\n")
+        partial.replace(self.out / "session.json")
 
     def attempt(self, label: str, rows: list, make) -> None:
         """Append ``make()`` to ``rows``; a failure is logged and recorded, and the phase goes on."""
@@ -125,7 +132,8 @@ def main() -> None:
     parser.add_argument("--after", type=float, help="seconds kept after training (export, samples, and with "
                         "--condition the control phase; default 45, with --condition 150)")
     parser.add_argument("--bar-every", type=int, default=500)
-    parser.add_argument("--phases", nargs="+", default=DEFAULT_PHASES, choices=PHASES, help="phases to run")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, help="phases to run (default: all but ddp; with "
+                        "--condition: " + " ".join(CONDITIONAL_PHASES) + ")")
     parser.add_argument("--compile-modes", nargs="+", default=["default", "reduce-overhead"])
     parser.add_argument("--no-512", action="store_true", help="no compiled batch-512 row")
     parser.add_argument("--models", nargs="+", default=["unet", "seed-unet"], help="networks of the eager and compiled phases")
@@ -155,6 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.after is None:
         args.after = 150.0 if args.condition else 45.0
+    if args.phases is None:
+        args.phases = CONDITIONAL_PHASES if args.condition else DEFAULT_PHASES
     os.environ.setdefault("MPLBACKEND", "Agg")
     torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
     device = pick_device()
@@ -246,10 +256,12 @@ def main() -> None:
                 s.log(f"sampling {n} {row['sampler']}, {precision} {fmt} {row['compile']} batch {batch}: "
                       f"{row['seconds']:.2f} s (compile {row['compile_seconds']:.0f} s)")
 
-    def fastest_training() -> dict:
+    def fastest_training(compile_mode: str = "", memory_format: str = "") -> dict:
+        """The fastest default-UNet row at the first batch (of that compile and memory format if given)."""
         rows = [r for phase in ("eager", "compiled") for r in s.report["phases"].get(phase, {}).get("rows", [])
                 if "error" not in r and r["name"] == "unet" and not r["compile"].startswith("eager (")
-                and r["batch_size"] == base_batch and r.get("padding", "wrap") == "wrap"]
+                and r["batch_size"] == base_batch and r.get("padding", "wrap") == "wrap"
+                and compile_mode in ("", r["compile"]) and memory_format in ("", r["memory_format"])]
         return max(rows, key=lambda r: r["images_per_second"]) if rows else {}
 
     run_dir = Path("/tmp/mddpm_gpu_run") if not smoke else args.out / "run"
@@ -259,15 +271,15 @@ def main() -> None:
         mode = best.get("compile", "eager")
         mode = args.train_compile or (mode.split("(")[1].rstrip(")") if mode.startswith("compiled (") else "none")
         fmt = args.memory_format or best.get("memory_format", "contiguous")
-        measured = best.get("compile") == ("eager" if mode == "none" else f"compiled ({mode})")  # measured here
-        per_second = (args.train_rate or (best["images_per_second"] if measured else 1000.0)) / base_batch
+        chosen = fastest_training("eager" if mode == "none" else f"compiled ({mode})", fmt)  # {}: not measured
+        per_second = (args.train_rate or chosen.get("images_per_second", 1000.0)) / base_batch
         # the run's clock starts after its set-up, which compiles the network: again, from this
         # process's caches, a few seconds where the first compile took minutes (3 s after 112 s on an
         # H200); from scratch for a network the measuring phases did not compile (a conditional one)
         if mode == "none":
             compile_seconds = 0.0
-        elif measured:  # from this process's caches, but for a conditional network, new to them
-            compile_seconds = best["compile_seconds"] if args.condition else min(best["compile_seconds"], 20.0)
+        elif chosen:  # from this process's caches, but for a conditional network, new to them
+            compile_seconds = chosen["compile_seconds"] if args.condition else min(chosen["compile_seconds"], 20.0)
         else:
             compile_seconds = FIRST_COMPILE_SECONDS
         seconds = max(30.0, until - s.elapsed() - compile_seconds)
@@ -283,7 +295,7 @@ def main() -> None:
                          init_from=str(args.init_from) if args.init_from else "")
         cfg = train.profile_config(profile, **overrides)
         record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
-                      chosen_from=best, planned_seconds=seconds, compile_reserved=compile_seconds)
+                      chosen_from=chosen, planned_seconds=seconds, compile_reserved=compile_seconds)
         s.save()  # the plan comes back even if the job is killed while training
         s.log(f"training {cfg.steps} steps of {cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
               f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s after "
@@ -376,6 +388,9 @@ def main() -> None:
             s.log(f"control: {len(targets)} targets x {n} samples with {drawn.samplers[-1]} in {last:.0f} s")
         if not args.measure_control:
             s.log("control: measure with python -m helpers control --checkpoint model.pt --measure control.npz")
+            return
+        if s.elapsed() > until:
+            s.log("control: not measured, out of time (control --measure does it)")
             return
         _, real = reference(stats, name, targets, 2 * n, size, drawn.held)
         for words, masks in zip(drawn.samplers, drawn.masks):
