@@ -672,10 +672,15 @@ class Run:
                   f"kept as {aside.name}")
 
     # -- the loop's parts ---------------------------------------------------------------------
-    def start_clock(self) -> None:
-        """Start timing this session (set-up and compilation are not training time)."""
+    def start_clock(self, max_seconds: Optional[float] = None, ends_by: Optional[float] = None) -> Optional[float]:
+        """Start timing this session (set-up and compilation are not training time). Returns the
+        session's limit in seconds of training: ``max_seconds``, or less if what set-up left of the
+        wall-clock limit ``ends_by`` (a ``time.perf_counter()`` reading) is shorter."""
         self.clock = time.perf_counter()
         self.trainer.model.train()
+        if ends_by is None:
+            return max_seconds
+        return min(max_seconds if max_seconds is not None else math.inf, ends_by - self.clock)
 
     def session_seconds(self) -> float:
         return time.perf_counter() - self.clock
@@ -805,11 +810,10 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
     loss.csv, loss.png and samples/step_NNNNNN.png grids (bar.csv with ``cfg.bar_every``: the
     fidelity bar on EMA samples, with the training time so far). ``stop_after`` ends the session
     at that step, as an interruption would; ``max_seconds`` once it has trained that long (with a
-    checkpoint; ``resume`` carries the run on); ``ends_by``, a ``time.perf_counter()`` reading, the
-    same way with set-up and compilation counted too (a job under a hard wall-clock limit).
-    ``on_log(history)`` is called at every log line (a notebook's live loss curve). With
-    ``resume``, ``extend_to`` raises the run's total steps and ``lr_decay_steps`` sets how many of
-    its last steps decay the rate: a run trained at a constant rate can be carried on and annealed.
+    checkpoint; ``resume`` carries the run on); ``ends_by`` at that ``time.perf_counter()`` reading,
+    set-up included (a job's hard limit). ``on_log(history)`` is called at every log line (a
+    notebook's live loss curve). With ``resume``, ``extend_to`` raises the run's total steps and
+    ``lr_decay_steps`` sets how many of its last steps decay the rate (a constant rate annealed).
     """
     # set-up: a new run, or the one in the folder carried on
     device = device or pick_device()
@@ -822,9 +826,7 @@ def train(cfg: Optional[TrainConfig], run_dir: str | Path, device: Optional[torc
     with run.claimed():
         bar = tqdm(total=run.cfg.steps, initial=run.step, desc="training", unit="step", disable=not progress)
         start_step = run.step
-        run.start_clock()
-        if ends_by is not None:  # what set-up left of the wall-clock limit
-            max_seconds = min(max_seconds if max_seconds is not None else math.inf, ends_by - run.clock)
+        max_seconds = run.start_clock(max_seconds, ends_by)
         try:
             while run.step < end:
                 # 1. one optimisation step
