@@ -16,8 +16,8 @@ from . import distributed, metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
 from .conditions import ConditionError, check_range, parse_targets, target_vector
-from .control import (DrawnSamples, check_target, default_targets, format_control, guidance_sweep, judge,
-                      measured_condition, reference)
+from .control import (DrawnSamples, check_target, default_targets, format_control, guidance_sweep, measure,
+                      measured_condition)
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
                    read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision
@@ -339,15 +339,12 @@ def _control_measured(args: argparse.Namespace) -> None:
         raise DataError(str(exc)) from None
     payload = load_checkpoint(args.checkpoint)
     stats = payload.get("condition")
-    name = measured_condition(stats, str(args.checkpoint), drawn.name)
+    measured_condition(stats, str(args.checkpoint), drawn.name)  # conditioned on what the samples vary
     if drawn.weights != weights_digest(payload):
         raise DataError(f"--measure {args.measure}: drawn by the model with weights {drawn.weights}, not by "
                         f"{args.checkpoint} ({weights_digest(payload)}); expected the model file that drew them")
     start = time.perf_counter()
-    size = drawn.masks[0][0].shape[-1]
-    held, real = reference(stats, name, drawn.targets, 2 * drawn.n, size, drawn.held)
-    reports = [judge(masks, stats, drawn.targets, words, name=name, real=real, held=held, size=size,
-                     splits=args.splits) for words, masks in zip(drawn.samplers, drawn.masks)]
+    reports = list(measure(drawn, stats, args.splits))
     print(format_control(reports))
     print(f"({len(drawn.targets)} targets x {drawn.n} samples x {len(reports)} samplers from {args.measure}, "
           f"measured in {time.perf_counter() - start:.0f} s)")

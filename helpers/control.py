@@ -30,7 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -429,6 +429,16 @@ class DrawnSamples:
     @property
     def n(self) -> int:
         return int(self.masks[0][0].shape[0])
+
+
+def measure(drawn: DrawnSamples, stats: dict, splits: int = 20) -> Iterator[ControlReport]:
+    """Each sampler's set of ``drawn`` measured by ``judge``, against one draw of real images at the
+    targets (``reference``, made before the first report): a caller may stop between sets."""
+    size = drawn.masks[0][0].shape[-1]
+    held, real = reference(stats, drawn.name, drawn.targets, 2 * drawn.n, size, drawn.held)
+    for words, masks in zip(drawn.samplers, drawn.masks):
+        yield judge(masks, stats, drawn.targets, words, name=drawn.name, real=real, held=held, size=size,
+                    splits=splits)
 
 
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,

@@ -16,10 +16,10 @@ every phase, so a session cut short still brings back what it measured.
             NCHW, batches of 256), bf16 channels_last in one batch, and that compiled
   train     the default UNet with the fastest measured batch-128 setting (this process has
             compiled it already, unless the network is conditional; --train-compile and
-            --train-rate when nothing was measured), for the time left, set-up included: the gpu profile's recipe with its steps
-            sized to the measured throughput, the last 30% decaying; the fidelity bar checked
-            every --bar-every steps on 200 EMA samples (with --init-from MODEL: fine-tuned from
-            that model file's weights)
+            --train-rate when nothing was measured), for the time left, set-up included: the gpu
+            profile's recipe with its steps sized to the measured throughput, the last 30%
+            decaying; the fidelity bar checked every --bar-every steps on 200 EMA samples (with
+            --init-from MODEL: fine-tuned from that model file's weights)
   samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
             several samplers, packed for evaluation off the GPU machine
   control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains; the phases are
@@ -60,7 +60,7 @@ from helpers import bench, data, metrics, train  # noqa: E402
 from helpers.device import COMPILE_MODES, MEMORY_FORMATS, device_name, pick_device  # noqa: E402
 from helpers.checkpoint import export_weights, load_checkpoint, load_model, weights_digest  # noqa: E402
 from helpers.control import (DrawnSamples, control_masks, default_targets, held_values,  # noqa: E402
-                             judge, measured_condition, reference)
+                             measure, measured_condition)
 from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  # noqa: E402
 
 # what the train phase keeps for compiling a network the measuring phases did not compile: the first
@@ -377,10 +377,9 @@ def main() -> None:
             if s.elapsed() + last > until:
                 s.log(f"control: guidance {w:g} not drawn, out of time")
                 continue
-            started = time.perf_counter()
-            drawn.add(sampler.replace(guidance=w).describe(), control_masks(
-                model, schedule, stats, targets, n, sampler.replace(guidance=w), name=name, held=drawn.held,
-                seed=drawn.seed, device=device))
+            started, guided = time.perf_counter(), sampler.replace(guidance=w)
+            drawn.add(guided.describe(), control_masks(model, schedule, stats, targets, n, guided, name=name,
+                                                       held=drawn.held, seed=drawn.seed, device=device))
             drawn.save(s.out / "control.npz")
             last = time.perf_counter() - started
             record["drawn"].append({"sampler": drawn.samplers[-1], "seconds": last})
@@ -392,16 +391,15 @@ def main() -> None:
         if s.elapsed() > until:
             s.log("control: not measured, out of time (control --measure does it)")
             return
-        _, real = reference(stats, name, targets, 2 * n, size, drawn.held)
-        for words, masks in zip(drawn.samplers, drawn.masks):
-            if s.elapsed() > until:
-                s.log(f"control: {words} not measured, out of time (control --measure does it)")
-                continue
-            record["reports"].append(judge(masks, stats, targets, words, name=name, real=real, held=drawn.held,
-                                           size=size, splits=2 if smoke else 20).summary())
+        for report in measure(drawn, stats, splits=2 if smoke else 20):
+            summary = report.summary()
+            record["reports"].append(summary)
             s.save()
-            s.log(f"control: {words}: R^2 {record['reports'][-1]['r2']:.3f}, "
-                  f"{record['reports'][-1]['dangling_ends']:.2f} dangling ends per image")
+            s.log(f"control: {summary['sampler']}: R^2 {summary['r2']:.3f}, "
+                  f"{summary['dangling_ends']:.2f} dangling ends per image")
+            if s.elapsed() > until and len(record["reports"]) < len(drawn.samplers):
+                s.log("control: the other samplers not measured, out of time (control --measure does it)")
+                break
 
     def ddp_phase(until, record):
         settings = (["--profile", "smoke", "--batch-size", "8", "--stop-after", "10", "--repeats", "1"] if smoke
