@@ -14,6 +14,54 @@ from helpers.__main__ import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _session_module():
+    """tools/gpu_session.py, imported (a script)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_session", ROOT / "tools" / "gpu_session.py")
+    session = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(session)
+    return session
+
+
+def _row(name, compile_mode, fmt, rate, compile_seconds=0.0, batch=128, padding="wrap"):
+    return {"name": name, "batch_size": batch, "memory_format": fmt, "compile": compile_mode,
+            "compile_seconds": compile_seconds, "images_per_second": rate, "padding": padding}
+
+
+def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_compiling():
+    plan_training = _session_module().plan_training
+    rows = [{"name": "original", "batch_size": 9, "memory_format": "contiguous", "compile": "eager",
+             "compile_seconds": 0.0, "images_per_second": 500.0},
+            _row("unet", "eager", "channels_last", 1500.0),
+            _row("unet", "compiled (reduce-overhead)", "channels_last", 4689.0, 95.0),
+            _row("unet", "compiled (default)", "contiguous", 3000.0, 80.0),
+            _row("unet", "compiled (reduce-overhead)", "channels_last", 5200.0, 90.0, padding="torch"),  # F.pad
+            _row("unet", "compiled (reduce-overhead)", "channels_last", 6000.0, 90.0, batch=512),
+            _row("seed-unet", "compiled (reduce-overhead)", "channels_last", 9000.0, 60.0),
+            {"name": "unet", "batch_size": 128, "error": "OutOfMemoryError"}]
+    # measured in this process: compiled again from its caches, so at most 20 s are kept
+    plan = plan_training(rows, 128, 400.0)
+    assert (plan["compile"], plan["memory_format"], plan["chosen_from"]["images_per_second"]) == \
+        ("reduce-overhead", "channels_last", 4689.0)
+    assert (plan["compile_reserved"], plan["planned_seconds"]) == (20.0, 380.0)
+    # 36.6 steps/s for 380 s, 27 bar checks of ~2 s, 90% of it: 10,748 steps, in hundreds
+    assert (plan["steps"], plan["lr_decay_steps"]) == (10700, 3210)
+    # a conditional network is new to the caches: its first compile's measured time is kept
+    conditional = plan_training(rows, 128, 400.0, conditional=True)
+    assert (conditional["compile_reserved"], conditional["planned_seconds"]) == (95.0, 305.0)
+    # a setting nothing measured: the first compile's time kept, 1000 img/s unless told the rate
+    unmeasured = plan_training(rows, 128, 400.0, compile_mode="default", memory_format="channels_last")
+    assert (unmeasured["chosen_from"], unmeasured["compile_reserved"], unmeasured["planned_seconds"]) == \
+        ({}, 120.0, 280.0)
+    told = plan_training(rows, 128, 400.0, compile_mode="default", memory_format="channels_last", rate=4000.0)
+    assert (unmeasured["steps"], told["steps"]) == (1900, 6900)  # 7.8 and 31.25 steps/s
+    # nothing measured and no flags: eager, nothing kept for compiling
+    eager = plan_training([], 128, 400.0)
+    assert (eager["compile"], eager["memory_format"], eager["compile_reserved"]) == ("none", "contiguous", 0.0)
+    assert plan_training(rows, 128, 100.0, conditional=True)["planned_seconds"] == 30.0  # never under 30 s
+
+
 def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",

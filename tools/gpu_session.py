@@ -73,6 +73,44 @@ DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by na
 CONDITIONAL_PHASES = ["env", "train", "samples", "control"]
 
 
+def fastest_row(rows: list[dict], batch: int, compile_mode: str = "", memory_format: str = "") -> dict:
+    """The fastest default-UNet training row with wrap_pad at this batch (of that compile, e.g.
+    "compiled (reduce-overhead)", and memory format if given); {} when none was measured."""
+    rows = [r for r in rows if "error" not in r and r["name"] == "unet" and not r["compile"].startswith("eager (")
+            and r["batch_size"] == batch and r.get("padding", "wrap") == "wrap"
+            and compile_mode in ("", r["compile"]) and memory_format in ("", r["memory_format"])]
+    return max(rows, key=lambda r: r["images_per_second"]) if rows else {}
+
+
+def plan_training(rows: list[dict], batch: int, seconds_left: float, *, compile_mode: str | None = None,
+                  memory_format: str | None = None, rate: float | None = None, conditional: bool = False,
+                  bar_every: int = 500) -> dict:
+    """The train phase's setting and length: the fastest setting the measuring phases found (rows)
+    unless compile_mode/memory_format say otherwise, planned at its measured throughput (or rate,
+    else 1000 img/s), in the time left less what compiling the network will take."""
+    best = fastest_row(rows, batch)
+    measured = best.get("compile", "eager")
+    mode = compile_mode or (measured.split("(")[1].rstrip(")") if measured.startswith("compiled (") else "none")
+    fmt = memory_format or best.get("memory_format", "contiguous")
+    chosen = fastest_row(rows, batch, "eager" if mode == "none" else f"compiled ({mode})", fmt)  # {}: not measured
+    per_second = (rate or chosen.get("images_per_second", 1000.0)) / batch  # steps per second
+    # the run's clock starts after its set-up, which compiles the network: again, from this
+    # process's caches, a few seconds where the first compile took minutes (3 s after 112 s on an
+    # H200); from scratch for a network the measuring phases did not compile (a conditional one)
+    if mode == "none":
+        compile_seconds = 0.0
+    elif chosen:
+        compile_seconds = chosen["compile_seconds"] if conditional else min(chosen["compile_seconds"], 20.0)
+    else:
+        compile_seconds = FIRST_COMPILE_SECONDS
+    seconds = max(30.0, seconds_left - compile_seconds)
+    checks = max(1, int(per_second * seconds) // bar_every)
+    # 90% of what the throughput fits, less ~2 s per fidelity-bar check (200 samples + metrics)
+    steps = max(100, int(0.9 * per_second * (seconds - 2.0 * checks)) // 100 * 100)
+    return dict(compile=mode, memory_format=fmt, chosen_from=chosen, compile_reserved=compile_seconds,
+                planned_seconds=seconds, steps=steps, lr_decay_steps=int(0.3 * steps))
+
+
 class Session:
     """The clock, the report and the log of one session."""
 
@@ -256,38 +294,16 @@ def main() -> None:
                 s.log(f"sampling {n} {row['sampler']}, {precision} {fmt} {row['compile']} batch {batch}: "
                       f"{row['seconds']:.2f} s (compile {row['compile_seconds']:.0f} s)")
 
-    def fastest_training(compile_mode: str = "", memory_format: str = "") -> dict:
-        """The fastest default-UNet row at the first batch (of that compile and memory format if given)."""
-        rows = [r for phase in ("eager", "compiled") for r in s.report["phases"].get(phase, {}).get("rows", [])
-                if "error" not in r and r["name"] == "unet" and not r["compile"].startswith("eager (")
-                and r["batch_size"] == base_batch and r.get("padding", "wrap") == "wrap"
-                and compile_mode in ("", r["compile"]) and memory_format in ("", r["memory_format"])]
-        return max(rows, key=lambda r: r["images_per_second"]) if rows else {}
-
     run_dir = Path("/tmp/mddpm_gpu_run") if not smoke else args.out / "run"
 
     def train_phase(until, record):
-        best = fastest_training()
-        mode = best.get("compile", "eager")
-        mode = args.train_compile or (mode.split("(")[1].rstrip(")") if mode.startswith("compiled (") else "none")
-        fmt = args.memory_format or best.get("memory_format", "contiguous")
-        chosen = fastest_training("eager" if mode == "none" else f"compiled ({mode})", fmt)  # {}: not measured
-        per_second = (args.train_rate or chosen.get("images_per_second", 1000.0)) / base_batch
-        # the run's clock starts after its set-up, which compiles the network: again, from this
-        # process's caches, a few seconds where the first compile took minutes (3 s after 112 s on an
-        # H200); from scratch for a network the measuring phases did not compile (a conditional one)
-        if mode == "none":
-            compile_seconds = 0.0
-        elif chosen:  # from this process's caches, but for a conditional network, new to them
-            compile_seconds = chosen["compile_seconds"] if args.condition else min(chosen["compile_seconds"], 20.0)
-        else:
-            compile_seconds = FIRST_COMPILE_SECONDS
-        seconds = max(30.0, until - s.elapsed() - compile_seconds)
-        checks = max(1, int(per_second * seconds) // args.bar_every)
-        # 90% of what the throughput fits, less ~2 s per fidelity-bar check (200 samples + metrics)
-        total = max(100, int(0.9 * per_second * (seconds - 2.0 * checks)) // 100 * 100)
-        overrides = dict(steps=total, lr_decay_steps=int(0.3 * total), bar_every=args.bar_every,
-                         compile=mode, memory_format=fmt)
+        rows = [r for phase in ("eager", "compiled") for r in s.report["phases"].get(phase, {}).get("rows", [])]
+        plan = plan_training(rows, base_batch, until - s.elapsed(), compile_mode=args.train_compile,
+                             memory_format=args.memory_format, rate=args.train_rate,
+                             conditional=bool(args.condition), bar_every=args.bar_every)
+        seconds, compile_seconds = plan["planned_seconds"], plan["compile_reserved"]
+        overrides = dict(steps=plan["steps"], lr_decay_steps=plan["lr_decay_steps"], bar_every=args.bar_every,
+                         compile=plan["compile"], memory_format=plan["memory_format"])
         profile = "gpu"
         if smoke:
             profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
@@ -295,7 +311,7 @@ def main() -> None:
                          init_from=str(args.init_from) if args.init_from else "")
         cfg = train.profile_config(profile, **overrides)
         record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
-                      chosen_from=chosen, planned_seconds=seconds, compile_reserved=compile_seconds)
+                      chosen_from=plan["chosen_from"], planned_seconds=seconds, compile_reserved=compile_seconds)
         s.save()  # the plan comes back even if the job is killed while training
         s.log(f"training {cfg.steps} steps of {cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
               f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s after "
