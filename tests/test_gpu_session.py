@@ -1,6 +1,7 @@
 """tools/gpu_session.py: its dry run on a CPU writes every phase's record and the files it promises."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -130,8 +131,21 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
     samplers = ["DDIM-5, eta 0, guidance 2", "DDIM-5, eta 0"]
     assert [r["sampler"] for r in phases["control"]["drawn"]] == samplers
     assert [r["sampler"] for r in phases["control"]["reports"]] == samplers
-    # measured off the GPU machine, they give the report the session measured
-    assert main(["control", "--checkpoint", str(out / "model.pt"), "--measure", str(out / "control.npz"),
+    # by default the control phase only draws (seconds on a GPU): the same samples, measured off the
+    # GPU machine, give the report the session measured
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    shutil.copy(out / "model.pt", drawn / "model.pt")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(drawn), "--smoke",
+                           "--phases", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
+                           "--deadline", "300"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((drawn / "session.json").read_text())["phases"]["control"]
+    assert record["status"] == "done" and record["reports"] == [], record
+    assert [r["sampler"] for r in record["drawn"]] == samplers
+    assert "--measure control.npz" in (drawn / "session.log").read_text()
+    assert main(["control", "--checkpoint", str(drawn / "model.pt"), "--measure", str(drawn / "control.npz"),
                  "--splits", "2", "--json", str(tmp_path / "measured.json")]) == 0
     assert json.loads((tmp_path / "measured.json").read_text())["reports"] == phases["control"]["reports"]
 
