@@ -111,11 +111,16 @@ def make_voronoi_gb_range(seed: int, index: int, size: int = 64) -> VoronoiSampl
     log-uniformly from RANGE_SEEDS by the image's generator (before its seeds), so that few and
     many grains are equally well covered."""
     rng = image_rng(seed, index)
-    low, high = RANGE_SEEDS
-    n_seeds = int(round(np.exp(rng.uniform(np.log(low), np.log(high)))))
-    seeds = rng.uniform(0.0, size, size=(n_seeds, 2))
+    seeds = rng.uniform(0.0, size, size=(range_seed_count(rng), 2))
     labels = periodic_voronoi(seeds, size)
     return VoronoiSample(seeds=seeds, labels=labels, image=boundary_image(labels))
+
+
+def range_seed_count(rng: np.random.Generator) -> int:
+    """A voronoi-gb-range image's seed count, log-uniform over RANGE_SEEDS: the first draw of its
+    generator (``image_rng``)."""
+    low, high = RANGE_SEEDS
+    return int(round(np.exp(rng.uniform(np.log(low), np.log(high)))))
 
 
 def periodic_components(labels: np.ndarray) -> np.ndarray:
@@ -474,13 +479,40 @@ def dataset_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str
     lines += [
         "",
         f"Images with any dangling end: {int((stats.per_image['dangling_ends'] > 0).sum())} of {n}. "
-        + (f"Grains per image (>= 4 px) from {stats.per_image['grains'].min():.0f} to "
-           f"{stats.per_image['grains'].max():.0f}. " if kind == "voronoi-gb-range" else "") +
         f"Seam ratio (pixel disagreement across the wrap-around seams / inside; 1 = tiles "
         f"seamlessly): {metrics.seam_ratio(masks):.3f}.",
         "",
     ]
+    if kind == "voronoi-gb-range":
+        lines += grain_count_spread(stats.per_image["grains"], seed, size)
     return "\n".join(lines)
+
+
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+def grain_count_spread(grains: np.ndarray, seed: int, size: int) -> list[str]:
+    """README lines on how a voronoi-gb-range set's grain counts spread: their percentiles, and how
+    they follow the seed counts (where a conditional model has few training images to learn from)."""
+    seeds = np.array([range_seed_count(image_rng(seed, i)) for i in range(len(grains))])
+    extra, top = grains - seeds, RANGE_SEEDS[1]
+    values = [grains.min(), *np.percentile(grains, PERCENTILES), grains.max()]
+    return [
+        "## Spread of the grain counts",
+        "",
+        "Grains per image (>= 4 px, the manifest's `grains`), percentiles over the images:",
+        "",
+        "| min | " + " | ".join(f"{p}%" for p in PERCENTILES) + " | max |",
+        "|---" * (len(PERCENTILES) + 2) + "|",
+        "| " + " | ".join(f"{v:g}" for v in values) + " |",
+        "",
+        f"An image counts {extra.mean():.1f} grains more than it has seed points on average (standard "
+        f"deviation {extra.std():.1f}): a grain cut by the image's edge counts once per piece, as in a "
+        f"micrograph. The seed counts end at {top}, so the top of the range is thinly covered: "
+        f"{int((grains > top).sum())} of {len(grains)} images have more than {top} grains. A "
+        "conditional model trained here has few examples of the largest counts to learn from.",
+        "",
+    ]
 
 
 def resolve_dataset(name_or_path: str | os.PathLike) -> Path:

@@ -23,6 +23,14 @@ def test_the_shipped_range_set_is_what_its_command_makes(tmp_path):
     shipped = (RANGE / "manifest.csv").read_text().splitlines()
     assert (out / "manifest.csv").read_text().splitlines() == shipped[:21]
     assert all((out / f"{i:05d}.png").read_bytes() == (RANGE / f"{i:05d}.png").read_bytes() for i in range(20))
+    # its README gives the grain counts' percentiles and how far they sit above the seed counts
+    grains = data.manifest_values(out, ["grains"])[:, 0]
+    seeds = np.array([len(data.make_voronoi_gb_range(0, i).seeds) for i in range(20)])
+    readme = (out / "README.md").read_text()
+    row = [grains.min(), *np.percentile(grains, [1, 5, 25, 50, 75, 95, 99]), grains.max()]
+    assert "| " + " | ".join(f"{v:g}" for v in row) + " |" in readme
+    assert f"counts {np.mean(grains - seeds):.1f} grains more than it has seed points" in readme
+    assert f"{int((grains > 80).sum())} of 20 images have more than 80 grains" in readme
 
 
 def test_the_range_sets_manifest_holds_each_images_measured_descriptors():
