@@ -127,8 +127,8 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
     assert phases["train"]["config"]["init_from"] == str(plain / "checkpoint.pt")
     # a compile mode nothing measured: the train phase keeps the first compile's time for it
     assert phases["train"]["compile_reserved"] == 120.0 and phases["train"]["last_log"]["step"] == 20
-    # the recommended guidance (--guidance, 2) first, each scale's samples kept in control.npz
-    samplers = ["DDIM-5, eta 0, guidance 2", "DDIM-5, eta 0"]
+    # the recommended guidance (--guidance, 1) first, each scale's samples kept in control.npz
+    samplers = ["DDIM-5, eta 0, guidance 1", "DDIM-5, eta 0"]
     assert [r["sampler"] for r in phases["control"]["drawn"]] == samplers
     assert [r["sampler"] for r in phases["control"]["reports"]] == samplers
     # by default the control phase only draws (seconds on a GPU): the same samples, measured off the

@@ -194,7 +194,8 @@ def main() -> None:
     parser.add_argument("--condition", nargs="+", default=[], metavar="COLUMN",
                         help="train a conditional model on these manifest columns (e.g. --data "
                              "voronoi_gb_range_64 --condition grains); the export recommends --guidance")
-    parser.add_argument("--guidance", type=float, default=2.0, help="the guidance a conditional export recommends")
+    parser.add_argument("--guidance", type=float, default=1.0, help="the guidance a conditional export recommends, "
+                        "drawn first by the control phase (default: the shipped conditional model's, w = 1)")
     parser.add_argument("--init-from", type=Path, metavar="MODEL", help="the train phase fine-tunes this model file "
                         "instead of starting from random weights (train --init-from; e.g. data/pretrained/model.pt "
                         "with --condition grains: the unconditional model, given silent condition layers)")
@@ -383,7 +384,7 @@ def main() -> None:
         stats = payload["condition"]
         name = measured_condition(stats)
         targets = default_targets(stats)[:2] if smoke else default_targets(stats)
-        n, scales = (2, [0.0, 2.0]) if smoke else (64, [0.0, 1.0, 2.0, 4.0])
+        n, scales = (2, [0.0, 1.0]) if smoke else (64, [0.0, 1.0, 2.0, 4.0])
         scales.sort(key=lambda w: w != args.guidance)
         sampler, size = recommended_sampler(payload), model.config()["size"]
         drawn = DrawnSamples(name, targets, 0, held_values(stats, name, targets, size), weights_digest(payload))
