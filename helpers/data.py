@@ -484,14 +484,14 @@ def dataset_readme(kind: str, n: int, size: int, seed: int, folder: Path) -> str
         "",
     ]
     if kind == "voronoi-gb-range":
-        lines += grain_count_spread(stats.per_image["grains"], seed, size)
+        lines += grain_count_spread(stats.per_image["grains"], seed)
     return "\n".join(lines)
 
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 
-def grain_count_spread(grains: np.ndarray, seed: int, size: int) -> list[str]:
+def grain_count_spread(grains: np.ndarray, seed: int) -> list[str]:
     """README lines on how a voronoi-gb-range set's grain counts spread: their percentiles, and how
     they follow the seed counts (where a conditional model has few training images to learn from)."""
     seeds = np.array([range_seed_count(image_rng(seed, i)) for i in range(len(grains))])
@@ -507,9 +507,11 @@ def grain_count_spread(grains: np.ndarray, seed: int, size: int) -> list[str]:
         "| " + " | ".join(f"{v:g}" for v in values) + " |",
         "",
         f"An image counts {extra.mean():.1f} grains more than it has seed points on average (standard "
-        f"deviation {extra.std():.1f}): a grain cut by the image's edge counts once per piece, as in a "
-        f"micrograph. The seed counts end at {top}, so the top of the range is thinly covered: "
-        f"{int((grains > top).sum())} of {len(grains)} images have more than {top} grains. A "
+        f"deviation {extra.std():.1f}), mostly because the images tile: a grain crossing the wrap-around "
+        "seam appears as two pieces on opposite edges (four at a corner), and each piece counts, as in "
+        "a micrograph (grains under 4 px are not counted). The top of the range is thinly covered: the "
+        f"seed counts are drawn log-uniformly, fewest images per seed count at the top, and end at {top}, "
+        f"so {int((grains > top).sum())} of {len(grains)} images have more than {top} grains. A "
         "conditional model trained here has few examples of the largest counts to learn from.",
         "",
     ]

@@ -7,6 +7,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from helpers import train
@@ -40,6 +41,7 @@ def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_c
             _row("unet", "compiled (reduce-overhead)", "channels_last", 5200.0, 90.0, padding="torch"),  # F.pad
             _row("unet", "compiled (reduce-overhead)", "channels_last", 6000.0, 90.0, batch=512),
             _row("seed-unet", "compiled (reduce-overhead)", "channels_last", 9000.0, 60.0),
+            _row("unet", "eager (torch.compile failed: RuntimeError)", "channels_last", 9999.0),
             {"name": "unet", "batch_size": 128, "error": "OutOfMemoryError"}]
     # measured in this process: compiled again from its caches, so at most 20 s are kept
     plan = plan_training(rows, 128, 400.0)
@@ -57,6 +59,7 @@ def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_c
         ({}, 120.0, 280.0)
     told = plan_training(rows, 128, 400.0, compile_mode="default", memory_format="channels_last", rate=4000.0)
     assert (unmeasured["steps"], told["steps"]) == (1900, 6900)  # 7.8 and 31.25 steps/s
+    assert plan_training(rows, 128, 400.0, rate=2000.0)["steps"] == 5000  # a rate told wins over the measured
     # nothing measured and no flags: eager, nothing kept for compiling
     eager = plan_training([], 128, 400.0)
     assert (eager["compile"], eager["memory_format"], eager["compile_reserved"]) == ("none", "contiguous", 0.0)
@@ -138,9 +141,12 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
     shutil.copy(out / "model.pt", drawn / "model.pt")
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(drawn), "--smoke",
                            "--phases", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
-                           "--deadline", "300"],
+                           "--deadline", "240"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-2000:]
+    with np.load(out / "control.npz") as first, np.load(drawn / "control.npz") as again:
+        assert sorted(first.files) == sorted(again.files)
+        assert all(np.array_equal(first[key], again[key]) for key in first.files)  # the same draws
     record = json.loads((drawn / "session.json").read_text())["phases"]["control"]
     assert record["status"] == "done" and record["reports"] == [], record
     assert [r["sampler"] for r in record["drawn"]] == samplers

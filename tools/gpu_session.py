@@ -86,8 +86,8 @@ def plan_training(rows: list[dict], batch: int, seconds_left: float, *, compile_
                   memory_format: str | None = None, rate: float | None = None, conditional: bool = False,
                   bar_every: int = 500) -> dict:
     """The train phase's setting and length: the fastest setting the measuring phases found (rows)
-    unless compile_mode/memory_format say otherwise, planned at its measured throughput (or rate,
-    else 1000 img/s), in the time left less what compiling the network will take."""
+    unless compile_mode/memory_format say otherwise, planned at rate if given, else that setting's
+    measured throughput, else 1000 img/s, in the time left less what compiling will take."""
     best = fastest_row(rows, batch)
     measured = best.get("compile", "eager")
     mode = compile_mode or (measured.split("(")[1].rstrip(")") if measured.startswith("compiled (") else "none")
