@@ -16,23 +16,13 @@ from helpers.__main__ import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _session_module():
-    """tools/gpu_session.py, imported (a script)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_session", ROOT / "tools" / "gpu_session.py")
-    session = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(session)
-    return session
-
-
 def _row(name, compile_mode, fmt, rate, compile_seconds=0.0, batch=128, padding="wrap"):
     return {"name": name, "batch_size": batch, "memory_format": fmt, "compile": compile_mode,
             "compile_seconds": compile_seconds, "images_per_second": rate, "padding": padding}
 
 
-def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_compiling():
-    plan_training = _session_module().plan_training
+def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_compiling(tool):
+    plan_training = tool("gpu_session").plan_training
     rows = [{"name": "original", "batch_size": 9, "memory_format": "contiguous", "compile": "eager",
              "compile_seconds": 0.0, "images_per_second": 500.0},
             _row("unet", "eager", "channels_last", 1500.0),

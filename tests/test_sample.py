@@ -147,20 +147,10 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
     assert not (tmp_path / "f").exists()
 
 
-def _sweep_module():
-    """tools/sampler_sweep.py, imported (a script; it imports pretrained_report from beside it)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sampler_sweep", ROOT / "tools" / "sampler_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    return sweep
-
-
-def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_the_bar(weights, tmp_path,
+def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_the_bar(tool, weights, tmp_path,
                                                                                        monkeypatch, capsys):
     """The smoke model's samples are noise, so ``measure`` is stubbed: this tests the decision, not the bar."""
-    sweep, model, table = _sweep_module(), tmp_path / "m.pt", tmp_path / "rows.json"
+    sweep, model, table = tool("sampler_sweep"), tmp_path / "m.pt", tmp_path / "rows.json"
     model.write_bytes(weights.read_bytes())
     monkeypatch.setattr(sweep.metrics, "describe_set", lambda masks: None)
     met = {"boundary_fraction": 0.2, "grains": 23.0, "dangling_ends": 0.05, "bar_met": True, "open_end_rate": 0.05,
@@ -305,20 +295,8 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
     assert payload["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 1.0, "spacing": "quadratic"}
 
 
-def _report_module():
-    """tools/pretrained_report.py, imported (it is a script, not a package module)."""
-    import importlib.util
-
-    from helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("pretrained_report", ROOT / "tools" / "pretrained_report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    return report
-
-
-def test_pretrained_report_stores_a_fast_sampler_only_if_its_samples_met_the_bar(weights, tmp_path):
-    report, model = _report_module(), tmp_path / "model.pt"
+def test_pretrained_report_stores_a_fast_sampler_only_if_its_samples_met_the_bar(tool, weights, tmp_path):
+    report, model = tool("pretrained_report"), tmp_path / "model.pt"
     model.write_bytes(weights.read_bytes())
     fast = Sampler("dpm++2m", 30, 1.0)
     row = {"network_calls": 30, "samples": 200, "bar_met": False}
@@ -340,9 +318,9 @@ def test_pretrained_report_stores_a_fast_sampler_only_if_its_samples_met_the_bar
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
-def test_pretrained_report_refuses_a_fast_sampler_for_a_conditional_model_before_sampling(weights, tmp_path,
+def test_pretrained_report_refuses_a_fast_sampler_for_a_conditional_model_before_sampling(tool, weights, tmp_path,
                                                                                          monkeypatch, capsys):
-    report, run = _report_module(), tmp_path / "conditional_run"
+    report, run = tool("pretrained_report"), tmp_path / "conditional_run"
     run.mkdir()
     torch.save(dict(load_checkpoint(weights), condition={"names": ["grains"]}), run / "model.pt")
     monkeypatch.setattr(report, "median_seconds", lambda *args: pytest.fail("sampled before refusing"))
@@ -355,10 +333,10 @@ def test_pretrained_report_refuses_a_fast_sampler_for_a_conditional_model_before
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_pretrained_report_reads_a_run_from_its_exported_weights(weights, tmp_path):
+def test_pretrained_report_reads_a_run_from_its_exported_weights(tool, weights, tmp_path):
     import shutil
 
-    report = _report_module()
+    report = tool("pretrained_report")
     run = tmp_path / "gpu_run"  # what a GPU session brings back: model.pt and loss.csv
     run.mkdir()
     shutil.copy(weights, run / "model.pt")
@@ -373,8 +351,8 @@ def test_pretrained_report_reads_a_run_from_its_exported_weights(weights, tmp_pa
         report.load_run(tmp_path)
 
 
-def test_pretrained_report_keeps_the_hand_written_notes_when_it_rebuilds_the_readme(tmp_path):
-    report = _report_module()
+def test_pretrained_report_keeps_the_hand_written_notes_when_it_rebuilds_the_readme(tool, tmp_path):
+    report = tool("pretrained_report")
     readme = tmp_path / "README.md"
     assert report.earlier_notes(readme) == []  # no README yet
     readme.write_text("# The shipped model\n\n## Compared\n\n| a |\n\n## Notes from earlier runs\n\nThe first model "
@@ -382,8 +360,8 @@ def test_pretrained_report_keeps_the_hand_written_notes_when_it_rebuilds_the_rea
     assert report.earlier_notes(readme) == ["## Notes from earlier runs", "", "The first model had gray backgrounds.", ""]
 
 
-def test_pretrained_report_names_a_learning_rate_decay():
-    report = _report_module()
+def test_pretrained_report_names_a_learning_rate_decay(tool):
+    report = tool("pretrained_report")
     assert report.decay_words({"steps": 16500, "lr_decay_steps": 4000}) == \
         ", then linearly to 0 over the last 4000 steps (from step 12500)"
     assert report.decay_words({"steps": 10000}) == report.decay_words({"steps": 10000, "lr_decay_steps": 0}) == ""
