@@ -25,8 +25,9 @@ from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .sample import (SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler, fast_sampler_evidence, generate,
-                     recommended_sampler, reverse_process_gif, write_batch, write_manifest, write_pngs)
+from .sample import (CPU_IMAGES_PER_CALL, SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler,
+                     fast_sampler_evidence, generate, recommended_sampler, reverse_process_gif, write_batch,
+                     write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
 from .unet import MODELS
@@ -287,6 +288,7 @@ def _bench(args: argparse.Namespace) -> None:
                        memory_formats=args.memory_format, compile_modes=args.compile,
                        sample_n=args.sample_n, sample_batch=args.sample_batch,
                        sample_precisions=args.sample_precision, profile=args.profile,
+                       images_per_call=args.images_per_call,
                        progress=(lambda line: None) if args.quiet else print)
     print(format_bench(report))
     _write_json(args.json, report)
@@ -561,6 +563,9 @@ def _add_bench(commands) -> None:
                        help="sampling batch (default: all the images, at most 256)")
     bench.add_argument("--sample-precision", nargs="+", choices=SAMPLING_PRECISIONS, default=["fp32"],
                        help="weights of the sampling network (bf16: network in bf16, sampler in fp32)")
+    bench.add_argument("--images-per-call", nargs="+", type=_positive_int, metavar="N", default=[None],
+                       help="the most images one network call takes while sampling (default: "
+                            f"{CPU_IMAGES_PER_CALL} on a CPU, the whole batch on a GPU)")
     bench.add_argument("--profile", action="store_true", help="add a profiler summary to every row "
                        "(kernel launches, GPU-busy share, top kernels)")
     bench.add_argument("--json", type=Path, help="also write the numbers as JSON")

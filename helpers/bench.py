@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import data as data_module
 from .device import at_precision, compile_network, configure_backends, device_name, pick_device, resolve_precision
 from .diffusion import Schedule, q_sample
-from .sample import Sampler, generate
+from .sample import CPU_IMAGES_PER_CALL, Sampler, generate
 from .train import Trainer, TrainConfig
 from .unet import MODELS, PeriodicConv2d, SeedUNet, UNet, build_model, count_parameters, gflops_per_image
 # A training step costs about three forward passes (forward, and backward through activations
@@ -218,8 +218,10 @@ def training_row(model: str, device: torch.device, batch_size: int, memory_forma
 
 def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.device, n: int, batch_size: int,
                  precision: str = "fp32", memory_format_name: str = "contiguous", compile_mode: str = "none",
-                 steps: int = 50, eta: float = 1.0, repeats: int = 3, profile: bool = False) -> dict:
-    """Seconds to sample ``n`` images with DDIM-``steps`` in batches of ``batch_size``.
+                 steps: int = 50, eta: float = 1.0, repeats: int = 3, profile: bool = False,
+                 images_per_call: Optional[int] = None) -> dict:
+    """Seconds to sample ``n`` images with DDIM-``steps`` in batches of ``batch_size``, the network
+    called on at most ``images_per_call`` of them at a time (default: as ``sample.generate``).
 
     ``precision`` (device.SAMPLING_PRECISIONS) bf16 runs the network with bf16 weights (the
     sampler's arithmetic stays float32), the copy ``sample`` makes (``device.at_precision``).
@@ -231,13 +233,16 @@ def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.devic
 
     def sample(net, count: int, sampler_steps: int) -> torch.Tensor:
         return generate(net, schedule, count, Sampler("ddim", sampler_steps, eta), batch_size=batch_size,
-                        device=device)
+                        device=device, images_per_call=images_per_call)
 
     network, mode, compile_seconds = compile_network(network, compile_mode,
                                                      lambda net: sample(net, min(batch_size, n), 3))
     sample(network, min(batch_size, n), 2)  # warm-up: cuDNN's algorithm search, allocations
     seconds = median_seconds(lambda: sample(network, n, steps), device, 0, repeats)
-    row = {"images": n, "batch_size": batch_size, "sampler": Sampler("ddim", steps, eta).describe(),
+    if images_per_call is None:
+        images_per_call = CPU_IMAGES_PER_CALL if device.type == "cpu" else batch_size
+    row = {"images": n, "batch_size": batch_size, "images_per_call": min(images_per_call, batch_size),
+           "sampler": Sampler("ddim", steps, eta).describe(),
            "precision": resolve_precision(precision, device),
            "memory_format": memory_format_name, "compile": mode, "compile_seconds": compile_seconds, "seconds": seconds,
            "images_per_second": n / seconds}
@@ -260,10 +265,12 @@ def run_bench(quick: bool = False, device: Optional[torch.device] = None,
               memory_formats: Iterable[str] = ("contiguous",), compile_modes: Iterable[str] = ("none",),
               sample_n: Optional[int] = None, sample_batch: Optional[int] = None,
               sample_precisions: Iterable[str] = ("fp32",), profile: bool = False,
+              images_per_call: Iterable[Optional[int]] = (None,),
               progress: Callable[[str], None] = print) -> dict:
     """Every measurement: the original recipe, then a training row for each combination of
     model x batch x memory format x compile mode, then a sampling row per precision (with each
-    memory format and compile mode). Returns a JSON-ready dict (``format_bench`` prints it)."""
+    memory format, compile mode and cap on the images per network call, None: the default).
+    Returns a JSON-ready dict (``format_bench`` prints it)."""
     device = device or pick_device()
     torch.manual_seed(0)
     cuda = device.type == "cuda"
@@ -283,10 +290,11 @@ def run_bench(quick: bool = False, device: Optional[torch.device] = None,
         row["ratio_to_original"] = row["images_per_second"] / original
     n = sample_n or (4 if quick else 64)
     schedule = Schedule.linear().to(device)
-    for precision, fmt, mode in itertools.product(sample_precisions, memory_formats, compile_modes):
-        progress(f"sampling {n} images, {precision}, {fmt}, compile {mode} ...")
+    for precision, fmt, mode, calls in itertools.product(sample_precisions, memory_formats, compile_modes,
+                                                         images_per_call):
+        progress(f"sampling {n} images, {precision}, {fmt}, compile {mode}, {calls or 'default'} per call ...")
         report["sampling"].append(sampling_row(UNet(), schedule, device, n, sample_batch or min(n, 256),
-                                               precision, fmt, mode, 50, 1.0, 1 if quick else 3, profile))
+                                               precision, fmt, mode, 50, 1.0, 1 if quick else 3, profile, calls))
     return report
 
 
@@ -303,7 +311,8 @@ def format_bench(report: dict) -> str:
         if "profile" in row:
             lines.append("    " + _profile_line(row["profile"]))
     for row in report["sampling"]:
-        lines.append(f"sampling {row['images']} images, {row['sampler']}, batch {row['batch_size']}, "
+        lines.append(f"sampling {row['images']} images, {row['sampler']}, batch {row['batch_size']} "
+                     f"({row['images_per_call']} per network call), "
                      f"{row['precision']}, {row['memory_format']}, {row['compile']}: {row['seconds']:.2f} s "
                      f"({row['images_per_second']:.0f} img/s; compile {row['compile_seconds']:.0f} s)")
         if "profile" in row:

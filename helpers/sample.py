@@ -199,6 +199,27 @@ def reduced_precision(model: torch.nn.Module, dtype: torch.dtype):
     return network
 
 
+# the most images a network call takes on a CPU: larger calls allocate activations big enough
+# that the C allocator hands them back to the system after every layer, and the page faults that
+# follow cost more time than the arithmetic (python -m helpers bench --images-per-call 8 64
+# --sample-n 64 measures it; the README's Performance section has the numbers)
+CPU_IMAGES_PER_CALL = 8
+
+
+def in_pieces(network: Callable, most: int) -> Callable:
+    """The network ``f(x, t, *condition)`` called on at most ``most`` images at a time, the pieces'
+    outputs joined in order. Each image's prediction depends on that image alone (the networks'
+    normalisations are per image), so the output is the same up to rounding (a convolution may
+    sum in another order for another batch); what changes is the memory each call touches."""
+
+    def pieced(x: torch.Tensor, t: torch.Tensor, *condition: torch.Tensor) -> torch.Tensor:
+        if len(x) <= most:
+            return network(x, t, *condition)
+        return torch.cat([network(*parts) for parts in zip(*(a.split(most) for a in (x, t, *condition)))])
+
+    return pieced
+
+
 def guided(network: Callable, condition: torch.Tensor, guidance: float) -> Callable:
     """Classifier-free guidance (Ho & Salimans 2022) as a network ``f(x, t)``: with ``c`` the condition
     and the null condition (NaN) for "none",
@@ -301,18 +322,22 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
                batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
                progress: bool = False, condition: Optional[torch.Tensor] = None,
                batches: Optional[Iterable[int]] = None, size: Optional[int] = None,
-               windows: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+               windows: bool = False, images_per_call: Optional[int] = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The batches of ``generate`` one at a time, as (index of the batch's first image, images):
     all of them, or only the batch numbers in ``batches`` (a rank's share of a sharded job)."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"--n must be a positive whole number, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"--batch-size must be a positive whole number, got {batch_size!r}")
     per_batch = len(sampler.timesteps(schedule))  # also checks the steps against the schedule
     weights = next(model.parameters())
     device = device or weights.device
+    most = images_per_call if images_per_call is not None else CPU_IMAGES_PER_CALL if device.type == "cpu" else None
+    for words, value in (("--batch-size", batch_size), ("images per call", 1 if most is None else most)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{words} must be a positive whole number, got {value!r}")
     trained, size = model.config()["size"], canvas_size(model, size)
     network = model if weights.dtype == torch.float32 else reduced_precision(model, weights.dtype)
+    if most is not None:
+        network = in_pieces(network, most)
     if condition is not None:
         if "conditions" not in model.config():
             raise ValueError("this model was trained without a condition; sample it without one")
@@ -348,7 +373,7 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
              batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
              progress: bool = False, condition: Optional[torch.Tensor] = None,
              batches: Optional[Iterable[int]] = None, size: Optional[int] = None,
-             windows: bool = False) -> torch.Tensor:
+             windows: bool = False, images_per_call: Optional[int] = None) -> torch.Tensor:
     """``n`` samples in [-1, 1] (float32, on the CPU), made in batches of ``batch_size``.
 
     Each batch has its own seed (``batch_seed``), so the same arguments give the same images,
@@ -359,10 +384,13 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
     ``conditions.target_vector``) asks every image for it, guided by ``sampler.guidance``.
     ``size`` draws a larger (or smaller) canvas than the network was trained on (``canvas_size``);
     ``windows`` draws it as overlapping windows of the training size (``windowed``).
+    ``images_per_call`` caps the images of one network call (``in_pieces``; default
+    ``CPU_IMAGES_PER_CALL`` on a CPU, the whole batch elsewhere): it changes the speed, not the images (up to rounding).
     """
     parts = [images for _, images in each_batch(model, schedule, n, sampler, seed=seed, batch_size=batch_size,
                                                  device=device, callback=callback, progress=progress,
-                                                 condition=condition, batches=batches, size=size, windows=windows)]
+                                                 condition=condition, batches=batches, size=size, windows=windows,
+                                                 images_per_call=images_per_call)]
     if parts:
         return torch.cat(parts)
     side = canvas_size(model, size)  # a rank given no batches: an empty set of the right shape

@@ -10,7 +10,7 @@ from helpers.__main__ import main
 
 def test_bench_quick(tmp_path, capsys):
     assert main(["bench", "--quick", "--quiet", "--model", "seed-unet", "--memory-format", "contiguous",
-                 "channels_last", "--sample-precision", "fp32", "bf16", "--profile",
+                 "channels_last", "--sample-precision", "fp32", "bf16", "--images-per-call", "2", "--profile",
                  "--json", str(tmp_path / "bench.json")]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     training = report["training"]
@@ -25,9 +25,9 @@ def test_bench_quick(tmp_path, capsys):
     sampling = report["sampling"]
     assert [(row["precision"], row["memory_format"]) for row in sampling] == \
         [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]
-    assert all(row["images"] == 4 and row["seconds"] > 0 for row in sampling)
+    assert all(row["images"] == 4 and row["images_per_call"] == 2 and row["seconds"] > 0 for row in sampling)
     out = capsys.readouterr().out
-    assert "(a) original" in out and "DDIM-50, eta 1" in out
+    assert "(a) original" in out and "DDIM-50, eta 1, batch 4 (2 per network call)" in out
 
 
 def test_bench_refuses_a_bad_lever(capsys):
@@ -37,6 +37,9 @@ def test_bench_refuses_a_bad_lever(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--batch-size", "0"])
     assert "expected a positive whole number, got '0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--images-per-call", "0"])
+    assert "argument --images-per-call: expected a positive whole number, got '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
         bench.sampling_row(torch.nn.Conv2d(1, 1, 1), None, torch.device("cpu"), 1, 1, "int8")
 

@@ -440,6 +440,40 @@ def test_blending_windows_changes_nothing_for_a_network_that_sees_one_pixel():
         sample.windowed(pointwise, 8)(torch.randn(1, 1, 20, 6), t[:1])
 
 
+def test_a_network_in_pieces_sees_at_most_that_many_images_and_gives_the_same_output():
+    seen = []
+
+    def network(x, t, c):
+        seen.append(len(x))
+        return 3 * x + t[:, None, None, None] + c[:, :1, None, None]
+
+    x, t, c = torch.randn(11, 1, 4, 4), torch.arange(11), torch.randn(11, 2)
+    assert torch.equal(sample.in_pieces(network, 4)(x, t, c), network(x, t, c))
+    assert seen == [4, 4, 3, 11]
+    seen.clear()
+    sample.in_pieces(network, 16)(x, t, c)
+    assert seen == [11]  # a call that fits is passed through whole
+
+
+def test_sampling_on_the_cpu_calls_the_network_in_pieces_and_draws_the_same_images(weights, monkeypatch):
+    model, schedule, _ = load_model(weights, CPU)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    whole = sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), seed=2)
+    assert calls == [7] * 3  # 7 images: one call per step
+    monkeypatch.setattr(sample, "CPU_IMAGES_PER_CALL", 3)
+    calls.clear()
+    pieces = sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), seed=2)
+    # the same images up to rounding (a convolution may sum in another order for another batch)
+    assert calls == [3, 3, 1] * 3 and torch.allclose(pieces, whole, atol=1e-4)
+    calls.clear()
+    sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), seed=2, images_per_call=4)
+    assert calls == [4, 3] * 3  # asked for: the caller's cap wins
+    hook.remove()
+    with pytest.raises(ValueError, match="images per call must be a positive whole number, got 0"):
+        sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), images_per_call=0)
+
+
 def test_a_periodic_unet_draws_a_larger_canvas_that_tiles(weights):
     model, schedule, _ = load_model(weights, CPU)
     x, t = torch.randn(1, 1, 128, 128), torch.tensor([500])
