@@ -25,7 +25,7 @@ from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .sample import (CPU_IMAGES_PER_CALL, SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler,
+from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler,
                      fast_sampler_evidence, generate, recommended_sampler, reverse_process_gif, write_batch,
                      write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
@@ -565,7 +565,7 @@ def _add_bench(commands) -> None:
                        help="weights of the sampling network (bf16: network in bf16, sampler in fp32)")
     bench.add_argument("--images-per-call", nargs="+", type=_positive_int, metavar="N", default=[None],
                        help="the most images one network call takes while sampling (default: "
-                            f"{CPU_IMAGES_PER_CALL} on a CPU, the whole batch on a GPU)")
+                            f"{CPU_PIXELS_PER_CALL // 64 ** 2} of 64x64 on a CPU, the whole batch on a GPU)")
     bench.add_argument("--profile", action="store_true", help="add a profiler summary to every row "
                        "(kernel launches, GPU-busy share, top kernels)")
     bench.add_argument("--json", type=Path, help="also write the numbers as JSON")

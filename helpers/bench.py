@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import data as data_module
 from .device import at_precision, compile_network, configure_backends, device_name, pick_device, resolve_precision
 from .diffusion import Schedule, q_sample
-from .sample import CPU_IMAGES_PER_CALL, Sampler, generate
+from .sample import Sampler, call_size, generate
 from .train import Trainer, TrainConfig
 from .unet import MODELS, PeriodicConv2d, SeedUNet, UNet, build_model, count_parameters, gflops_per_image
 # A training step costs about three forward passes (forward, and backward through activations
@@ -239,9 +239,8 @@ def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.devic
                                                      lambda net: sample(net, min(batch_size, n), 3))
     sample(network, min(batch_size, n), 2)  # warm-up: cuDNN's algorithm search, allocations
     seconds = median_seconds(lambda: sample(network, n, steps), device, 0, repeats)
-    if images_per_call is None:
-        images_per_call = CPU_IMAGES_PER_CALL if device.type == "cpu" else batch_size
-    row = {"images": n, "batch_size": batch_size, "images_per_call": min(images_per_call, batch_size),
+    per_call = call_size(device, model.config()["size"], images_per_call) or batch_size
+    row = {"images": n, "batch_size": batch_size, "images_per_call": min(per_call, batch_size, n),
            "sampler": Sampler("ddim", steps, eta).describe(),
            "precision": resolve_precision(precision, device),
            "memory_format": memory_format_name, "compile": mode, "compile_seconds": compile_seconds, "seconds": seconds,

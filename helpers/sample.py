@@ -199,23 +199,42 @@ def reduced_precision(model: torch.nn.Module, dtype: torch.dtype):
     return network
 
 
-# the most images a network call takes on a CPU: larger calls allocate activations big enough
-# that the C allocator hands them back to the system after every layer, and the page faults that
-# follow cost more time than the arithmetic (python -m helpers bench --images-per-call 8 64
-# --sample-n 64 measures it; the README's Performance section has the numbers)
-CPU_IMAGES_PER_CALL = 8
+# the pixels a network call takes on a CPU, 8 images of 64x64: larger calls allocate activations
+# big enough that the C library's allocator takes them fresh from the system and gives them back
+# after each operation, and the page faults that follow cost more time than the arithmetic
+# (python -m helpers bench --images-per-call 8 64 --sample-n 64 measures it: README, Performance)
+CPU_PIXELS_PER_CALL = 8 * 64 * 64
+
+
+def call_size(device: torch.device, side: int, asked: Optional[int] = None) -> Optional[int]:
+    """The most images of ``side`` x ``side`` pixels one network call takes while sampling: ``asked``,
+    else on a CPU as many as ``CPU_PIXELS_PER_CALL`` holds (at least one), else None (the whole batch)."""
+    if asked is not None:
+        return _positive("--images-per-call", asked)
+    return max(1, CPU_PIXELS_PER_CALL // side ** 2) if torch.device(device).type == "cpu" else None
+
+
+def _positive(words: str, value) -> int:
+    """``value`` if it is a positive whole number, else a one-line error naming ``words``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{words} must be a positive whole number, got {value!r}")
+    return value
 
 
 def in_pieces(network: Callable, most: int) -> Callable:
     """The network ``f(x, t, *condition)`` called on at most ``most`` images at a time, the pieces'
     outputs joined in order. Each image's prediction depends on that image alone (the networks'
     normalisations are per image), so the output is the same up to rounding (a convolution may
-    sum in another order for another batch); what changes is the memory each call touches."""
+    sum in another order for another batch); what changes is the memory each call touches.
+    Each piece's output is copied before the next call, which may reuse its memory (CUDA graphs)."""
 
     def pieced(x: torch.Tensor, t: torch.Tensor, *condition: torch.Tensor) -> torch.Tensor:
         if len(x) <= most:
             return network(x, t, *condition)
-        return torch.cat([network(*parts) for parts in zip(*(a.split(most) for a in (x, t, *condition)))])
+        if any(len(a) != len(x) for a in (t, *condition)):
+            raise ValueError(f"network inputs of {', '.join(str(len(a)) for a in (x, t, *condition))} rows; "
+                             "expected one per image in each")
+        return torch.cat([network(*parts).clone() for parts in zip(*(a.split(most) for a in (x, t, *condition)))])
 
     return pieced
 
@@ -324,17 +343,16 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
                batches: Optional[Iterable[int]] = None, size: Optional[int] = None,
                windows: bool = False, images_per_call: Optional[int] = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The batches of ``generate`` one at a time, as (index of the batch's first image, images):
-    all of them, or only the batch numbers in ``batches`` (a rank's share of a sharded job)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"--n must be a positive whole number, got {n!r}")
+    all of them, or only the batch numbers in ``batches`` (a rank's share of a sharded job), the
+    network called on at most ``images_per_call`` images at a time (see ``generate``)."""
+    _positive("--n", n)
+    _positive("--batch-size", batch_size)
     per_batch = len(sampler.timesteps(schedule))  # also checks the steps against the schedule
     weights = next(model.parameters())
-    device = device or weights.device
-    most = images_per_call if images_per_call is not None else CPU_IMAGES_PER_CALL if device.type == "cpu" else None
-    for words, value in (("--batch-size", batch_size), ("images per call", 1 if most is None else most)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{words} must be a positive whole number, got {value!r}")
+    device = torch.device(device) if device is not None else weights.device
     trained, size = model.config()["size"], canvas_size(model, size)
+    # the network sees the training size with windows (it is called on crops), else the canvas
+    most = call_size(device, trained if windows else size, images_per_call)
     network = model if weights.dtype == torch.float32 else reduced_precision(model, weights.dtype)
     if most is not None:
         network = in_pieces(network, most)
@@ -384,8 +402,9 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
     ``conditions.target_vector``) asks every image for it, guided by ``sampler.guidance``.
     ``size`` draws a larger (or smaller) canvas than the network was trained on (``canvas_size``);
     ``windows`` draws it as overlapping windows of the training size (``windowed``).
-    ``images_per_call`` caps the images of one network call (``in_pieces``; default
-    ``CPU_IMAGES_PER_CALL`` on a CPU, the whole batch elsewhere): it changes the speed, not the images (up to rounding).
+    ``images_per_call`` caps the images of one network call (``in_pieces``; default ``call_size``'s:
+    ``CPU_PIXELS_PER_CALL`` on a CPU, the whole batch elsewhere): it changes the speed, not the
+    images (up to rounding).
     """
     parts = [images for _, images in each_batch(model, schedule, n, sampler, seed=seed, batch_size=batch_size,
                                                  device=device, callback=callback, progress=progress,

@@ -8,7 +8,15 @@ from helpers import bench
 from helpers.__main__ import main
 
 
-def test_bench_quick(tmp_path, capsys):
+def test_bench_quick(tmp_path, capsys, monkeypatch):
+    asked = []
+
+    def generate(*args, **options):  # what sampling asked of the sampler, beside what the row says
+        asked.append(options["images_per_call"])
+        return bench_generate(*args, **options)
+
+    bench_generate = bench.generate
+    monkeypatch.setattr(bench, "generate", generate)
     assert main(["bench", "--quick", "--quiet", "--model", "seed-unet", "--memory-format", "contiguous",
                  "channels_last", "--sample-precision", "fp32", "bf16", "--images-per-call", "2", "--profile",
                  "--json", str(tmp_path / "bench.json")]) == 0
@@ -26,6 +34,7 @@ def test_bench_quick(tmp_path, capsys):
     assert [(row["precision"], row["memory_format"]) for row in sampling] == \
         [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]
     assert all(row["images"] == 4 and row["images_per_call"] == 2 and row["seconds"] > 0 for row in sampling)
+    assert set(asked) == {2}
     out = capsys.readouterr().out
     assert "(a) original" in out and "DDIM-50, eta 1, batch 4 (2 per network call)" in out
 

@@ -18,7 +18,7 @@ def test_rows_per_precision_and_layout_merge_into_the_json(tmp_path):
     assert rows["earlier"] == {"kept": True}
     for key in ("fp32:contiguous", "fp32:channels_last", "bf16:channels_last"):
         row = rows[key]
-        assert row["n"] == 1 and row["sampler"] == "DDIM-2, eta 1"
+        assert row["n"] == 1 and row["images_per_call"] == 1 and row["sampler"] == "DDIM-2, eta 1"
         assert row["ratio"] == row["seconds"]["F.pad"] / row["seconds"]["wrap_pad"] > 0
         assert len(row["runs"]["wrap_pad"]) == len(row["runs"]["F.pad"]) == 1
     assert "| bf16 | channels_last |" in result.stdout

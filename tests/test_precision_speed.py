@@ -24,7 +24,7 @@ def test_the_avx2_cap_takes_bf16_away_from_onednn_and_rows_merge(tmp_path):
     assert capped["env"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     assert capped["aten_capability"] == "AVX2" and capped["onednn_bf16"] is False  # the caps took effect
     for row in native, capped:
-        assert row["n"] == 1 and row["sampler"] == "DDIM-2, eta 1"
+        assert row["n"] == 1 and row["images_per_call"] == 1 and row["sampler"] == "DDIM-2, eta 1"
         assert len(row["runs"]["fp32"]) == len(row["runs"]["bf16"]) == 1
         assert row["ratio"] == row["seconds"]["bf16"] / row["seconds"]["fp32"] > 0
     assert "| avx2 | AVX2 | no |" in result.stdout

@@ -445,7 +445,7 @@ def test_a_network_in_pieces_sees_at_most_that_many_images_and_gives_the_same_ou
 
     def network(x, t, c):
         seen.append(len(x))
-        return 3 * x + t[:, None, None, None] + c[:, :1, None, None]
+        return 3 * x + t[:, None, None, None] + c[:, :1, None, None].nan_to_num(-1.0)  # NaN: the null condition
 
     x, t, c = torch.randn(11, 1, 4, 4), torch.arange(11), torch.randn(11, 2)
     assert torch.equal(sample.in_pieces(network, 4)(x, t, c), network(x, t, c))
@@ -453,6 +453,29 @@ def test_a_network_in_pieces_sees_at_most_that_many_images_and_gives_the_same_ou
     seen.clear()
     sample.in_pieces(network, 16)(x, t, c)
     assert seen == [11]  # a call that fits is passed through whole
+    seen.clear()  # guidance doubles the batch (conditional and null rows) before the pieces
+    c1 = torch.tensor([0.5])
+    together = sample.guided(network, c1, 2.0)(x[:5], t[:5])
+    assert torch.equal(sample.guided(sample.in_pieces(network, 3), c1, 2.0)(x[:5], t[:5]), together)
+    assert seen == [10, 3, 3, 3, 1]
+    with pytest.raises(ValueError, match="network inputs of 11, 7, 11 rows; expected one per image in each"):
+        sample.in_pieces(network, 4)(x, t[:7], c)
+
+
+def test_a_call_holds_8_images_of_64x64_on_a_cpu_and_the_whole_batch_elsewhere():
+    assert [sample.call_size(CPU, side) for side in (32, 64, 128, 256)] == [32, 8, 2, 1]
+    assert sample.call_size("cpu", 64, asked=64) == 64 and sample.call_size(torch.device("cuda"), 64) is None
+    for bad in (0, -1, True, 8.0):
+        with pytest.raises(ValueError, match=f"--images-per-call must be a positive whole number, got {bad!r}"):
+            sample.call_size(CPU, 64, asked=bad)
+
+
+def test_the_shipped_model_gives_the_same_predictions_bit_for_bit_in_pieces():
+    model, _, _ = load_model(DEFAULT_MODEL, CPU)  # fp32, NCHW: what sample draws with by default
+    generator = torch.Generator().manual_seed(0)
+    x, t = torch.randn(16, 1, 64, 64, generator=generator), torch.randint(0, 1000, (16,), generator=generator)
+    with torch.no_grad():
+        assert torch.equal(sample.in_pieces(model, 8)(x, t), model(x, t))
 
 
 def test_sampling_on_the_cpu_calls_the_network_in_pieces_and_draws_the_same_images(weights, monkeypatch):
@@ -460,8 +483,8 @@ def test_sampling_on_the_cpu_calls_the_network_in_pieces_and_draws_the_same_imag
     calls = []
     hook = model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
     whole = sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), seed=2)
-    assert calls == [7] * 3  # 7 images: one call per step
-    monkeypatch.setattr(sample, "CPU_IMAGES_PER_CALL", 3)
+    assert calls == [7] * 3  # 7 images of 64x64: one call per step
+    monkeypatch.setattr(sample, "CPU_PIXELS_PER_CALL", 3 * 64 * 64)
     calls.clear()
     pieces = sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), seed=2)
     # the same images up to rounding (a convolution may sum in another order for another batch)
@@ -470,7 +493,7 @@ def test_sampling_on_the_cpu_calls_the_network_in_pieces_and_draws_the_same_imag
     sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), seed=2, images_per_call=4)
     assert calls == [4, 3] * 3  # asked for: the caller's cap wins
     hook.remove()
-    with pytest.raises(ValueError, match="images per call must be a positive whole number, got 0"):
+    with pytest.raises(ValueError, match="--images-per-call must be a positive whole number, got 0"):
         sample.generate(model, schedule, 7, Sampler("ddim", 3, 1.0), images_per_call=0)
 
 
