@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import operator
 import os
 import warnings
 from dataclasses import dataclass
@@ -281,11 +282,18 @@ def save_png(array: np.ndarray, path: Path) -> None:
         path, format="PNG", optimize=False, compress_level=6)
 
 
-def check_positive(name: str, value: int) -> int:
-    """Reject a count or size that is not a positive whole number, naming it."""
-    if int(value) != value or value <= 0:
-        raise DataError(f"{name} must be a positive whole number, got {value}")
-    return int(value)
+def check_whole(name: str, value, least: int = 1, error: type[Exception] = DataError) -> int:
+    """``value`` as an int if it is a whole number of at least ``least`` (an int or a numpy integer;
+    not a bool, a float or a string), else an ``error`` naming ``name`` in one line. The one rule for
+    counts and sizes (``least`` 1) and seeds (0) across helpers: data, sampling and training."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < least:
+        wanted = "a positive whole number" if least == 1 else f"a whole number of {least} or more"
+        raise error(f"{name} must be {wanted}, got {value!r}")
+    return number
 
 
 def write_failure(exc: BaseException) -> str:
@@ -375,10 +383,9 @@ def make_dataset(kind: str, n: int, size: int, seed: int, out: Path | str, force
     """
     if kind not in KINDS:
         raise DataError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    n = check_positive("--n", n)
-    size = check_positive("--size", size)
-    if int(seed) != seed or seed < 0:
-        raise DataError(f"--seed must be a whole number >= 0, got {seed}")
+    n = check_whole("--n", n)
+    size = check_whole("--size", size)
+    seed = check_whole("--seed", seed, least=0)
     if size < 8:
         raise DataError(f"--size must be at least 8 pixels, got {size}")
     out = prepare_output_dir(Path(out), force)

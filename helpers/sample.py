@@ -46,8 +46,7 @@ class Sampler:
     def __post_init__(self) -> None:
         if self.kind not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.kind!r}; expected one of {', '.join(SAMPLERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"sampler steps must be a positive whole number, got {self.steps!r}")
+        object.__setattr__(self, "steps", data_module.check_whole("sampler steps", self.steps, error=ValueError))
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be a number from 0 to 1, got {self.eta!r}")
         if not isinstance(self.clip, bool):
@@ -210,15 +209,8 @@ def call_size(device: torch.device, side: int, asked: Optional[int] = None) -> O
     """The most images of ``side`` x ``side`` pixels one network call takes while sampling: ``asked``,
     else on a CPU as many as ``CPU_PIXELS_PER_CALL`` holds (at least one), else None (the whole batch)."""
     if asked is not None:
-        return _positive("--images-per-call", asked)
+        return data_module.check_whole("--images-per-call", asked, error=ValueError)
     return max(1, CPU_PIXELS_PER_CALL // side ** 2) if torch.device(device).type == "cpu" else None
-
-
-def _positive(words: str, value) -> int:
-    """``value`` if it is a positive whole number, else a one-line error naming ``words``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{words} must be a positive whole number, got {value!r}")
-    return value
 
 
 def in_pieces(network: Callable, most: int) -> Callable:
@@ -345,8 +337,8 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
     """The batches of ``generate`` one at a time, as (index of the batch's first image, images):
     all of them, or only the batch numbers in ``batches`` (a rank's share of a sharded job), the
     network called on at most ``images_per_call`` images at a time (see ``generate``)."""
-    _positive("--n", n)
-    _positive("--batch-size", batch_size)
+    n = data_module.check_whole("--n", n, error=ValueError)
+    batch_size = data_module.check_whole("--batch-size", batch_size, error=ValueError)
     per_batch = len(sampler.timesteps(schedule))  # also checks the steps against the schedule
     weights = next(model.parameters())
     device = torch.device(device) if device is not None else weights.device

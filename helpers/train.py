@@ -107,13 +107,11 @@ class TrainConfig:
         if isinstance(self.compile, bool):
             self.compile = "default" if self.compile else "none"
         for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TrainingError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+            setattr(self, name, data_module.check_whole(f"--{name.replace('_', '-')}", getattr(self, name),
+                                                        error=TrainingError))
         if not self.lr > 0:
             raise TrainingError(f"--lr must be a number above 0, got {self.lr!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise TrainingError(f"--seed must be a whole number of 0 or more, got {self.seed!r}")
+        self.seed = data_module.check_whole("--seed", self.seed, least=0, error=TrainingError)
         if not isinstance(self.bar_every, int) or self.bar_every < 0:
             raise TrainingError(f"--bar-every must be 0 (never) or a number of steps, got {self.bar_every!r}")
         if not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 0:

@@ -1,5 +1,6 @@
 """helpers.data: generators, shipped datasets, dataset folders and the loader."""
 import csv
+import re
 import warnings
 
 import numpy as np
@@ -174,8 +175,24 @@ def test_bad_counts_and_sizes_are_refused(tmp_path, n, size, message):
 
 
 def test_negative_seed_is_refused(tmp_path):
-    with pytest.raises(data.DataError, match="--seed must be a whole number >= 0, got -1"):
+    with pytest.raises(data.DataError, match="--seed must be a whole number of 0 or more, got -1"):
         data.make_dataset("voronoi-gb", n=1, size=16, seed=-1, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("bad", [0, -2, True, 8.0, "8", None])
+def test_whole_number_check_refuses_what_is_not_a_positive_whole_number(bad):
+    with pytest.raises(data.DataError, match=f"^--n must be a positive whole number, got {re.escape(repr(bad))}$"):
+        data.check_whole("--n", bad)
+
+
+def test_whole_number_check_takes_numpy_integers_and_a_lower_bound():
+    number = data.check_whole("--n", np.int64(3))
+    assert number == 3 and type(number) is int
+    assert data.check_whole("--seed", 0, least=0) == 0
+    with pytest.raises(ValueError, match="^--seed must be a whole number of 0 or more, got -1$") as caught:
+        data.check_whole("--seed", -1, least=0, error=ValueError)
+    assert type(caught.value) is ValueError
 
 
 def test_cli_exits_non_zero_with_a_one_line_reason(tmp_path, capsys):

@@ -59,7 +59,9 @@ def test_bad_numbers_are_refused_in_one_line_naming_the_flag(tmp_path, capsys, a
     ({"steps": 0}, "--steps must be a positive whole number, got 0"),
     ({"batch_size": -1}, "--batch-size must be a positive whole number, got -1"),
     ({"lr": 0.0}, "--lr must be a number above 0, got 0.0"),
-    ({"seed": -3}, "--seed must be a whole number of 0 or more, got -3")])
+    ({"seed": -3}, "--seed must be a whole number of 0 or more, got -3"),
+    ({"seed": True}, "--seed must be a whole number of 0 or more, got True"),
+    ({"steps": 2.0}, "--steps must be a positive whole number, got 2.0")])
 def test_the_training_config_itself_refuses_bad_numbers(setting, message):
     with pytest.raises(train.TrainingError, match=message):
         train.profile_config("smoke", **setting)
