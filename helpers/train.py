@@ -602,6 +602,7 @@ class Run:
         return {"format": FORMAT, "version": FORMAT_VERSION, "kind": "training",
                 "model_config": model_config(self.cfg, self.trainer.size),
                 "schedule": self.trainer.schedule.config(), "train_config": asdict(self.cfg),
+                "sampler": self.cfg.sampler().stored(),  # what `sample` draws a checkpoint with by default
                 "step": self.step, "seconds": self.seconds(), "check_seconds": self.check_seconds,
                 "world_size": self.world.size,
                 **self.trainer.state_dict(), "loss_window": [float(v) for v in self.window],

@@ -51,7 +51,11 @@ def test_sample_command_writes_pngs_and_a_gif(weights, tmp_path, capsys):
 
 def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights, tmp_path, capsys):
     checkpoint = load_checkpoint(weights.parent / "checkpoint.pt")
-    assert sample.recommended_sampler(checkpoint) == Sampler("ddim", 50, 0.0)
+    # a training checkpoint recommends the sampler its run judged samples with (smoke: DDIM-5, eta 0)
+    assert sample.recommended_sampler(checkpoint) == train.profile_config("smoke").sampler() == Sampler("ddim", 5)
+    older = {k: v for k, v in checkpoint.items() if k != "sampler"}  # written before checkpoints kept it
+    assert sample.recommended_sampler(older) == sample.DEFAULT_SAMPLER == Sampler("ddim", 50, 0.0)
+    assert sample.recommended_sampler(load_checkpoint(weights)) == sample.DEFAULT_SAMPLER  # exported without one
     stored = export_weights(checkpoint, tmp_path / "stochastic.pt",
                                   sampler=Sampler("ddim", 3, 1))
     assert sample.recommended_sampler(load_checkpoint(stored)) == Sampler("ddim", 3, 1.0)
