@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import conditions, control, data, metrics, sample, train
+from helpers import ROOT, conditions, control, data, metrics, sample, train
 from helpers.__main__ import main
 from helpers.checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
 from helpers.sample import Sampler
@@ -446,3 +446,20 @@ def test_the_shipped_conditional_model_takes_a_grain_count_and_recommends_its_gu
     images = sample.generate(model, schedule, 2, sampler.replace(steps=3), condition=conditions.target_vector(
         payload["condition"], {"grains": 30.0}))
     assert images.shape == (2, 1, 64, 64) and torch.isfinite(images).all()
+
+
+def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():
+    """Section 6's prose gives the card's 8 x 64 sweep (control_8x64.json); a re-measured sweep must
+    change the lesson too."""
+    import nbformat
+
+    sweep = json.loads((data.DATA_ROOT / "pretrained_conditional" / "control_8x64.json").read_text())["reports"]
+    lesson = nbformat.read(ROOT / "notebooks" / "07_conditioning.ipynb", as_version=4)
+    prose = next(c.source for c in lesson.cells if c.source.startswith("What to expect"))
+    assert [r["sampler"] for r in sweep] == ["DDIM-50, eta 1"] + [f"DDIM-50, eta 1, guidance {w}" for w in (1, 2, 4)]
+    inside = [max(v for ratio, t in zip(r["ratios"], r["targets"]) if t < 86 for v in ratio.values()) for r in sweep]
+    quoted = ([f"{r['mae']:.2f}" for r in sweep[:2]] + [f"{r['r2']:.3f}" for r in sweep]
+              + [f"{v:.2f}" for v in inside] + [f"{r['worst_ratio']:.1f}" for r in sweep]
+              + [f"{r['dangling_ends']:.2f}" for r in sweep]
+              + [f"{r['achieved_mean'][0]:.1f}" for r in sweep] + [f"{sweep[0]['achieved_mean'][-1]:.1f}"])
+    assert [q for q in quoted if q not in prose] == []
