@@ -1,6 +1,8 @@
 """Every lesson notebook: its structure, and that it runs top to bottom on smoke settings."""
 import ast
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +23,25 @@ ids = [p.stem for p in NOTEBOOKS]
 
 def test_there_are_lessons():
     assert NOTEBOOKS and NOTEBOOKS[0].name == "01_data_exploration.ipynb"
+
+
+def test_a_test_run_removes_the_pictures_it_wrote_and_keeps_a_folder_the_user_named(tmp_path):
+    """The suite's lessons write their pictures to a temp folder (conftest.py); it goes when the run
+    ends, while MDDPM_OUTPUTS set by the user is left as it was."""
+    env = {k: v for k, v in os.environ.items() if k != "MDDPM_OUTPUTS"} | {"TMPDIR": str(tmp_path)}
+
+    def pytest_run(environment: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+                               "tests/test_structure.py::test_every_module_has_a_layer"], cwd=ROOT, env=environment,
+                              capture_output=True, text=True, timeout=120)  # conftest.py alone: 2 s
+
+    assert pytest_run(env).returncode == 0
+    assert list(tmp_path.glob("mddpm-test-outputs-*")) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "kept.png").write_bytes(b"a picture of the user's")
+    assert pytest_run(env | {"MDDPM_OUTPUTS": str(mine)}).returncode == 0
+    assert (mine / "kept.png").read_bytes() == b"a picture of the user's"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
