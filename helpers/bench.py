@@ -239,8 +239,8 @@ def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.devic
                                                      lambda net: sample(net, min(batch_size, n), 3))
     sample(network, min(batch_size, n), 2)  # warm-up: cuDNN's algorithm search, allocations
     seconds = median_seconds(lambda: sample(network, n, steps), device, 0, repeats)
-    per_call = call_size(device, model.config()["size"], images_per_call) or batch_size
-    row = {"images": n, "batch_size": batch_size, "images_per_call": min(per_call, batch_size, n),
+    row = {"images": n, "batch_size": batch_size,
+           "images_per_call": call_size(device, model.config()["size"], images_per_call, batch=min(batch_size, n)),
            "sampler": Sampler("ddim", steps, eta).describe(),
            "precision": resolve_precision(precision, device),
            "memory_format": memory_format_name, "compile": mode, "compile_seconds": compile_seconds, "seconds": seconds,

@@ -205,12 +205,14 @@ def reduced_precision(model: torch.nn.Module, dtype: torch.dtype):
 CPU_PIXELS_PER_CALL = 8 * 64 * 64
 
 
-def call_size(device: torch.device, side: int, asked: Optional[int] = None) -> Optional[int]:
+def call_size(device: torch.device, side: int, asked: Optional[int] = None,
+              batch: Optional[int] = None) -> Optional[int]:
     """The most images of ``side`` x ``side`` pixels one network call takes while sampling: ``asked``,
-    else on a CPU as many as ``CPU_PIXELS_PER_CALL`` holds (at least one), else None (the whole batch)."""
-    if asked is not None:
-        return data_module.check_whole("--images-per-call", asked, error=ValueError)
-    return max(1, CPU_PIXELS_PER_CALL // side ** 2) if torch.device(device).type == "cpu" else None
+    else on a CPU as many as ``CPU_PIXELS_PER_CALL`` holds (at least one), else None (the whole batch).
+    Given the ``batch``, the images a call of that batch really takes (what benchmarks record)."""
+    most = (data_module.check_whole("--images-per-call", asked, error=ValueError) if asked is not None
+            else max(1, CPU_PIXELS_PER_CALL // side ** 2) if torch.device(device).type == "cpu" else None)
+    return most if batch is None else min(most or batch, batch)
 
 
 def in_pieces(network: Callable, most: int) -> Callable:

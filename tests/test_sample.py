@@ -469,6 +469,9 @@ def test_a_network_in_pieces_sees_at_most_that_many_images_and_gives_the_same_ou
 def test_a_call_holds_8_images_of_64x64_on_a_cpu_and_the_whole_batch_elsewhere():
     assert [sample.call_size(CPU, side) for side in (32, 64, 128, 256)] == [32, 8, 2, 1]
     assert sample.call_size("cpu", 64, asked=64) == 64 and sample.call_size(torch.device("cuda"), 64) is None
+    # what a call of a given batch really takes: never more than the batch
+    assert [sample.call_size(CPU, 64, batch=b) for b in (3, 8, 16)] == [3, 8, 8]
+    assert sample.call_size("cpu", 64, asked=32, batch=16) == 16 and sample.call_size("cuda", 64, batch=128) == 128
     for bad in (0, -1, True, 8.0):
         with pytest.raises(ValueError, match=f"--images-per-call must be a positive whole number, got {bad!r}"):
             sample.call_size(CPU, 64, asked=bad)

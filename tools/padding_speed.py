@@ -65,7 +65,7 @@ def main() -> None:
         times, medians = alternated_seconds({name: lambda name=name: draw(name)[1] for name in PADDINGS},
                                             args.repeats)
         row = {"precision": precision, "layout": layout, "sampler": args.sampler.describe(), "n": args.n,
-               "images_per_call": min(args.n, sample.call_size(cpu, model.config()["size"])),
+               "images_per_call": sample.call_size(cpu, model.config()["size"], batch=args.n),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": medians,
                "runs": times, "ratio": medians["F.pad"] / medians["wrap_pad"]}
         rows[f"{precision}:{layout}"] = row

@@ -72,7 +72,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {"isa": args.child, "env": CAPS[args.child], "aten_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_bf16": bool(mkldnn_bf16()) if mkldnn_bf16 else None,
             "sampler": args.sampler.describe(), "n": args.n,
-            "images_per_call": min(args.n, sample.call_size(cpu, model.config()["size"])),
+            "images_per_call": sample.call_size(cpu, model.config()["size"], batch=args.n),
             "model_step": payload["step"], "threads": torch.get_num_threads(), "torch": torch.__version__,
             "seconds": medians, "runs": times, "ratio": medians["bf16"] / medians["fp32"]}
 
