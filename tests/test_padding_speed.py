@@ -5,8 +5,8 @@ import sys
 
 from helpers import ROOT
 
-TOOL = [sys.executable, str(ROOT / "tools" / "padding_speed.py"), "--n", "1", "--sampler", "ddim:2:1",
-        "--repeats", "1"]
+TOOL = [sys.executable, str(ROOT / "tools" / "padding_speed.py"), "--n", "2", "--sampler", "ddim:2:1",
+        "--repeats", "1", "--images-per-call", "1"]  # 1 of 2: not what the CPU's default would record
 
 
 def test_rows_per_precision_and_layout_merge_into_the_json(tmp_path):
@@ -18,7 +18,13 @@ def test_rows_per_precision_and_layout_merge_into_the_json(tmp_path):
     assert rows["earlier"] == {"kept": True}
     for key in ("fp32:contiguous", "fp32:channels_last", "bf16:channels_last"):
         row = rows[key]
-        assert row["n"] == 1 and row["images_per_call"] == 1 and row["sampler"] == "DDIM-2, eta 1"
+        assert row["n"] == 2 and row["images_per_call"] == 1 and row["sampler"] == "DDIM-2, eta 1"
         assert row["ratio"] == row["seconds"]["F.pad"] / row["seconds"]["wrap_pad"] > 0
         assert len(row["runs"]["wrap_pad"]) == len(row["runs"]["F.pad"]) == 1
     assert "| bf16 | channels_last |" in result.stdout
+
+
+def test_a_call_size_below_one_is_refused_in_one_line():
+    result = subprocess.run(TOOL + ["--images-per-call", "0"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().endswith(
+        "--images-per-call 0: expected a positive whole number")

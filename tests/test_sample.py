@@ -180,6 +180,7 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
     assert run("--store-fast") == 0
     assert load_checkpoint(model)["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["samples"] == 200
+    assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["images_per_call"] == 8  # the CPU's calls, 64x64
     assert "it met the fidelity bar on this model in 1 set of 200 samples: fp32 seed 0" in capsys.readouterr().out
     assert run("--store-fast", "--seed", "1", "--precision", "bf16") == 0  # every row of the sampler that met the bar
     assert [(row["precision"], row["seed"]) for row in load_checkpoint(model)["fast_sampler_measured"]] == [

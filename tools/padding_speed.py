@@ -41,8 +41,12 @@ def main() -> None:
     parser.add_argument("--sampler", type=parse_sampler, default=parse_sampler("dpm++2m:30:1"))
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images-per-call", type=int, metavar="N",
+                        help="the most images one network call takes (default: sample.call_size's, 8 of 64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
+    if args.images_per_call is not None and args.images_per_call < 1:
+        parser.error(f"--images-per-call {args.images_per_call}: expected a positive whole number")
     cpu = torch.device("cpu")
     model, schedule, payload = load_model(args.model, cpu)
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
@@ -56,7 +60,8 @@ def main() -> None:
             """The images and the seconds they took (switching the padding is not timed)."""
             with padding(PADDINGS[name]):
                 start = time.perf_counter()
-                images = sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu)
+                images = sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu,
+                                         images_per_call=args.images_per_call)
                 return images, time.perf_counter() - start
 
         images = {name: draw(name)[0] for name in PADDINGS}  # the warm-up, and the check
@@ -65,7 +70,7 @@ def main() -> None:
         times, medians = alternated_seconds({name: lambda name=name: draw(name)[1] for name in PADDINGS},
                                             args.repeats)
         row = {"precision": precision, "layout": layout, "sampler": args.sampler.describe(), "n": args.n,
-               "images_per_call": sample.call_size(cpu, model.config()["size"], batch=args.n),
+               "images_per_call": sample.call_size(cpu, model.config()["size"], args.images_per_call, batch=args.n),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": medians,
                "runs": times, "ratio": medians["F.pad"] / medians["wrap_pad"]}
         rows[f"{precision}:{layout}"] = row

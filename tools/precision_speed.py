@@ -63,7 +63,8 @@ def measure(args: argparse.Namespace) -> dict:
 
     def draw(network: torch.nn.Module) -> float:
         start = time.perf_counter()
-        sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu)
+        sample.generate(network, schedule, args.n, args.sampler, seed=0, device=cpu,
+                        images_per_call=args.images_per_call)
         return time.perf_counter() - start
 
     times, medians = alternated_seconds({precision: lambda network=network: draw(network)
@@ -72,7 +73,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {"isa": args.child, "env": CAPS[args.child], "aten_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_bf16": bool(mkldnn_bf16()) if mkldnn_bf16 else None,
             "sampler": args.sampler.describe(), "n": args.n,
-            "images_per_call": sample.call_size(cpu, model.config()["size"], batch=args.n),
+            "images_per_call": sample.call_size(cpu, model.config()["size"], args.images_per_call, batch=args.n),
             "model_step": payload["step"], "threads": torch.get_num_threads(), "torch": torch.__version__,
             "seconds": medians, "runs": times, "ratio": medians["bf16"] / medians["fp32"]}
 
@@ -84,17 +85,22 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--isa", nargs="+", choices=CAPS, default=list(CAPS))
+    parser.add_argument("--images-per-call", type=int, metavar="N",
+                        help="the most images one network call takes (default: sample.call_size's, 8 of 64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
     parser.add_argument("--json", type=Path, help="rows are merged into this file, one per instruction set, sampler and --n")
     parser.add_argument("--child", choices=CAPS, help=argparse.SUPPRESS)  # one row, printed as JSON
     args = parser.parse_args()
-    if args.n < 1 or args.repeats < 1:
-        parser.error(f"--n {args.n} --repeats {args.repeats}: expected positive whole numbers")
+    if args.n < 1 or args.repeats < 1 or (args.images_per_call is not None and args.images_per_call < 1):
+        parser.error(f"--n {args.n} --repeats {args.repeats} --images-per-call {args.images_per_call}: "
+                     "expected positive whole numbers")
     if args.child:
         print(json.dumps(measure(args)))
         return
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     common = ["--model", str(args.model), "--n", str(args.n), "--repeats", str(args.repeats),
               "--sampler", spec(args.sampler)]
+    if args.images_per_call is not None:
+        common += ["--images-per-call", str(args.images_per_call)]
     print(f"{args.model}, {args.n} images, {args.sampler.describe()}, torch {torch.__version__}")
     print("| instruction set | ATen | oneDNN bf16 | fp32 (s) | bf16 (s) | bf16 / fp32 |\n|---|---|---|---|---|---|")
     for isa in args.isa:

@@ -86,7 +86,8 @@ def main() -> int:
             start = time.perf_counter()
             images = sample.generate(model, schedule, args.n, settings, seed=args.seed, device=cpu)
             row.update(measure(images, reference), samples=args.n, seed=args.seed,
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start,
+                       images_per_call=sample.call_size(cpu, model.config()["size"], batch=args.n))
         if args.timing or args.timing_only:
             row["seconds_16"] = median_seconds(model, schedule, settings)
             row["threads"] = torch.get_num_threads()
