@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images-per-call", type=int, metavar="N",
-                        help="the most images one network call takes (default: sample.call_size's, 8 of 64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
+                        help="the most images one network call takes (default: sample.call_size's, 8 of "
+                             "64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
     if args.images_per_call is not None and args.images_per_call < 1:

@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--isa", nargs="+", choices=CAPS, default=list(CAPS))
     parser.add_argument("--images-per-call", type=int, metavar="N",
-                        help="the most images one network call takes (default: sample.call_size's, 8 of 64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
+                        help="the most images one network call takes (default: sample.call_size's, 8 of "
+                             "64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
     parser.add_argument("--json", type=Path, help="rows are merged into this file, one per instruction set, sampler and --n")
     parser.add_argument("--child", choices=CAPS, help=argparse.SUPPRESS)  # one row, printed as JSON
     args = parser.parse_args()
