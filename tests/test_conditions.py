@@ -3,6 +3,7 @@ condition, classifier-free guidance, the commands, and the controllability repor
 import inspect
 import json
 
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -451,8 +452,6 @@ def test_the_shipped_conditional_model_takes_a_grain_count_and_recommends_its_gu
 def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():
     """Section 6's prose gives the card's 8 x 64 sweep (control_8x64.json); a re-measured sweep must
     change the lesson too."""
-    import nbformat
-
     sweep = json.loads((data.DATA_ROOT / "pretrained_conditional" / "control_8x64.json").read_text())["reports"]
     lesson = nbformat.read(ROOT / "notebooks" / "07_conditioning.ipynb", as_version=4)
     prose = next(c.source for c in lesson.cells if c.source.startswith("What to expect"))
