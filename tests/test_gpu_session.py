@@ -63,6 +63,8 @@ def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_pa
                           capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "session.json").read_text())
+    assert report["arguments"] == ["--out", str(out), "--smoke", "--phases", "env", "train", "samples",
+                                   "--deadline", "600"]  # which call made the report
     assert list(report["phases"]) == ["env", "train", "samples"]
     assert all(phase["status"] == "done" for phase in report["phases"].values()), report["phases"]
     assert report["phases"]["env"]["device"].startswith("cpu")

@@ -114,9 +114,10 @@ def plan_training(rows: list[dict], batch: int, seconds_left: float, *, compile_
 class Session:
     """The clock, the report and the log of one session."""
 
-    def __init__(self, out: Path, deadline: float):
+    def __init__(self, out: Path, deadline: float, arguments: list[str]):
         self.out, self.deadline, self.start = out, deadline, time.perf_counter()
-        self.report: dict = {"deadline_s": deadline, "phases": {}}
+        # the arguments, so that the report says which call made it (earlier reports did not)
+        self.report: dict = {"arguments": arguments, "deadline_s": deadline, "phases": {}}
         out.mkdir(parents=True, exist_ok=True)
 
     def elapsed(self) -> float:
@@ -207,7 +208,7 @@ def main() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
     device = pick_device()
-    s = Session(args.out, args.deadline)
+    s = Session(args.out, args.deadline, sys.argv[1:])
     smoke = args.smoke
     batches = (8,) if smoke else tuple(args.batches)
     base_batch = batches[0]
