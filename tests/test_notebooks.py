@@ -80,6 +80,17 @@ def test_notebook_is_in_sync_with_the_repository_address(path):
     assert nbformat.writes(synced_notebook(path)) + "\n" == path.read_text(encoding="utf-8")
 
 
+def test_the_readme_gives_the_sum_of_the_lessons_run_times():
+    """The lessons' CPU times add up to what the README says the series takes."""
+    def seconds(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+) (s|min)", text).groups()
+        return float(value) * (60 if unit == "min" else 1)
+
+    total = sum(seconds(notebook_run_time(path)[0]) for path in NOTEBOOKS) / 60
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"the lessons' times add up to {total:.1f} min" in readme
+
+
 def test_readme_lists_every_notebook_with_its_badge():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert synced_readme(readme) == readme, "run python tools/sync_notebooks.py"
