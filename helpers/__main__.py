@@ -16,7 +16,7 @@ from . import distributed, metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
 from .conditions import ConditionError, check_range, parse_targets, target_vector
-from .control import (DrawnSamples, check_target, default_targets, format_control, guidance_sweep, measure,
+from .control import (DrawnSamples, Keeping, check_target, default_targets, format_control, guidance_sweep, measure,
                       measured_condition)
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
                    read_images, write_failure)
@@ -25,9 +25,10 @@ from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, each_batch, fast_sampler,
-                     fast_sampler_evidence, generate, recommended_sampler, reverse_process_gif, write_batch,
-                     write_manifest, write_pngs)
+from .keep import Tally, Wanted, kept_batches, parse_within
+from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, each_batch, endless_batches,
+                     fast_sampler, fast_sampler_evidence, generate, recommended_sampler, reverse_process_gif,
+                     write_batch, write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
                     profile_config, train)
 from .unet import MODELS
@@ -158,8 +159,8 @@ def _train_config(args: argparse.Namespace, device: torch.device) -> tuple[Train
 def _sample(args: argparse.Namespace) -> None:
     world, device = distributed.join()  # alone, or one rank of a torchrun job sharing the images
     with distributed.together():  # what can fail: refused on every rank, said once
-        model, schedule, payload, sampler, condition = _sampling_setup(args, device, world)
-    start = time.perf_counter()
+        model, schedule, payload, sampler, condition, wanted = _sampling_setup(args, device, world)
+    start, tally = time.perf_counter(), None
     if args.gif:  # the GIF follows the first (up to 16) images; the rest are drawn after
         first = min(args.n, 16)
         canvas = dict(condition=condition, size=args.size, windows=args.windows)
@@ -169,16 +170,19 @@ def _sample(args: argparse.Namespace) -> None:
         rest = generate(model, schedule, args.n - first, sampler, seed=args.seed + 1, batch_size=args.batch_size,
                         device=device, progress=not args.quiet, **canvas) if args.n > first else head[:0]
         write_pngs(torch.cat([head, rest]), Path(args.out), force=True)  # checked before sampling (the GIF may be in it)
+    elif wanted:
+        tally = _write_kept(model, schedule, sampler, args, device, condition, wanted)
     else:
         _write_samples(model, schedule, sampler, args, device, condition, world)
     seconds = time.perf_counter() - start
     asked = f", {' '.join(args.condition)}" if args.condition else ""
     asked += f", {args.size}x{args.size}{' in windows' if args.windows else ''}" if args.size else ""
     shared = f", {world.size} processes" if world.size > 1 else ""
+    kept = f"; kept {tally.kept} of {tally.drawn} drawn ({tally.fraction():.0%}): {wanted.describe()}" if tally else ""
     if world.main:
         print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, "
               f"{resolve_precision(args.precision, device)} weights, "
-              f"{seconds:.1f} s on {device}{shared}, model from step {payload['step']})")
+              f"{seconds:.1f} s on {device}{shared}, model from step {payload['step']}){kept}")
 
 
 def _write_samples(model, schedule, sampler, args: argparse.Namespace, device: torch.device,
@@ -208,6 +212,34 @@ def _write_samples(model, schedule, sampler, args: argparse.Namespace, device: t
         raise DataError(f"{exc.filename or out}: could not be written ({write_failure(exc)})") from None
     if world.main:
         write_manifest(out, args.n)
+
+
+def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torch.device,
+                condition: torch.Tensor | None, wanted: Wanted) -> Tally:
+    """Draw batches of ``min(--batch-size, --n)`` (numbered as ``generate`` numbers them, so seeded
+    alike) and write the images ``wanted`` keeps as they come, until ``--n`` are kept; refused, with
+    what was kept written, if ``--max-draws`` images were drawn first."""
+    out, tally = Path(args.out), Tally()
+    stream = endless_batches(model, schedule, min(args.batch_size, args.n), sampler, seed=args.seed, device=device,
+                             condition=condition, size=args.size, windows=args.windows, progress=not args.quiet)
+
+    def batches():
+        for images in stream:
+            yield images
+            if not args.quiet:  # the next batch is wanted: say where the draw stands
+                print(f"kept {tally.kept} of {args.n} asked for, {tally.drawn} drawn", file=sys.stderr)
+
+    try:
+        for first, images in kept_batches(batches(), args.n, wanted, args.max_draws, tally):
+            write_batch(images, out, first, args.n)
+    except OSError as exc:
+        raise DataError(f"{exc.filename or out}: could not be written ({write_failure(exc)})") from None
+    write_manifest(out, args.n, written=tally.kept)
+    if tally.kept < args.n:
+        raise DataError(f"{out}: {tally.kept} of the {args.n} images asked for were kept ({wanted.describe()}) "
+                        f"in {tally.drawn} drawn, the most --max-draws allows, and written there; "
+                        f"{'widen --within or ' if wanted.within else ''}raise --max-draws")
+    return tally
 
 
 def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World) -> tuple:
@@ -243,21 +275,42 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
     except ValueError as exc:
         raise DataError(f"--sampler/--steps/--eta/--guidance: {exc}") from None
-    stats, condition = payload.get("condition"), None
+    stats, condition, targets = payload.get("condition"), None, {}
     if args.condition:
-        condition = target_vector(stats, parse_targets(stats, args.condition, str(args.checkpoint)))
+        targets = parse_targets(stats, args.condition, str(args.checkpoint))
+        condition = target_vector(stats, targets)
         check_guidance(payload, sampler.guidance, str(args.checkpoint))
     elif args.guidance:
         raise DataError(f"--guidance {args.guidance:g} needs a --condition to guide towards")
     elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
         sampler = sampler.replace(guidance=0.0)
+    wanted = _wanted(args, targets, trained, side, world)
     if world.main:
         prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
         if args.fast:
             changed = f"; drawing {sampler.describe()} instead, as the flags ask" if sampler != recommended else ""
             print(f"the model's fast sampler, {recommended.describe()}, "
                   f"{vetted or 'was stored without a record of what vetted it'}{changed}")
-    return model, schedule, payload, sampler, condition
+    return model, schedule, payload, sampler, condition, wanted
+
+
+def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, side: int, world: World) -> Wanted:
+    """What --closed and --within ask of every image kept, checked against the rest of the command."""
+    wanted = Wanted(closed=args.closed, within=parse_within(args.within or [], targets))
+    if not wanted:
+        if args.max_draws is not None:
+            raise DataError("--max-draws limits the images drawn for --closed or --within; give one of them")
+        return wanted
+    if args.gif:
+        raise DataError("--closed and --within cannot be followed in a GIF of the first images drawn; drop --gif")
+    if world.size > 1:
+        raise DataError("--closed and --within keep the images one process draws, in order; sample with "
+                        "python -m helpers, not torchrun")
+    if wanted.within and side != trained:
+        raise DataError(f"--within measures images of the {trained}x{trained} the model was trained on; a "
+                        f"{side}x{side} canvas holds more grains than the condition asks of each window; drop --size")
+    args.max_draws = args.max_draws or 20 * args.n
+    return wanted
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -294,7 +347,8 @@ def _bench(args: argparse.Namespace) -> None:
     _write_json(args.json, report)
 
 
-CONTROL_SAMPLING = ("vary", "targets", "n", "guidance", "sampler", "steps", "eta", "spacing", "precision", "seed")
+CONTROL_SAMPLING = ("vary", "targets", "n", "guidance", "sampler", "steps", "eta", "spacing", "precision", "seed",
+                    "within", "closed", "max_draws")
 
 
 def _control(args: argparse.Namespace) -> None:
@@ -319,9 +373,14 @@ def _control(args: argparse.Namespace) -> None:
         raise DataError(f"--sampler/--steps/--eta: {exc}") from None
     for w in args.guidance:
         check_guidance(payload, w, str(args.checkpoint))
+    keeping = None
+    if args.within is not None or args.closed:
+        keeping = Keeping(args.within, bool(args.closed), args.max_draws)
+    elif args.max_draws is not None:
+        raise DataError("--max-draws limits the samples drawn for --closed or --within; give one of them")
     start = time.perf_counter()
     reports = guidance_sweep(model, schedule, stats, targets, args.n, sampler, scales=args.guidance,
-                             name=name, seed=args.seed, device=device, splits=args.splits)
+                             name=name, seed=args.seed, device=device, splits=args.splits, keeping=keeping)
     print(format_control(reports))
     print(f"({len(targets)} targets x {args.n} samples x {len(reports)} guidance scales in "
           f"{time.perf_counter() - start:.0f} s on {device})")
@@ -331,7 +390,7 @@ def _control(args: argparse.Namespace) -> None:
 def _control_measured(args: argparse.Namespace) -> None:
     """control --measure: samples drawn elsewhere (tools/gpu_session.py) measured here, against the
     same real images at the targets as a run of control that drew them itself."""
-    given = [f"--{option}" for option in CONTROL_SAMPLING if getattr(args, option) is not None]
+    given = [f"--{option.replace('_', '-')}" for option in CONTROL_SAMPLING if getattr(args, option) is not None]
     if given:
         raise DataError(f"--measure {args.measure}: the targets, samples and samplers come from the file; "
                         f"expected no {', '.join(given)}")
@@ -502,6 +561,15 @@ def _add_sample(commands) -> None:
                         "descriptors to ask for, e.g. grains=30 (inside the range it was trained on)")
     sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
                         "scale w >= 0 (0: the conditional model alone); default: the model's")
+    sample.add_argument("--closed", action="store_true", help="keep only images whose boundary network is "
+                        "closed (no dangling ends, measured as evaluate measures them), drawing more until --n are "
+                        "kept")
+    sample.add_argument("--within", nargs="+", metavar="NAME=TOLERANCE", help="with --condition: keep only images "
+                        "whose measured NAME lies within TOLERANCE of its target (e.g. grains=1), drawing more until "
+                        "--n are kept")
+    sample.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --closed or --within: draw at "
+                        "most N images in all (default 20 x --n); if fewer than --n pass, those are written and "
+                        "the command fails")
     sample.add_argument("--seed", type=_non_negative_int, default=0)
     sample.add_argument("--batch-size", type=_positive_int, help="images per batch (default: 256 at the "
                         "training size, fewer on a larger canvas: the same pixels per batch)")
@@ -596,6 +664,13 @@ def _add_control(commands) -> None:
     control.add_argument("--spacing", choices=SPACINGS, help="uniform or quadratic timesteps (default: the model's)")
     control.add_argument("--precision", choices=SAMPLING_PRECISIONS, help="default: fp32")
     control.add_argument("--seed", type=_non_negative_int, help="default: 0")
+    control.add_argument("--within", type=_non_negative_float, metavar="TOLERANCE", help="judge only samples whose "
+                         "measured descriptor lies within TOLERANCE of the target (as sample --within keeps them), "
+                         "drawing more until --n are kept")
+    control.add_argument("--closed", action="store_true", default=None, help="judge only samples with a closed "
+                         "boundary network (as sample --closed keeps them), drawing more until --n are kept")
+    control.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --within or --closed: samples "
+                         "drawn at most per target (default 20 x --n)")
     control.add_argument("--splits", type=_positive_int, default=20, help="random splits for each noise floor")
     control.add_argument("--measure", type=Path, metavar="FILE", help="measure the samples in FILE instead of "
                          "drawing them (the control.npz of tools/gpu_session.py, drawn on a GPU by --checkpoint)")

@@ -38,7 +38,8 @@ import torch
 from . import data as data_module
 from . import metrics
 from .conditions import ConditionError, target_vector
-from .sample import Sampler, derived_seed, generate
+from .keep import Tally, Wanted, kept_batches
+from .sample import Sampler, derived_seed, endless_batches, generate
 
 REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
 MATCHED_SEED = 1001  # nor these: the real images matched to samples, apart from those at the targets
@@ -103,16 +104,6 @@ def real_image(seed: int, index: int, size: int = 64) -> np.ndarray:
     return data_module.make_voronoi_gb_range(seed, index, size).image >= 128
 
 
-# the descriptors a condition can be, each measured on its own (what ``metrics.describe`` calls)
-_MEASURES = {"grains": metrics.grain_count, "boundary_fraction": metrics.boundary_fraction,
-             "lineal_intercept": metrics.mean_lineal_intercept}
-
-
-def _measure(name: str):
-    """The function measuring descriptor ``name`` of one boundary mask."""
-    return _MEASURES.get(name) or (lambda mask: metrics.describe(mask)[name])
-
-
 def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int = 64, seed: int = REAL_SEED,
               max_draws: int = 200_000, relative: float = 0.05,
               held: Optional[dict[str, Sequence[float]]] = None) -> list[list[np.ndarray]]:
@@ -140,7 +131,7 @@ def draw_real(values: Sequence[float], per: int, name: str = "grains", size: int
         for d, values_of in measured.items():  # the pass reads indices in order: each list is index long
             if index == len(values_of):
                 mask = real_image(seed, index, size) if mask is None else mask
-                values_of.append(float(_measure(d)(mask)))
+                values_of.append(metrics.measure(d, mask))
         gaps = np.abs(measured[name][index] - wanted)
         ok = (missing > 0) & (gaps <= allowed)
         for other, (want, allow) in others.items():
@@ -249,7 +240,7 @@ def held_values(stats: dict, name: str, targets: Sequence[float], size: int = 64
     values: dict[str, list[float]] = {other: [] for other in others}
     errors: dict[str, list[float]] = {other: [] for other in others}
     for target in targets:
-        measured = {other: np.array([float(_measure(other)(mask)) for mask in real[target]]) for other in others}
+        measured = {other: np.array([metrics.measure(other, mask) for mask in real[target]]) for other in others}
         distance = sum(np.abs(measured[other] - np.median(measured[other])) / stats["std"][index[other]]
                        for other in others)
         chosen = int(np.argmin(distance))
@@ -337,16 +328,47 @@ def _mae(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float
     return float(np.mean([abs(a - t) for t, values in zip(targets, achieved) for a in values]))
 
 
+@dataclass(frozen=True)
+class Keeping:
+    """Which samples ``control`` keeps, as ``sample --closed --within`` would: a closed network, the
+    varied descriptor within ``within`` of its target; at most ``most`` drawn per target."""
+
+    within: Optional[float] = None
+    closed: bool = False
+    most: Optional[int] = None
+
+    def wanted(self, name: str, target: float) -> Wanted:
+        return Wanted(self.closed, {name: (target, self.within)} if self.within is not None else {})
+
+    def describe(self, name: str, tally: Tally) -> str:
+        """For the report's sampler column: "kept 31% of 412 drawn: closed networks, grains within 1"."""
+        rules = (["closed networks"] if self.closed else []) + ([f"{name} within {self.within:g}"]
+                                                                if self.within is not None else [])
+        return f"kept {tally.fraction():.0%} of {tally.drawn} drawn: {', '.join(rules)}"
+
+
 def control_masks(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
-                  name: str, held: dict[str, Held], seed: int = 0,
-                  device: Optional[torch.device] = None) -> list[np.ndarray]:
+                  name: str, held: dict[str, Held], seed: int = 0, device: Optional[torch.device] = None,
+                  keeping: Optional[Keeping] = None, tally: Optional[Tally] = None) -> list[np.ndarray]:
     """Boundary masks of ``n`` samples at each target of ``name``, the model's other conditions at
-    their ``held`` values, target ``i`` seeded ``target_seed(seed, i)``: what ``judge`` measures."""
-    masks = []
+    their ``held`` values, target ``i`` seeded ``target_seed(seed, i)``: what ``judge`` measures.
+    With ``keeping``, the first ``n`` that it keeps (``tally`` counts what was drawn for them)."""
+    masks, tally = [], Tally() if tally is None else tally
     for i, target in enumerate(targets):
         asked = {name: target, **{other: h.values[i] for other, h in held.items()}}
-        images = generate(model, schedule, n, sampler, seed=target_seed(seed, i), device=device,
-                          condition=target_vector(stats, asked))
+        options = dict(seed=target_seed(seed, i), device=device, condition=target_vector(stats, asked))
+        wanted = keeping.wanted(name, target) if keeping else Wanted()
+        if not wanted:
+            images = generate(model, schedule, n, sampler, **options)
+            tally.drawn, tally.kept = tally.drawn + n, tally.kept + n
+        else:
+            at_target, stream = Tally(), endless_batches(model, schedule, n, sampler, **options)
+            parts = [kept for _, kept in kept_batches(stream, n, wanted, keeping.most or 20 * n, at_target)]
+            if at_target.kept < n:
+                raise ValueError(f"target {target:g}: {at_target.kept} of {n} samples kept ({wanted.describe()}) "
+                                 f"in {at_target.drawn} drawn, the most allowed; widen the tolerance or allow more")
+            images = torch.cat(parts)
+            tally.drawn, tally.kept = tally.drawn + at_target.drawn, tally.kept + n
         masks.append(metrics.boundary_masks(images))
     return masks
 
@@ -444,12 +466,13 @@ def measure(drawn: DrawnSamples, stats: dict, splits: int = 20) -> Iterator[Cont
 def controllability(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
                     name: Optional[str] = None, seed: int = 0, device: Optional[torch.device] = None,
                     real: Optional[dict[float, np.ndarray]] = None, splits: int = 20,
-                    held: Optional[dict[str, Held]] = None) -> ControlReport:
+                    held: Optional[dict[str, Held]] = None, keeping: Optional[Keeping] = None) -> ControlReport:
     """Sample ``n`` images at each target value of ``name`` and measure them: achieved against target,
     each target's ratios to the noise floor against ``real`` images at that target (drawn fresh, 2n
     per target, when not given), and against real images matched to each sample (``matched_ratios``).
     ``name`` defaults to the model's first condition; its others, if any, are held at ``held``
-    (default ``held_values``), and the real images hold them too (give ``held`` with ``real``)."""
+    (default ``held_values``), and the real images hold them too (give ``held`` with ``real``).
+    ``keeping`` judges only the samples it keeps, as ``sample --closed --within`` keeps them."""
     name = measured_condition(stats, vary=name)
     size = model.config()["size"]
     if len(set(targets)) < len(targets):
@@ -460,8 +483,11 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         if len(stats["names"]) > 1:
             raise ValueError("real images were given without the held values they hold; expected held= too")
         held = {}
-    masks = control_masks(model, schedule, stats, targets, n, sampler, name=name, held=held, seed=seed, device=device)
-    return judge(masks, stats, targets, sampler.describe(), name=name, real=real, held=held, size=size, splits=splits)
+    tally = Tally()
+    masks = control_masks(model, schedule, stats, targets, n, sampler, name=name, held=held, seed=seed, device=device,
+                          keeping=keeping, tally=tally)
+    words = sampler.describe() + (f"; {keeping.describe(name, tally)}" if keeping else "")
+    return judge(masks, stats, targets, words, name=name, real=real, held=held, size=size, splits=splits)
 
 
 def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,
@@ -478,10 +504,11 @@ def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: in
 def format_control(reports: Sequence[ControlReport]) -> str:
     """The reports as a plain-text table: one row per sampler/guidance, then the per-target rows
     of the first."""
-    lines = [f"{'sampler':<34} {'R^2':>6} {'MAE':>6} {'worst ratio':>11} {'(matched)':>9} {'dangling ends':>13}"]
+    width = max([34] + [len(report.sampler) for report in reports])
+    lines = [f"{'sampler':<{width}} {'R^2':>6} {'MAE':>6} {'worst ratio':>11} {'(matched)':>9} {'dangling ends':>13}"]
     for report in reports:
         s = report.summary()
-        lines.append(f"{s['sampler']:<34} {s['r2']:>6.3f} {s['mae']:>6.2f} {s['worst_ratio']:>11.2f} "
+        lines.append(f"{s['sampler']:<{width}} {s['r2']:>6.3f} {s['mae']:>6.2f} {s['worst_ratio']:>11.2f} "
                      f"{s['worst_matched_ratio']:>9.2f} {s['dangling_ends']:>13.2f}")
     first = reports[0]
     names = ratio_names(first.name, *first.held)

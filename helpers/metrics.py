@@ -214,6 +214,17 @@ def describe(mask: np.ndarray) -> dict[str, float]:
     }
 
 
+# descriptors measured on their own, without the skeleton that ``describe`` thins for the others
+_ALONE = {"grains": grain_count, "boundary_fraction": boundary_fraction, "lineal_intercept": mean_lineal_intercept}
+
+
+def measure(name: str, mask: np.ndarray) -> float:
+    """Descriptor ``name`` (a key of ``DESCRIPTORS``) of one boundary mask, as ``describe`` gives it."""
+    if name not in DESCRIPTORS:
+        raise ValueError(f"unknown descriptor {name!r}; expected one of {', '.join(DESCRIPTORS)}")
+    return float(_ALONE[name](mask)) if name in _ALONE else describe(mask)[name]
+
+
 @dataclass
 class SetDescriptors:
     """Descriptors of a set of boundary images: what set-against-set comparisons work from."""

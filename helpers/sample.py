@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -410,6 +411,17 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
     return torch.zeros(0, 1, side, side)
 
 
+def endless_batches(model, schedule: Schedule, batch_size: int, sampler: Sampler = DEFAULT_SAMPLER,
+                    **options) -> Iterator[torch.Tensor]:
+    """Batches of ``batch_size`` samples without end, numbered and seeded as ``generate`` numbers
+    and seeds its batches (batch k is batch k of ``generate`` with that ``batch_size``): for a
+    caller that keeps some images and stops when it has enough (``keep.kept_batches``).
+    ``options`` are ``generate``'s."""
+    for number in itertools.count():
+        yield generate(model, schedule, (number + 1) * batch_size, sampler, batch_size=batch_size,
+                       batches=[number], **options)
+
+
 def sample_grid(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,
                 device: Optional[torch.device] = None, title: str | None = None, seed: int = 0) -> Path:
     """A grid of ``n`` samples saved to ``path`` (the progress pictures of training)."""
@@ -439,9 +451,11 @@ def write_batch(images: torch.Tensor, out: Path, start: int, n: int) -> list[Pat
     return paths
 
 
-def write_manifest(out: Path, n: int) -> None:
-    """The manifest.csv of a folder of ``n`` samples written by ``write_batch``."""
-    (Path(out) / data_module.MANIFEST).write_text("file\n" + "".join(f"{png_name(i, n)}\n" for i in range(n)))
+def write_manifest(out: Path, n: int, written: Optional[int] = None) -> None:
+    """The manifest.csv of a folder of ``n`` samples written by ``write_batch``: all of them, or
+    the first ``written`` (a draw that stopped short)."""
+    rows = range(n if written is None else written)
+    (Path(out) / data_module.MANIFEST).write_text("file\n" + "".join(f"{png_name(i, n)}\n" for i in rows))
 
 
 def write_pngs(images: torch.Tensor, out: Path, force: bool = False) -> list[Path]:

@@ -240,6 +240,73 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
         assert err.count("\n") == 1 and not (tmp_path / "d").exists()
 
 
+def test_sample_keeps_only_images_that_measure_as_asked_and_refuses_what_it_cannot_keep(conditional, tmp_path,
+                                                                                        capsys):
+    common = ["sample", "--checkpoint", str(conditional), "--condition", "grains=20", "--steps", "2", "--n", "3",
+              "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "all")]) == 0
+    # a tolerance every image meets keeps the images of the same command without it, in order
+    assert main([*common, "--within", "grains=1000", "--out", str(tmp_path / "kept")]) == 0
+    assert "; kept 3 of 3 drawn (100%): grains within 1000 of 20" in capsys.readouterr().out
+    for name in ("00000.png", "00001.png", "00002.png", "manifest.csv"):
+        assert (tmp_path / "kept" / name).read_bytes() == (tmp_path / "all" / name).read_bytes()
+    # two of the untrained network's first four images are closed: those are written, then the limit refuses
+    assert main([*common, "--closed", "--max-draws", "4", "--out", str(tmp_path / "closed")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'closed'}: 2 of the 3 images asked for were kept (closed networks) in 4 drawn, the most " \
+           "--max-draws allows, and written there; raise --max-draws" in err and err.count("\n") == 1
+    assert (tmp_path / "closed" / "manifest.csv").read_text() == "file\n00000.png\n00001.png\n"
+    assert sorted(path.name for path in (tmp_path / "closed").glob("*.png")) == ["00000.png", "00001.png"]
+    for extra, message in (
+            (["--within", "grains=1", "--condition", "grains=20", "--size", "128"],
+             "--within measures images of the 64x64 the model was trained on"),
+            (["--closed", "--gif", str(tmp_path / "g.gif")], "--closed and --within cannot be followed in a GIF"),
+            (["--max-draws", "9"], "--max-draws limits the images drawn for --closed or --within"),
+            (["--within", "grains=1"], "--within grains=1: expected NAME=TOLERANCE with NAME a condition given with "
+                                       "--condition (given: none)")):
+        assert main(["sample", "--checkpoint", str(conditional), "--out", str(tmp_path / "no"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and not (tmp_path / "no").exists()
+    # control judges the samples sample would keep: a tolerance every one meets changes nothing but the words
+    plain, kept = tmp_path / "plain.json", tmp_path / "kept.json"
+    control = ["control", "--checkpoint", str(conditional), "--targets", "10", "30", "--n", "2", "--guidance", "1",
+               "--steps", "2", "--splits", "2"]
+    assert main([*control, "--json", str(plain)]) == 0 and main([*control, "--within", "1000", "--json", str(kept)]) == 0
+    reports = [json.loads(path.read_text())["reports"][0] for path in (plain, kept)]
+    assert reports[1].pop("sampler") == "DDIM-2, eta 0, guidance 1; kept 100% of 4 drawn: grains within 1000"
+    reports[0].pop("sampler")
+    assert reports[0] == reports[1]
+    for extra, message in ((["--max-draws", "3"], "--max-draws limits the samples drawn for --closed or --within"),
+                           (["--closed", "--max-draws", "3", "--measure", str(plain)], "--steps, --closed, --max-draws\n")):
+        assert main([*control, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(message) if message.endswith("\n") else message in err
+        assert err.count("\n") == 1
+
+
+def test_control_keeping_judges_the_first_samples_that_measure_as_asked(conditional):
+    model, schedule, payload = load_model(conditional, CPU)
+    stats, sampler = payload["condition"], Sampler("ddim", 2)
+    plain = control.control_masks(model, schedule, stats, [10.0], 6, sampler, name="grains", held={})[0]
+    grains = np.array([metrics.measure("grains", mask) for mask in plain])
+    within = float(np.sort(np.abs(grains - 10))[2])  # at least three of the six first drawn pass
+    tally = control.Tally()
+    kept = control.control_masks(model, schedule, stats, [10.0], 3, sampler, name="grains", held={},
+                                 keeping=control.Keeping(within=within), tally=tally)[0]
+    passing = plain[np.abs(grains - 10) <= within]
+    # the first batch of three is the plain draw's first three (eta 0: the same starting noise, no other);
+    # what passes there comes first, in order
+    first = passing[:len([g for g in grains[:3] if abs(g - 10) <= within])]
+    assert np.array_equal(kept[:len(first)], first) and len(kept) == 3
+    assert all(abs(metrics.measure("grains", mask) - 10) <= within for mask in kept)
+    assert tally.kept == 3 and tally.drawn % 3 == 0 and tally.drawn >= 3
+    assert control.Keeping(within=1.0, closed=True).describe("grains", control.Tally(40, 10)) == \
+        "kept 25% of 40 drawn: closed networks, grains within 1"
+    with pytest.raises(ValueError, match="target 10: 0 of 3 samples kept \\(grains within -1 of 10\\) in 6 drawn"):
+        control.control_masks(model, schedule, stats, [10.0], 3, sampler, name="grains", held={},
+                              keeping=control.Keeping(within=-1.0, most=6))
+
+
 def test_samples_drawn_elsewhere_measure_as_if_control_had_drawn_them(conditional, tmp_path, capsys):
     """control --measure: what tools/gpu_session.py draws on a GPU, measured here, gives the report
     control gives when it draws the same samples itself."""

@@ -37,6 +37,13 @@ def test_exported_weights_are_fp16_and_sample_like_the_checkpoint(weights):
     assert a.min() >= -1.0 and a.max() <= 1.0  # x0 clipped
 
 
+def test_endless_batches_are_generates_batches_one_after_another(weights):
+    model, schedule, _ = load_model(weights, CPU)
+    stream = sample.endless_batches(model, schedule, 2, Sampler("ddim", 3), seed=1)
+    first_three = torch.cat([next(stream) for _ in range(3)])
+    assert torch.equal(first_three, sample.generate(model, schedule, 6, Sampler("ddim", 3), seed=1, batch_size=2))
+
+
 def test_sample_command_writes_pngs_and_a_gif(weights, tmp_path, capsys):
     out, gif = tmp_path / "samples", tmp_path / "reverse.gif"
     assert main(["sample", "--checkpoint", str(weights), "--n", "5", "--sampler", "ddim", "--steps", "8",

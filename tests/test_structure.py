@@ -7,7 +7,7 @@ from helpers import ROOT
 LAYERS = [
     {"__init__"},
     {"data", "diffusion", "unet", "metrics", "conditions"},
-    {"viz", "device", "checkpoint", "distributed", "grains", "export"},
+    {"viz", "device", "checkpoint", "distributed", "grains", "export", "keep"},
     {"sample"},
     {"train"},
     {"bench", "control", "notebooks", "exercises", "__main__"},

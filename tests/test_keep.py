@@ -1,0 +1,92 @@
+"""helpers.keep and sample --closed/--within: keeping only the images that measure as asked."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import data, metrics
+from helpers.keep import KeepError, Tally, Wanted, kept_batches, parse_within
+
+RANGE = "voronoi_gb_range_64"
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Eight real images of the range set, in [-1, 1], with their manifest's grain counts."""
+    return data.load_images(RANGE, limit=8), data.manifest_values(RANGE, ["grains"], limit=8)[:, 0]
+
+
+def opened(image: torch.Tensor) -> torch.Tensor:
+    """``image`` with a 3x3 gap cut into one of its boundaries: a network that is no longer closed."""
+    mask = image[0].numpy() > 0
+    for row, col in np.argwhere(mask):
+        if 4 <= row < 60 and 4 <= col < 60:
+            cut = image.clone()
+            cut[0, row - 1:row + 2, col - 1:col + 2] = -1.0
+            if metrics.measure("dangling_ends", cut[0].numpy() > 0) > 0:
+                return cut
+    raise AssertionError("no boundary to cut")
+
+
+def test_measure_gives_what_describe_gives_for_every_descriptor(real):
+    masks = metrics.boundary_masks(data.to_uint8(real[0].numpy()[:, 0]))
+    for mask in masks[:3]:
+        assert {name: metrics.measure(name, mask) for name in metrics.DESCRIPTORS} == metrics.describe(mask)
+    with pytest.raises(ValueError, match="unknown descriptor 'size'; expected one of boundary_fraction, grains"):
+        metrics.measure("size", masks[0])
+
+
+def test_images_are_kept_by_their_measured_grains_and_closed_networks(real):
+    images, grains = real
+    assert Wanted().keeps(images).all() and not Wanted() and Wanted().describe() == "every image"
+    assert Wanted(closed=True).keeps(images).all()  # real networks are closed
+    for tolerance in (0, 3, 10):
+        wanted = Wanted(within={"grains": (grains[0], tolerance)})
+        assert np.array_equal(wanted.keeps(images), np.abs(grains - grains[0]) <= tolerance)
+    broken = opened(images[0])
+    both = torch.stack([images[0], broken])
+    assert np.array_equal(Wanted(closed=True).keeps(both), [True, False])
+    assert np.array_equal(Wanted(within={"grains": (grains[0], 100)}).keeps(both), [True, True])
+    assert Wanted(True, {"grains": (30.0, 1.0)}).describe() == "closed networks, grains within 1 of 30"
+
+
+def test_within_is_read_against_the_conditions_asked_for():
+    assert parse_within(["grains=1.5"], {"grains": 30.0}) == {"grains": (30.0, 1.5)}
+    assert parse_within([], {}) == {}
+    for items, targets, message in (
+            (["grains=1"], {}, "--within grains=1: expected NAME=TOLERANCE with NAME a condition given with "
+                               "--condition (given: none)"),
+            (["size=1"], {"grains": 30.0}, "(given: grains)"),
+            (["porosity=1"], {"porosity": 0.2}, "porosity is not a descriptor helpers.metrics measures"),
+            (["grains=x"], {"grains": 30.0}, "expected NAME=TOLERANCE with a number >= 0, e.g. grains=1"),
+            (["grains=-1"], {"grains": 30.0}, "a number >= 0"),
+            (["grains=nan"], {"grains": 30.0}, "a number >= 0"),
+            (["grains=inf"], {"grains": 30.0}, "a number >= 0")):
+        with pytest.raises(KeepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse_within(items, targets)
+
+
+def test_kept_batches_keep_in_order_draw_no_more_than_needed_and_stop_at_the_limit(real):
+    images = real[0]
+    broken = torch.stack([opened(image) for image in images[:4]])
+    # batches of four: closed, open, closed, open ...
+    mixed = [torch.stack([images[2 * b], broken[2 * b], images[2 * b + 1], broken[2 * b + 1]]) for b in range(2)]
+    pulled = []
+
+    def batches():
+        for number, batch in enumerate(mixed):
+            pulled.append(number)
+            yield batch
+
+    tally = Tally()
+    out = list(kept_batches(batches(), 3, Wanted(closed=True), most=100, tally=tally))
+    assert [first for first, _ in out] == [0, 2]
+    assert torch.equal(torch.cat([kept for _, kept in out]), images[:3])  # the third: batch 2's first, the rest dropped
+    assert pulled == [0, 1] and (tally.drawn, tally.kept, tally.fraction()) == (8, 3, 3 / 8)
+    pulled.clear()
+    short = Tally()
+    out = list(kept_batches(batches(), 4, Wanted(closed=True), most=6, tally=short))
+    assert (short.drawn, short.kept) == (6, 3) and pulled == [0, 1]  # the second batch cut at the limit
+    assert torch.equal(torch.cat([kept for _, kept in out]), images[:3])
+    pulled.clear()
+    assert len(list(kept_batches(batches(), 4, Wanted(closed=True), most=4))) == 1 and pulled == [0]
+    assert list(kept_batches(iter([]), 3, Wanted(closed=True), most=6)) == []
