@@ -25,7 +25,7 @@ from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .keep import Tally, Wanted, kept_batches, parse_within
+from .keep import DRAWS_PER_IMAGE, Tally, Wanted, kept_batches, parse_within
 from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, each_batch, endless_batches,
                      fast_sampler, fast_sampler_evidence, generate, recommended_sampler, reverse_process_gif,
                      write_batch, write_manifest, write_pngs)
@@ -178,7 +178,7 @@ def _sample(args: argparse.Namespace) -> None:
     asked = f", {' '.join(args.condition)}" if args.condition else ""
     asked += f", {args.size}x{args.size}{' in windows' if args.windows else ''}" if args.size else ""
     shared = f", {world.size} processes" if world.size > 1 else ""
-    kept = f"; kept {tally.kept} of {tally.drawn} drawn ({tally.fraction():.0%}): {wanted.describe()}" if tally else ""
+    kept = f"; kept: {wanted.describe()}, {tally.describe()}" if tally else ""
     if world.main:
         print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, "
               f"{resolve_precision(args.precision, device)} weights, "
@@ -216,9 +216,10 @@ def _write_samples(model, schedule, sampler, args: argparse.Namespace, device: t
 
 def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torch.device,
                 condition: torch.Tensor | None, wanted: Wanted) -> Tally:
-    """Draw batches of ``min(--batch-size, --n)`` (numbered as ``generate`` numbers them, so seeded
-    alike) and write the images ``wanted`` keeps as they come, until ``--n`` are kept; refused, with
-    what was kept written, if ``--max-draws`` images were drawn first."""
+    """Draw batches of ``min(--batch-size, --n)`` (numbered and seeded as ``generate``'s, so the
+    first is the batch a plain ``sample`` draws) and write the images ``wanted`` keeps as they
+    come, until ``--n`` are kept; refused, with what was kept written, once ``--max-draws`` images
+    were drawn (whole batches) before that."""
     out, tally = Path(args.out), Tally()
     stream = endless_batches(model, schedule, min(args.batch_size, args.n), sampler, seed=args.seed, device=device,
                              condition=condition, size=args.size, windows=args.windows, progress=not args.quiet)
@@ -227,7 +228,7 @@ def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torc
         for images in stream:
             yield images
             if not args.quiet:  # the next batch is wanted: say where the draw stands
-                print(f"kept {tally.kept} of {args.n} asked for, {tally.drawn} drawn", file=sys.stderr)
+                print(f"kept {tally.kept} of {args.n} asked for; {tally.describe()}", file=sys.stderr)
 
     try:
         for first, images in kept_batches(batches(), args.n, wanted, args.max_draws, tally):
@@ -236,9 +237,10 @@ def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torc
         raise DataError(f"{exc.filename or out}: could not be written ({write_failure(exc)})") from None
     write_manifest(out, args.n, written=tally.kept)
     if tally.kept < args.n:
-        raise DataError(f"{out}: {tally.kept} of the {args.n} images asked for were kept ({wanted.describe()}) "
-                        f"in {tally.drawn} drawn, the most --max-draws allows, and written there; "
-                        f"{'widen --within or ' if wanted.within else ''}raise --max-draws")
+        raise DataError(f"{out}: {tally.kept} of the {args.n} images asked for were kept ({wanted.describe()}; "
+                        f"{tally.describe()}, --max-draws {args.max_draws}) and written there; "
+                        f"{'widen --within or ' if wanted.within else ''}raise --max-draws and give --force "
+                        f"(the same --seed draws the same images first)")
     return tally
 
 
@@ -302,14 +304,18 @@ def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, s
             raise DataError("--max-draws limits the images drawn for --closed or --within; give one of them")
         return wanted
     if args.gif:
-        raise DataError("--closed and --within cannot be followed in a GIF of the first images drawn; drop --gif")
+        raise DataError("--gif records the first images drawn, which --closed and --within may throw away; "
+                        "drop --gif")
     if world.size > 1:
         raise DataError("--closed and --within keep the images one process draws, in order; sample with "
                         "python -m helpers, not torchrun")
     if wanted.within and side != trained:
         raise DataError(f"--within measures images of the {trained}x{trained} the model was trained on; a "
-                        f"{side}x{side} canvas holds more grains than the condition asks of each window; drop --size")
-    args.max_draws = args.max_draws or 20 * args.n
+                        f"{side}x{side} canvas holds more grains than the condition asks of a {trained}x{trained} "
+                        f"image; drop --size")
+    args.max_draws = args.max_draws or DRAWS_PER_IMAGE * args.n
+    if args.max_draws < args.n:
+        raise DataError(f"--max-draws {args.max_draws}: expected at least --n ({args.n})")
     return wanted
 
 
@@ -376,6 +382,8 @@ def _control(args: argparse.Namespace) -> None:
     keeping = None
     if args.within is not None or args.closed:
         keeping = Keeping(args.within, bool(args.closed), args.max_draws)
+        if args.max_draws is not None and args.max_draws < args.n:
+            raise DataError(f"--max-draws {args.max_draws}: expected at least --n ({args.n})")
     elif args.max_draws is not None:
         raise DataError("--max-draws limits the samples drawn for --closed or --within; give one of them")
     start = time.perf_counter()
@@ -562,14 +570,14 @@ def _add_sample(commands) -> None:
     sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
                         "scale w >= 0 (0: the conditional model alone); default: the model's")
     sample.add_argument("--closed", action="store_true", help="keep only images whose boundary network is "
-                        "closed (no dangling ends, measured as evaluate measures them), drawing more until --n are "
-                        "kept")
+                        "closed (no dangling ends away from the image's edge, measured as evaluate measures them), "
+                        "drawing more until --n are kept")
     sample.add_argument("--within", nargs="+", metavar="NAME=TOLERANCE", help="with --condition: keep only images "
                         "whose measured NAME lies within TOLERANCE of its target (e.g. grains=1), drawing more until "
                         "--n are kept")
-    sample.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --closed or --within: draw at "
-                        "most N images in all (default 20 x --n); if fewer than --n pass, those are written and "
-                        "the command fails")
+    sample.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --closed or --within: stop "
+                        f"drawing once N images were drawn (whole batches of min(--batch-size, --n); default "
+                        f"{DRAWS_PER_IMAGE} x --n); if fewer than --n passed, those are written and the command fails")
     sample.add_argument("--seed", type=_non_negative_int, default=0)
     sample.add_argument("--batch-size", type=_positive_int, help="images per batch (default: 256 at the "
                         "training size, fewer on a larger canvas: the same pixels per batch)")
@@ -665,12 +673,13 @@ def _add_control(commands) -> None:
     control.add_argument("--precision", choices=SAMPLING_PRECISIONS, help="default: fp32")
     control.add_argument("--seed", type=_non_negative_int, help="default: 0")
     control.add_argument("--within", type=_non_negative_float, metavar="TOLERANCE", help="judge only samples whose "
-                         "measured descriptor lies within TOLERANCE of the target (as sample --within keeps them), "
-                         "drawing more until --n are kept")
+                         "measured descriptor (the one --targets are values of) lies within TOLERANCE of the target, "
+                         "as sample --within keeps them, drawing more until --n are kept")
     control.add_argument("--closed", action="store_true", default=None, help="judge only samples with a closed "
                          "boundary network (as sample --closed keeps them), drawing more until --n are kept")
-    control.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --within or --closed: samples "
-                         "drawn at most per target (default 20 x --n)")
+    control.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --within or --closed: stop "
+                         f"drawing for a target (at each guidance scale) once N samples were drawn, and fail (default "
+                         f"{DRAWS_PER_IMAGE} x --n)")
     control.add_argument("--splits", type=_positive_int, default=20, help="random splits for each noise floor")
     control.add_argument("--measure", type=Path, metavar="FILE", help="measure the samples in FILE instead of "
                          "drawing them (the control.npz of tools/gpu_session.py, drawn on a GPU by --checkpoint)")

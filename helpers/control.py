@@ -38,8 +38,8 @@ import torch
 from . import data as data_module
 from . import metrics
 from .conditions import ConditionError, target_vector
-from .keep import Tally, Wanted, kept_batches
-from .sample import Sampler, derived_seed, endless_batches, generate
+from .keep import DRAWS_PER_IMAGE, Tally, Wanted, as_written, kept_batches
+from .sample import BATCH_SIZE, Sampler, derived_seed, endless_batches, generate
 
 REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
 MATCHED_SEED = 1001  # nor these: the real images matched to samples, apart from those at the targets
@@ -293,6 +293,8 @@ class ControlReport:
     unmatched: list[int]  # per target: samples whose value the real draws did not match, left out too
     # the model's other conditions (several): name -> (its Held, each sample's measured value per target)
     held: dict[str, tuple[Held, list[list[float]]]] = field(default_factory=dict)
+    # samples judged only if kept (``Keeping``): its rules, and per target the images drawn and passed
+    keeping: dict = field(default_factory=dict)
 
     @property
     def r2(self) -> float:
@@ -314,7 +316,8 @@ class ControlReport:
                 "held": {other: {"values": h.values, "achieved_mean": [float(np.mean(a)) for a in achieved],
                                  "mae": _mae(h.values, achieved), "real_mae": float(np.mean(h.real_mae)),
                                  "real_mae_by_target": h.real_mae}
-                         for other, (h, achieved) in self.held.items()}}
+                         for other, (h, achieved) in self.held.items()},
+                **({"keeping": self.keeping} if self.keeping else {})}
 
 
 def _r2(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float:
@@ -330,8 +333,9 @@ def _mae(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float
 
 @dataclass(frozen=True)
 class Keeping:
-    """Which samples ``control`` keeps, as ``sample --closed --within`` would: a closed network, the
-    varied descriptor within ``within`` of its target; at most ``most`` drawn per target."""
+    """Which samples ``control`` judges, as ``sample --closed --within`` keeps them: a closed
+    network, the varied descriptor within ``within`` of its target; each target's draw (at each
+    guidance scale) stops after ``most`` images (default ``keep.DRAWS_PER_IMAGE`` per sample)."""
 
     within: Optional[float] = None
     closed: bool = False
@@ -340,36 +344,45 @@ class Keeping:
     def wanted(self, name: str, target: float) -> Wanted:
         return Wanted(self.closed, {name: (target, self.within)} if self.within is not None else {})
 
-    def describe(self, name: str, tally: Tally) -> str:
-        """For the report's sampler column: "kept 31% of 412 drawn: closed networks, grains within 1"."""
-        rules = (["closed networks"] if self.closed else []) + ([f"{name} within {self.within:g}"]
-                                                                if self.within is not None else [])
-        return f"kept {tally.fraction():.0%} of {tally.drawn} drawn: {', '.join(rules)}"
+    def rules(self, name: str) -> str:
+        """In words: "closed networks, grains within 1"."""
+        return ", ".join((["closed networks"] if self.closed else [])
+                         + ([f"{name} within {self.within:g}"] if self.within is not None else []))
+
+
+def _kept_images(model, schedule, n: int, sampler: Sampler, wanted: Wanted, most: int, tally: Tally, label: str,
+                 **options) -> torch.Tensor:
+    """The first ``n`` images ``wanted`` keeps, drawn in batches as ``generate`` draws them; refused
+    if ``most`` images were drawn first (``label`` names the target in the message)."""
+    stream = endless_batches(model, schedule, min(n, BATCH_SIZE), sampler, **options)
+    parts = [kept for _, kept in kept_batches(stream, n, wanted, most, tally)]
+    if tally.kept < n:
+        raise ValueError(f"control: {tally.kept} of the {n} samples asked for at {label} ({sampler.describe()}) "
+                         f"were kept ({wanted.describe()}; {tally.describe()}, --max-draws {most}); "
+                         f"{'widen --within or ' if wanted.within else ''}raise --max-draws")
+    return torch.cat(parts)
 
 
 def control_masks(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler, *,
                   name: str, held: dict[str, Held], seed: int = 0, device: Optional[torch.device] = None,
-                  keeping: Optional[Keeping] = None, tally: Optional[Tally] = None) -> list[np.ndarray]:
+                  keeping: Optional[Keeping] = None, tallies: Optional[list[Tally]] = None) -> list[np.ndarray]:
     """Boundary masks of ``n`` samples at each target of ``name``, the model's other conditions at
     their ``held`` values, target ``i`` seeded ``target_seed(seed, i)``: what ``judge`` measures.
-    With ``keeping``, the first ``n`` that it keeps (``tally`` counts what was drawn for them)."""
-    masks, tally = [], Tally() if tally is None else tally
+    With ``keeping``, the first ``n`` that it keeps, as their 8-bit images give them (``tallies``
+    gets each target's count of images drawn and passed)."""
+    masks = []
     for i, target in enumerate(targets):
         asked = {name: target, **{other: h.values[i] for other, h in held.items()}}
         options = dict(seed=target_seed(seed, i), device=device, condition=target_vector(stats, asked))
-        wanted = keeping.wanted(name, target) if keeping else Wanted()
-        if not wanted:
-            images = generate(model, schedule, n, sampler, **options)
-            tally.drawn, tally.kept = tally.drawn + n, tally.kept + n
-        else:
-            at_target, stream = Tally(), endless_batches(model, schedule, n, sampler, **options)
-            parts = [kept for _, kept in kept_batches(stream, n, wanted, keeping.most or 20 * n, at_target)]
-            if at_target.kept < n:
-                raise ValueError(f"target {target:g}: {at_target.kept} of {n} samples kept ({wanted.describe()}) "
-                                 f"in {at_target.drawn} drawn, the most allowed; widen the tolerance or allow more")
-            images = torch.cat(parts)
-            tally.drawn, tally.kept = tally.drawn + at_target.drawn, tally.kept + n
-        masks.append(metrics.boundary_masks(images))
+        if keeping is None:
+            masks.append(metrics.boundary_masks(generate(model, schedule, n, sampler, **options)))
+            continue
+        tally = Tally()
+        images = _kept_images(model, schedule, n, sampler, keeping.wanted(name, target),
+                              keeping.most or DRAWS_PER_IMAGE * n, tally, f"{name} = {target:g}", **options)
+        masks.append(as_written(images))
+        if tallies is not None:
+            tallies.append(tally)
     return masks
 
 
@@ -483,11 +496,15 @@ def controllability(model, schedule, stats: dict, targets: Sequence[float], n: i
         if len(stats["names"]) > 1:
             raise ValueError("real images were given without the held values they hold; expected held= too")
         held = {}
-    tally = Tally()
+    tallies: list[Tally] = []
     masks = control_masks(model, schedule, stats, targets, n, sampler, name=name, held=held, seed=seed, device=device,
-                          keeping=keeping, tally=tally)
-    words = sampler.describe() + (f"; {keeping.describe(name, tally)}" if keeping else "")
-    return judge(masks, stats, targets, words, name=name, real=real, held=held, size=size, splits=splits)
+                          keeping=keeping, tallies=tallies)
+    report = judge(masks, stats, targets, sampler.describe(), name=name, real=real, held=held, size=size,
+                   splits=splits)
+    if keeping is not None:
+        report.keeping = {"rules": keeping.rules(name), "drawn": [t.drawn for t in tallies],
+                          "passed": [t.passed for t in tallies]}
+    return report
 
 
 def guidance_sweep(model, schedule, stats: dict, targets: Sequence[float], n: int, sampler: Sampler,
@@ -510,6 +527,13 @@ def format_control(reports: Sequence[ControlReport]) -> str:
         s = report.summary()
         lines.append(f"{s['sampler']:<{width}} {s['r2']:>6.3f} {s['mae']:>6.2f} {s['worst_ratio']:>11.2f} "
                      f"{s['worst_matched_ratio']:>9.2f} {s['dangling_ends']:>13.2f}")
+    for report in reports:
+        if report.keeping:
+            lines.append(f"  judged only if kept ({report.keeping['rules']}), images passed of drawn per target: "
+                         + ", ".join(f"{t:g}: {p} of {d} ({p / d:.0%})" for t, p, d in
+                                     zip(report.targets, report.keeping["passed"], report.keeping["drawn"])))
+    if any(report.keeping for report in reports):
+        lines.append("  (the kept samples' error, spread and dangling ends are bounded by what kept them)")
     first = reports[0]
     names = ratio_names(first.name, *first.held)
     headers = [metrics.DESCRIPTOR_TABLE[n].short for n in names]

@@ -4,9 +4,8 @@ A diffusion model draws from a distribution. Asked for 30 grains, the shipped co
 draws 30 give or take two or three, and a few images of any model have an open boundary (a
 dangling end) where a simulation would see two grains as one. Who needs exactly what they asked
 for draws more and keeps the images that measure right. They are measured as ``evaluate``
-measures a folder of samples: on the 8-bit image as ``sample`` writes it (``data.to_uint8``), cut
-into a boundary mask (``metrics.boundary_masks``), with ``metrics.measure``. The price is the
-images thrown away; ``Tally`` counts them, and ``sample`` prints the fraction kept.
+measures a folder of samples: on the 8-bit image as ``sample`` writes it (``as_written``), with
+``metrics.measure``. The price is the images drawn and not kept: ``Tally`` counts them.
 """
 from __future__ import annotations
 
@@ -20,14 +19,19 @@ from . import data as data_module
 from . import metrics
 
 
+# images drawn at most for each one asked for, unless told otherwise (``sample --max-draws``)
+DRAWS_PER_IMAGE = 20
+
+
 class KeepError(ValueError):
     """A filter that cannot be applied: an unknown descriptor, a tolerance that is not a number."""
 
 
 @dataclass(frozen=True)
 class Wanted:
-    """What a kept image must measure: a closed network (no dangling ends) and each descriptor
-    in ``within`` (name -> (target, tolerance)) no further than its tolerance from its target."""
+    """What a kept image must measure: a closed network (no dangling ends, ``metrics.skeleton_features``:
+    ends at the image's edge do not count) and each descriptor in ``within`` (name -> (target,
+    tolerance)) no further than its tolerance from its target."""
 
     closed: bool = False
     within: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -43,13 +47,18 @@ class Wanted:
 
     def keeps(self, images: torch.Tensor) -> np.ndarray:
         """Which of ``images`` (N, 1, H, W) in [-1, 1] pass, as booleans (N,)."""
-        masks = metrics.boundary_masks(data_module.to_uint8(images.detach().cpu().numpy()[:, 0]))
-        return np.array([self._passes(mask) for mask in masks], dtype=bool)
+        return np.array([self._passes(mask) for mask in as_written(images)], dtype=bool)
 
     def _passes(self, mask: np.ndarray) -> bool:
         if self.closed and metrics.measure("dangling_ends", mask) > 0:
             return False
         return all(abs(metrics.measure(name, mask) - target) <= tol for name, (target, tol) in self.within.items())
+
+
+def as_written(images: torch.Tensor) -> np.ndarray:
+    """Boundary masks (N, H, W) of ``images`` (N, 1, H, W) in [-1, 1] as their 8-bit PNGs give them
+    (``data.to_uint8``, then ``metrics.boundary_masks``): what ``evaluate`` reads back."""
+    return metrics.boundary_masks(data_module.to_uint8(images.detach().cpu().numpy()[:, 0]))
 
 
 def parse_within(items: Sequence[str], targets: dict[str, float]) -> dict[str, tuple[float, float]]:
@@ -58,8 +67,10 @@ def parse_within(items: Sequence[str], targets: dict[str, float]) -> dict[str, t
     within = {}
     for item in items:
         name, _, text = item.partition("=")
+        if name in within:
+            raise KeepError(f"--within {item}: {name} is given twice; expected each name once")
         if name not in targets:
-            asked = ", ".join(targets) if targets else "none"
+            asked = ", ".join(targets) if targets else "none; a model trained without one takes --closed alone"
             raise KeepError(f"--within {item}: expected NAME=TOLERANCE with NAME a condition given with "
                             f"--condition (given: {asked})")
         if name not in metrics.DESCRIPTORS:
@@ -77,29 +88,35 @@ def parse_within(items: Sequence[str], targets: dict[str, float]) -> dict[str, t
 
 @dataclass
 class Tally:
-    """How many images were drawn and kept so far."""
+    """Images drawn, those of them that passed, and those kept (passing ones beyond the number
+    asked for, in the last batch, are not kept)."""
 
     drawn: int = 0
+    passed: int = 0
     kept: int = 0
 
-    def fraction(self) -> float:
-        return self.kept / self.drawn if self.drawn else 0.0
+    def rate(self) -> float:
+        """The fraction of drawn images that passed: what an image kept costs is 1 / rate draws."""
+        return self.passed / self.drawn if self.drawn else 0.0
+
+    def describe(self) -> str:
+        return f"{self.passed} of {self.drawn} drawn passed ({self.rate():.0%})"
 
 
 def kept_batches(batches: Iterable[torch.Tensor], n: int, wanted: Wanted, most: int,
                  tally: Tally | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The images of ``batches`` that ``wanted`` keeps, as (index of the first kept image, images),
-    until ``n`` are kept (the last batch's surplus is dropped) or ``most`` images have been drawn
-    (then fewer than ``n`` come out: compare ``tally.kept`` with ``n``). ``batches`` is consumed
-    lazily, so no image is drawn after the last one needed."""
+    until ``n`` are kept or at least ``most`` images have been drawn (whole batches: the last may
+    go past ``most``; then fewer than ``n`` may come out: compare ``tally.kept`` with ``n``).
+    ``batches`` is consumed lazily: no batch is drawn once ``n`` are kept or ``most`` are drawn."""
     tally, source = Tally() if tally is None else tally, iter(batches)
     while tally.kept < n and tally.drawn < most:
         images = next(source, None)
         if images is None:
             return
-        images = images[:most - tally.drawn]
-        tally.drawn += len(images)
-        chosen = images[torch.from_numpy(wanted.keeps(images))][:n - tally.kept]
+        passing = images[torch.from_numpy(wanted.keeps(images))]
+        tally.drawn, tally.passed = tally.drawn + len(images), tally.passed + len(passing)
+        chosen = passing[:n - tally.kept]
         if len(chosen):
             tally.kept += len(chosen)
             yield tally.kept - len(chosen), chosen

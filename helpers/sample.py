@@ -319,6 +319,10 @@ def windowed(network: Callable, window: int) -> Callable:
     return blended
 
 
+# images per batch of generate unless told otherwise
+BATCH_SIZE = 256
+
+
 def derived_seed(*keys: int) -> int:
     """A seed for the tuple of whole numbers ``keys`` (numpy's SeedSequence): distinct tuples give
     unrelated streams, whatever their numbers."""
@@ -333,7 +337,7 @@ def batch_seed(seed: int, batch: int) -> int:
 
 
 def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
-               batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
+               batch_size: int = BATCH_SIZE, device: Optional[torch.device] = None, callback=None,
                progress: bool = False, condition: Optional[torch.Tensor] = None,
                batches: Optional[Iterable[int]] = None, size: Optional[int] = None,
                windows: bool = False, images_per_call: Optional[int] = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -364,7 +368,8 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
         network = windowed(network, trained)
     numbers = list(range(-(-n // batch_size)) if batches is None else batches)
     # the bar counts network calls (denoising steps), so a single large batch still shows progress
-    bar = tqdm(total=len(numbers) * per_batch, desc=f"sampling {n} ({sampler.kind})", unit="step",
+    images = sum(max(0, min(batch_size, n - number * batch_size)) for number in numbers)
+    bar = tqdm(total=len(numbers) * per_batch, desc=f"sampling {images} ({sampler.kind})", unit="step",
                disable=not progress)
     for number in numbers:
         first = callback if number == 0 else None
@@ -383,7 +388,7 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
 
 
 def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPLER, *, seed: int = 0,
-             batch_size: int = 256, device: Optional[torch.device] = None, callback=None,
+             batch_size: int = BATCH_SIZE, device: Optional[torch.device] = None, callback=None,
              progress: bool = False, condition: Optional[torch.Tensor] = None,
              batches: Optional[Iterable[int]] = None, size: Optional[int] = None,
              windows: bool = False, images_per_call: Optional[int] = None) -> torch.Tensor:

@@ -247,23 +247,33 @@ def test_sample_keeps_only_images_that_measure_as_asked_and_refuses_what_it_cann
     assert main([*common, "--out", str(tmp_path / "all")]) == 0
     # a tolerance every image meets keeps the images of the same command without it, in order
     assert main([*common, "--within", "grains=1000", "--out", str(tmp_path / "kept")]) == 0
-    assert "; kept 3 of 3 drawn (100%): grains within 1000 of 20" in capsys.readouterr().out
+    assert "; kept: grains within 1000 of 20, 3 of 3 drawn passed (100%)" in capsys.readouterr().out
     for name in ("00000.png", "00001.png", "00002.png", "manifest.csv"):
         assert (tmp_path / "kept" / name).read_bytes() == (tmp_path / "all" / name).read_bytes()
-    # two of the untrained network's first four images are closed: those are written, then the limit refuses
-    assert main([*common, "--closed", "--max-draws", "4", "--out", str(tmp_path / "closed")]) == 2
+    # --closed keeps the closed images of the plain draw, in order (in batches of two: eta 0, so the first
+    # image of a batch is the same whatever the batch's size); here three of the first four, then the limit
+    assert main([*common, "--n", "4", "--batch-size", "2", "--out", str(tmp_path / "four")]) == 0
+    masks = metrics.boundary_masks(data.load_uint8(tmp_path / "four"))
+    closed = [(tmp_path / "four" / f"0000{i}.png").read_bytes() for i, mask in enumerate(masks)
+              if metrics.measure("dangling_ends", mask) == 0]
+    assert len(masks) == 4 and len(closed) == 3
+    assert main([*common, "--n", "4", "--closed", "--batch-size", "2", "--max-draws", "4",
+                 "--out", str(tmp_path / "closed")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'closed'}: 2 of the 3 images asked for were kept (closed networks) in 4 drawn, the most " \
-           "--max-draws allows, and written there; raise --max-draws" in err and err.count("\n") == 1
-    assert (tmp_path / "closed" / "manifest.csv").read_text() == "file\n00000.png\n00001.png\n"
-    assert sorted(path.name for path in (tmp_path / "closed").glob("*.png")) == ["00000.png", "00001.png"]
+    assert f"{tmp_path / 'closed'}: 3 of the 4 images asked for were kept (closed networks; 3 of 4 drawn passed " \
+           "(75%), --max-draws 4) and written there; raise --max-draws and give --force (the same --seed draws the " \
+           "same images first)\n" in err and err.count("\n") == 1
+    assert (tmp_path / "closed" / "manifest.csv").read_text() == "file\n00000.png\n00001.png\n00002.png\n"
+    assert [path.read_bytes() for path in sorted((tmp_path / "closed").glob("*.png"))] == closed
     for extra, message in (
             (["--within", "grains=1", "--condition", "grains=20", "--size", "128"],
              "--within measures images of the 64x64 the model was trained on"),
-            (["--closed", "--gif", str(tmp_path / "g.gif")], "--closed and --within cannot be followed in a GIF"),
+            (["--closed", "--gif", str(tmp_path / "g.gif")],
+             "--gif records the first images drawn, which --closed and --within may throw away"),
             (["--max-draws", "9"], "--max-draws limits the images drawn for --closed or --within"),
+            (["--closed", "--n", "5", "--max-draws", "4"], "--max-draws 4: expected at least --n (5)"),
             (["--within", "grains=1"], "--within grains=1: expected NAME=TOLERANCE with NAME a condition given with "
-                                       "--condition (given: none)")):
+                                       "--condition (given: none; a model trained without one takes --closed alone)")):
         assert main(["sample", "--checkpoint", str(conditional), "--out", str(tmp_path / "no"), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and not (tmp_path / "no").exists()
@@ -271,10 +281,13 @@ def test_sample_keeps_only_images_that_measure_as_asked_and_refuses_what_it_cann
     plain, kept = tmp_path / "plain.json", tmp_path / "kept.json"
     control = ["control", "--checkpoint", str(conditional), "--targets", "10", "30", "--n", "2", "--guidance", "1",
                "--steps", "2", "--splits", "2"]
-    assert main([*control, "--json", str(plain)]) == 0 and main([*control, "--within", "1000", "--json", str(kept)]) == 0
+    assert main([*control, "--json", str(plain)]) == 0
+    capsys.readouterr()
+    assert main([*control, "--within", "1000", "--json", str(kept)]) == 0
+    assert "judged only if kept (grains within 1000), images passed of drawn per target: 10: 2 of 2 (100%), " \
+           "30: 2 of 2 (100%)\n" in capsys.readouterr().out
     reports = [json.loads(path.read_text())["reports"][0] for path in (plain, kept)]
-    assert reports[1].pop("sampler") == "DDIM-2, eta 0, guidance 1; kept 100% of 4 drawn: grains within 1000"
-    reports[0].pop("sampler")
+    assert reports[1].pop("keeping") == {"rules": "grains within 1000", "drawn": [2, 2], "passed": [2, 2]}
     assert reports[0] == reports[1]
     for extra, message in ((["--max-draws", "3"], "--max-draws limits the samples drawn for --closed or --within"),
                            (["--closed", "--max-draws", "3", "--measure", str(plain)], "--steps, --closed, --max-draws\n")):
@@ -290,19 +303,20 @@ def test_control_keeping_judges_the_first_samples_that_measure_as_asked(conditio
     plain = control.control_masks(model, schedule, stats, [10.0], 6, sampler, name="grains", held={})[0]
     grains = np.array([metrics.measure("grains", mask) for mask in plain])
     within = float(np.sort(np.abs(grains - 10))[2])  # at least three of the six first drawn pass
-    tally = control.Tally()
+    tallies = []
     kept = control.control_masks(model, schedule, stats, [10.0], 3, sampler, name="grains", held={},
-                                 keeping=control.Keeping(within=within), tally=tally)[0]
+                                 keeping=control.Keeping(within=within), tallies=tallies)[0]
     passing = plain[np.abs(grains - 10) <= within]
     # the first batch of three is the plain draw's first three (eta 0: the same starting noise, no other);
     # what passes there comes first, in order
     first = passing[:len([g for g in grains[:3] if abs(g - 10) <= within])]
     assert np.array_equal(kept[:len(first)], first) and len(kept) == 3
     assert all(abs(metrics.measure("grains", mask) - 10) <= within for mask in kept)
-    assert tally.kept == 3 and tally.drawn % 3 == 0 and tally.drawn >= 3
-    assert control.Keeping(within=1.0, closed=True).describe("grains", control.Tally(40, 10)) == \
-        "kept 25% of 40 drawn: closed networks, grains within 1"
-    with pytest.raises(ValueError, match="target 10: 0 of 3 samples kept \\(grains within -1 of 10\\) in 6 drawn"):
+    assert len(tallies) == 1 and (tallies[0].drawn, tallies[0].passed, tallies[0].kept) == (18, 3, 3)
+    assert control.Keeping(within=1.0, closed=True).rules("grains") == "closed networks, grains within 1"
+    with pytest.raises(ValueError, match=r"control: 0 of the 3 samples asked for at grains = 10 \(DDIM-2, eta 0\) "
+                                         r"were kept \(grains within -1 of 10; 0 of 6 drawn passed \(0%\), "
+                                         r"--max-draws 6\); widen --within or raise --max-draws"):
         control.control_masks(model, schedule, stats, [10.0], 3, sampler, name="grains", held={},
                               keeping=control.Keeping(within=-1.0, most=6))
 

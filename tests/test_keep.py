@@ -54,7 +54,8 @@ def test_within_is_read_against_the_conditions_asked_for():
     assert parse_within([], {}) == {}
     for items, targets, message in (
             (["grains=1"], {}, "--within grains=1: expected NAME=TOLERANCE with NAME a condition given with "
-                               "--condition (given: none)"),
+                               "--condition (given: none; a model trained without one takes --closed alone)"),
+            (["grains=1", "grains=2"], {"grains": 30.0}, "--within grains=2: grains is given twice"),
             (["size=1"], {"grains": 30.0}, "(given: grains)"),
             (["porosity=1"], {"porosity": 0.2}, "porosity is not a descriptor helpers.metrics measures"),
             (["grains=x"], {"grains": 30.0}, "expected NAME=TOLERANCE with a number >= 0, e.g. grains=1"),
@@ -81,12 +82,14 @@ def test_kept_batches_keep_in_order_draw_no_more_than_needed_and_stop_at_the_lim
     out = list(kept_batches(batches(), 3, Wanted(closed=True), most=100, tally=tally))
     assert [first for first, _ in out] == [0, 2]
     assert torch.equal(torch.cat([kept for _, kept in out]), images[:3])  # the third: batch 2's first, the rest dropped
-    assert pulled == [0, 1] and (tally.drawn, tally.kept, tally.fraction()) == (8, 3, 3 / 8)
-    pulled.clear()
-    short = Tally()
-    out = list(kept_batches(batches(), 4, Wanted(closed=True), most=6, tally=short))
-    assert (short.drawn, short.kept) == (6, 3) and pulled == [0, 1]  # the second batch cut at the limit
-    assert torch.equal(torch.cat([kept for _, kept in out]), images[:3])
-    pulled.clear()
-    assert len(list(kept_batches(batches(), 4, Wanted(closed=True), most=4))) == 1 and pulled == [0]
+    assert pulled == [0, 1] and (tally.drawn, tally.passed, tally.kept, tally.rate()) == (8, 4, 3, 0.5)
+    assert tally.describe() == "4 of 8 drawn passed (50%)"
+    for n, most, drawn, batches_pulled in ((2, 100, 4, [0]),  # enough in the first batch: no second one drawn
+                                           (5, 6, 8, [0, 1]),  # the limit passed within the second batch: stop
+                                           (5, 4, 4, [0])):  # the limit reached with the first: stop
+        pulled.clear()
+        short = Tally()
+        out = list(kept_batches(batches(), n, Wanted(closed=True), most=most, tally=short))
+        assert pulled == batches_pulled and (short.drawn, short.kept) == (drawn, min(n, drawn // 2))
+        assert torch.equal(torch.cat([kept for _, kept in out]), images[:short.kept])
     assert list(kept_batches(iter([]), 3, Wanted(closed=True), most=6)) == []
