@@ -26,7 +26,7 @@ from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
 from .keep import DRAWS_PER_IMAGE, Tally, Wanted, kept_batches, parse_within
-from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, each_batch, endless_batches,
+from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, draw_batch, each_batch,
                      fast_sampler, fast_sampler_evidence, generate, recommended_sampler, reverse_process_gif,
                      write_batch, write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
@@ -216,22 +216,22 @@ def _write_samples(model, schedule, sampler, args: argparse.Namespace, device: t
 
 def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torch.device,
                 condition: torch.Tensor | None, wanted: Wanted) -> Tally:
-    """Draw batches of ``min(--batch-size, --n)`` (numbered and seeded as ``generate``'s, so the
-    first is the batch a plain ``sample`` draws) and write the images ``wanted`` keeps as they
-    come, until ``--n`` are kept; refused, with what was kept written, once ``--max-draws`` images
-    were drawn (whole batches) before that."""
+    """Draw batches (numbered and seeded as ``generate``'s; the first of ``min(--batch-size, --n)``
+    images, the batch a plain ``sample`` draws first, the later ones as many as the pass rate says
+    are needed, ``keep.next_size``) and write the images ``wanted`` keeps as they come, until
+    ``--n`` are kept; refused, with what was kept written, once ``--max-draws`` images were drawn
+    (whole batches) before that."""
     out, tally = Path(args.out), Tally()
-    stream = endless_batches(model, schedule, min(args.batch_size, args.n), sampler, seed=args.seed, device=device,
-                             condition=condition, size=args.size, windows=args.windows, progress=not args.quiet)
+    options = dict(seed=args.seed, device=device, condition=condition, size=args.size, windows=args.windows,
+                   progress=not args.quiet)
 
-    def batches():
-        for images in stream:
-            yield images
-            if not args.quiet:  # the next batch is wanted: say where the draw stands
-                print(f"kept {tally.kept} of {args.n} asked for; {tally.describe()}", file=sys.stderr)
+    def draw(number: int, count: int) -> torch.Tensor:
+        if number and not args.quiet:  # say where the draw stands before the next batch
+            print(f"kept {tally.kept} of {args.n} asked for; {tally.describe()}", file=sys.stderr)
+        return draw_batch(model, schedule, sampler, number, count, **options)
 
     try:
-        for first, images in kept_batches(batches(), args.n, wanted, args.max_draws, tally):
+        for first, images in kept_batches(draw, args.n, wanted, args.max_draws, min(args.batch_size, args.n), tally):
             write_batch(images, out, first, args.n)
     except OSError as exc:
         raise DataError(f"{exc.filename or out}: could not be written ({write_failure(exc)})") from None
@@ -576,8 +576,9 @@ def _add_sample(commands) -> None:
                         "whose measured NAME lies within TOLERANCE of its target (e.g. grains=1), drawing more until "
                         "--n are kept")
     sample.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --closed or --within: stop "
-                        f"drawing once N images were drawn (whole batches of min(--batch-size, --n); default "
-                        f"{DRAWS_PER_IMAGE} x --n); if fewer than --n passed, those are written and the command fails")
+                        "drawing once N images were drawn (in whole batches, of at most min(--batch-size, --n); "
+                        f"default {DRAWS_PER_IMAGE} x --n); if fewer than --n passed, those are written and the "
+                        "command fails")
     sample.add_argument("--seed", type=_non_negative_int, default=0)
     sample.add_argument("--batch-size", type=_positive_int, help="images per batch (default: 256 at the "
                         "training size, fewer on a larger canvas: the same pixels per batch)")

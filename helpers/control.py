@@ -39,7 +39,7 @@ from . import data as data_module
 from . import metrics
 from .conditions import ConditionError, target_vector
 from .keep import DRAWS_PER_IMAGE, Tally, Wanted, as_written, kept_batches
-from .sample import BATCH_SIZE, Sampler, derived_seed, endless_batches, generate
+from .sample import BATCH_SIZE, Sampler, derived_seed, draw_batch, generate
 
 REAL_SEED = 1000  # voronoi-gb-range images drawn with this base seed are never training images
 MATCHED_SEED = 1001  # nor these: the real images matched to samples, apart from those at the targets
@@ -354,8 +354,10 @@ def _kept_images(model, schedule, n: int, sampler: Sampler, wanted: Wanted, most
                  **options) -> torch.Tensor:
     """The first ``n`` images ``wanted`` keeps, drawn in batches as ``generate`` draws them; refused
     if ``most`` images were drawn first (``label`` names the target in the message)."""
-    stream = endless_batches(model, schedule, min(n, BATCH_SIZE), sampler, **options)
-    parts = [kept for _, kept in kept_batches(stream, n, wanted, most, tally)]
+    def draw(number: int, count: int) -> torch.Tensor:
+        return draw_batch(model, schedule, sampler, number, count, **options)
+
+    parts = [kept for _, kept in kept_batches(draw, n, wanted, most, min(n, BATCH_SIZE), tally)]
     if tally.kept < n:
         raise ValueError(f"control: {tally.kept} of the {n} samples asked for at {label} ({sampler.describe()}) "
                          f"were kept ({wanted.describe()}; {tally.describe()}, --max-draws {most}); "

@@ -9,8 +9,10 @@ measures a folder of samples: on the 8-bit image as ``sample`` writes it (``as_w
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,17 +105,26 @@ class Tally:
         return f"{self.passed} of {self.drawn} drawn passed ({self.rate():.0%})"
 
 
-def kept_batches(batches: Iterable[torch.Tensor], n: int, wanted: Wanted, most: int,
+def next_size(n: int, tally: Tally, batch_size: int) -> int:
+    """How many images the next batch draws: ``batch_size`` until one has passed; then as many as
+    the pass rate so far says the rest needs, a quarter more for luck, at most ``batch_size``."""
+    if not tally.passed:
+        return batch_size
+    return max(1, min(batch_size, math.ceil(1.25 * (n - tally.kept) / tally.rate())))
+
+
+def kept_batches(draw: Callable[[int, int], torch.Tensor], n: int, wanted: Wanted, most: int, batch_size: int,
                  tally: Tally | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """The images of ``batches`` that ``wanted`` keeps, as (index of the first kept image, images),
-    until ``n`` are kept or at least ``most`` images have been drawn (whole batches: the last may
-    go past ``most``; then fewer than ``n`` may come out: compare ``tally.kept`` with ``n``).
-    ``batches`` is consumed lazily: no batch is drawn once ``n`` are kept or ``most`` are drawn."""
-    tally, source = Tally() if tally is None else tally, iter(batches)
-    while tally.kept < n and tally.drawn < most:
-        images = next(source, None)
-        if images is None:
+    """The images that ``wanted`` keeps of the batches ``draw(number, size)`` makes (numbers 0, 1,
+    ...; sizes by ``next_size``), as (index of the first kept image, images), until ``n`` are kept
+    or at least ``most`` images have been drawn (whole batches: the last may go past ``most``;
+    then fewer than ``n`` come out: compare ``tally.kept`` with ``n``). No batch is drawn once
+    ``n`` are kept or ``most`` are drawn."""
+    tally = Tally() if tally is None else tally
+    for number in itertools.count():
+        if tally.kept >= n or tally.drawn >= most:
             return
+        images = draw(number, next_size(n, tally, batch_size))
         passing = images[torch.from_numpy(wanted.keeps(images))]
         tally.drawn, tally.passed = tally.drawn + len(images), tally.passed + len(passing)
         chosen = passing[:n - tally.kept]

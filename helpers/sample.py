@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -416,15 +415,11 @@ def generate(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAMPL
     return torch.zeros(0, 1, side, side)
 
 
-def endless_batches(model, schedule: Schedule, batch_size: int, sampler: Sampler = DEFAULT_SAMPLER,
-                    **options) -> Iterator[torch.Tensor]:
-    """Batches of ``batch_size`` samples without end, numbered and seeded as ``generate`` numbers
-    and seeds its batches (batch k is batch k of ``generate`` with that ``batch_size``): for a
-    caller that keeps some images and stops when it has enough (``keep.kept_batches``).
-    ``options`` are ``generate``'s."""
-    for number in itertools.count():
-        yield generate(model, schedule, (number + 1) * batch_size, sampler, batch_size=batch_size,
-                       batches=[number], **options)
+def draw_batch(model, schedule: Schedule, sampler: Sampler, number: int, count: int, **options) -> torch.Tensor:
+    """Batch ``number`` of ``count`` samples, seeded as ``generate`` seeds its batches (``batch_seed``):
+    batch k of ``generate`` when ``count`` is its ``batch_size``. For a caller that draws batch after
+    batch until it has enough (``keep.kept_batches``). ``options`` are ``generate``'s."""
+    return generate(model, schedule, (number + 1) * count, sampler, batch_size=count, batches=[number], **options)
 
 
 def sample_grid(model, schedule: Schedule, n: int, path: Path, sampler: Sampler = DEFAULT_SAMPLER, *,

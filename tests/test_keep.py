@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import data, metrics
-from helpers.keep import KeepError, Tally, Wanted, kept_batches, parse_within
+from helpers.keep import KeepError, Tally, Wanted, kept_batches, next_size, parse_within
 
 RANGE = "voronoi_gb_range_64"
 
@@ -66,30 +66,37 @@ def test_within_is_read_against_the_conditions_asked_for():
             parse_within(items, targets)
 
 
+def test_the_next_batch_is_sized_by_the_pass_rate_so_far():
+    assert next_size(64, Tally(), 64) == 64  # nothing drawn yet: a whole batch
+    assert next_size(64, Tally(drawn=64, passed=0, kept=0), 64) == 64  # nothing passed: no rate to go by
+    assert next_size(64, Tally(drawn=64, passed=58, kept=58), 64) == 9  # 6 more at 58/64: 6.6, a quarter more
+    assert next_size(64, Tally(drawn=64, passed=16, kept=16), 64) == 64  # 48 more at 1/4 would be 240: capped
+    assert next_size(10, Tally(drawn=10, passed=10, kept=9), 10) == 2
+
+
 def test_kept_batches_keep_in_order_draw_no_more_than_needed_and_stop_at_the_limit(real):
     images = real[0]
     broken = torch.stack([opened(image) for image in images[:4]])
-    # batches of four: closed, open, closed, open ...
-    mixed = [torch.stack([images[2 * b], broken[2 * b], images[2 * b + 1], broken[2 * b + 1]]) for b in range(2)]
-    pulled = []
+    pool = [images[0], broken[0], images[1], broken[1], images[2], broken[2], images[3], broken[3]]
+    asked = []
 
-    def batches():
-        for number, batch in enumerate(mixed):
-            pulled.append(number)
-            yield batch
+    def draw(number, size):  # the pool in order: closed, open, closed, open ...
+        asked.append((number, size))
+        start = sum(size for _, size in asked[:-1])
+        return torch.stack(pool[start:start + size])
 
     tally = Tally()
-    out = list(kept_batches(batches(), 3, Wanted(closed=True), most=100, tally=tally))
+    out = list(kept_batches(draw, 3, Wanted(closed=True), most=100, batch_size=4, tally=tally))
     assert [first for first, _ in out] == [0, 2]
-    assert torch.equal(torch.cat([kept for _, kept in out]), images[:3])  # the third: batch 2's first, the rest dropped
-    assert pulled == [0, 1] and (tally.drawn, tally.passed, tally.kept, tally.rate()) == (8, 4, 3, 0.5)
-    assert tally.describe() == "4 of 8 drawn passed (50%)"
-    for n, most, drawn, batches_pulled in ((2, 100, 4, [0]),  # enough in the first batch: no second one drawn
-                                           (5, 6, 8, [0, 1]),  # the limit passed within the second batch: stop
-                                           (5, 4, 4, [0])):  # the limit reached with the first: stop
-        pulled.clear()
+    assert torch.equal(torch.cat([kept for _, kept in out]), images[:3])
+    # after 2 of 4 passed, one more is wanted: 1.25 x 1 / (2/4) = 2.5, so three are drawn
+    assert asked == [(0, 4), (1, 3)] and (tally.drawn, tally.passed, tally.kept, tally.rate()) == (7, 4, 3, 4 / 7)
+    assert tally.describe() == "4 of 7 drawn passed (57%)"
+    for n, most, drawn, sizes in ((2, 100, 4, [4]),  # enough in the first batch: no second one drawn
+                                  (5, 5, 8, [4, 4]),  # the limit passed within the second batch: stop there
+                                  (5, 4, 4, [4])):  # the limit reached with the first: stop
+        asked.clear()
         short = Tally()
-        out = list(kept_batches(batches(), n, Wanted(closed=True), most=most, tally=short))
-        assert pulled == batches_pulled and (short.drawn, short.kept) == (drawn, min(n, drawn // 2))
+        out = list(kept_batches(draw, n, Wanted(closed=True), most=most, batch_size=4, tally=short))
+        assert [size for _, size in asked] == sizes and (short.drawn, short.kept) == (drawn, min(n, (drawn + 1) // 2))
         assert torch.equal(torch.cat([kept for _, kept in out]), images[:short.kept])
-    assert list(kept_batches(iter([]), 3, Wanted(closed=True), most=6)) == []

@@ -37,11 +37,11 @@ def test_exported_weights_are_fp16_and_sample_like_the_checkpoint(weights):
     assert a.min() >= -1.0 and a.max() <= 1.0  # x0 clipped
 
 
-def test_endless_batches_are_generates_batches_one_after_another(weights):
+def test_draw_batch_draws_generates_batch_of_that_number_and_size(weights):
     model, schedule, _ = load_model(weights, CPU)
-    stream = sample.endless_batches(model, schedule, 2, Sampler("ddim", 3), seed=1)
-    first_three = torch.cat([next(stream) for _ in range(3)])
-    assert torch.equal(first_three, sample.generate(model, schedule, 6, Sampler("ddim", 3), seed=1, batch_size=2))
+    batches = [sample.draw_batch(model, schedule, Sampler("ddim", 3, eta=1.0), k, 2, seed=1) for k in range(3)]
+    whole = sample.generate(model, schedule, 6, Sampler("ddim", 3, eta=1.0), seed=1, batch_size=2)
+    assert torch.equal(torch.cat(batches), whole)
 
 
 def test_sample_command_writes_pngs_and_a_gif(weights, tmp_path, capsys):
