@@ -530,6 +530,26 @@ def test_the_shipped_conditional_model_takes_a_grain_count_and_recommends_its_gu
     assert images.shape == (2, 1, 64, 64) and torch.isfinite(images).all()
 
 
+def test_the_cards_kept_samples_table_is_what_its_two_control_files_hold():
+    """The card's "Exactly the count asked for" table, row by row, from control_2x64.json and
+    control_kept_2x64.json: a re-measured file must change the card too."""
+    folder = data.DATA_ROOT / "pretrained_conditional"
+    card = (folder / "README.md").read_text()
+    for file, label in (("control_2x64.json", "all drawn"), ("control_kept_2x64.json", "kept: within 1 grain, closed")):
+        report = json.loads((folder / file).read_text())["reports"][0]
+        keeping = report.get("keeping")
+        assert (keeping is not None) == (file != "control_2x64.json")
+        for i, target in enumerate(report["targets"]):
+            cells = [f"{target:g}", f"{report['achieved_mean'][i]:.1f}", f"{report['achieved_sd'][i]:.2f}",
+                     *(f"{ratios[i][d]:.2f}" for ratios in (report["ratios"], report["matched_ratios"])
+                       for d in ("boundary_fraction", "lineal_intercept")),
+                     f"{report['dangling_ends_by_target'][i]:.2f}"]
+            passed = (f"{keeping['passed'][i]} of {keeping['drawn'][i]} "
+                      f"({keeping['passed'][i] / keeping['drawn'][i]:.0%})") if keeping else ""
+            first = f"{label} (`{file}`)" if i == 0 else ""
+            assert f"| {first} | {' | '.join(cells)} | {passed} |".replace("|  |", "| |") in card
+
+
 def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():
     """Section 6's prose gives the card's 8 x 64 sweep (control_8x64.json); a re-measured sweep must
     change the lesson too."""
