@@ -531,7 +531,7 @@ def test_the_shipped_conditional_model_takes_a_grain_count_and_recommends_its_gu
 
 
 def test_the_cards_kept_samples_table_is_what_its_two_control_files_hold():
-    """The card's "Exactly the count asked for" table, row by row, from control_2x64.json and
+    """The card's "Within a grain of the count asked for" table, row by row, from control_2x64.json and
     control_kept_2x64.json: a re-measured file must change the card too."""
     folder = data.DATA_ROOT / "pretrained_conditional"
     card = (folder / "README.md").read_text()
