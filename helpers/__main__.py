@@ -299,9 +299,8 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
 def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, side: int, world: World) -> Wanted:
     """What --closed and --within ask of every image kept, checked against the rest of the command."""
     wanted = Wanted(closed=args.closed, within=parse_within(args.within or [], targets))
+    args.max_draws = _max_draws(args, bool(wanted))
     if not wanted:
-        if args.max_draws is not None:
-            raise DataError("--max-draws limits the images drawn for --closed or --within; give one of them")
         return wanted
     if args.gif:
         raise DataError("--gif records the first images drawn, which --closed and --within may throw away; "
@@ -313,10 +312,20 @@ def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, s
         raise DataError(f"--within measures images of the {trained}x{trained} the model was trained on; a "
                         f"{side}x{side} canvas holds more grains than the condition asks of a {trained}x{trained} "
                         f"image; drop --size")
-    args.max_draws = args.max_draws or DRAWS_PER_IMAGE * args.n
-    if args.max_draws < args.n:
-        raise DataError(f"--max-draws {args.max_draws}: expected at least --n ({args.n})")
     return wanted
+
+
+def _max_draws(args: argparse.Namespace, keeping: bool) -> int | None:
+    """--max-draws as sample and control use it: given only with --closed or --within, at least
+    --n, by default ``keep.DRAWS_PER_IMAGE`` x --n."""
+    if not keeping:
+        if args.max_draws is not None:
+            raise DataError("--max-draws limits the images drawn for --closed or --within; give one of them")
+        return None
+    most = args.max_draws or DRAWS_PER_IMAGE * args.n
+    if most < args.n:
+        raise DataError(f"--max-draws {most}: expected at least --n ({args.n})")
+    return most
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -379,13 +388,9 @@ def _control(args: argparse.Namespace) -> None:
         raise DataError(f"--sampler/--steps/--eta: {exc}") from None
     for w in args.guidance:
         check_guidance(payload, w, str(args.checkpoint))
-    keeping = None
-    if args.within is not None or args.closed:
-        keeping = Keeping(args.within, bool(args.closed), args.max_draws)
-        if args.max_draws is not None and args.max_draws < args.n:
-            raise DataError(f"--max-draws {args.max_draws}: expected at least --n ({args.n})")
-    elif args.max_draws is not None:
-        raise DataError("--max-draws limits the samples drawn for --closed or --within; give one of them")
+    given = args.within is not None or bool(args.closed)
+    most = _max_draws(args, given)
+    keeping = Keeping(args.within, bool(args.closed), most) if given else None
     start = time.perf_counter()
     reports = guidance_sweep(model, schedule, stats, targets, args.n, sampler, scales=args.guidance,
                              name=name, seed=args.seed, device=device, splits=args.splits, keeping=keeping)

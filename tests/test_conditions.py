@@ -289,7 +289,7 @@ def test_sample_keeps_only_images_that_measure_as_asked_and_refuses_what_it_cann
     reports = [json.loads(path.read_text())["reports"][0] for path in (plain, kept)]
     assert reports[1].pop("keeping") == {"rules": "grains within 1000", "drawn": [2, 2], "passed": [2, 2]}
     assert reports[0] == reports[1]
-    for extra, message in ((["--max-draws", "3"], "--max-draws limits the samples drawn for --closed or --within"),
+    for extra, message in ((["--max-draws", "3"], "--max-draws limits the images drawn for --closed or --within"),
                            (["--closed", "--max-draws", "3", "--measure", str(plain)], "--steps, --closed, --max-draws\n")):
         assert main([*control, *extra]) == 2
         err = capsys.readouterr().err
