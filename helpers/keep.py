@@ -2,10 +2,11 @@
 
 A diffusion model draws from a distribution. Asked for 30 grains, the shipped conditional model
 draws 30 give or take two or three, and a few images of any model have an open boundary (a
-dangling end) where a simulation would see two grains as one. Who needs exactly what they asked
-for draws more and keeps the images that measure right. They are measured as ``evaluate``
-measures a folder of samples: on the 8-bit image as ``sample`` writes it (``as_written``), with
-``metrics.measure``. The price is the images drawn and not kept: ``Tally`` counts them.
+dangling end) where a simulation would see two grains as one. Who needs each image within a
+tolerance of what they asked for (or exactly it) draws more and keeps the images that measure
+right. They are measured as ``evaluate`` measures a folder of samples: on the 8-bit image as
+``sample`` writes it (``as_written``), with ``metrics.measure``. The price is the images drawn and
+not kept: ``Tally`` counts them.
 """
 from __future__ import annotations
 
