@@ -217,10 +217,9 @@ def _write_samples(model, schedule, sampler, args: argparse.Namespace, device: t
 def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torch.device,
                 condition: torch.Tensor | None, wanted: Wanted) -> Tally:
     """Draw batches (numbered and seeded as ``generate``'s; the first of ``min(--batch-size, --n)``
-    images, the batch a plain ``sample`` draws first, the later ones as many as the pass rate says
-    are needed, ``keep.next_size``) and write the images ``wanted`` keeps as they come, until
-    ``--n`` are kept; refused, with what was kept written, once ``--max-draws`` images were drawn
-    (whole batches) before that."""
+    images, the batch a plain ``sample`` draws first, the later ones sized by ``keep.next_size``)
+    and write the images ``wanted`` keeps as they come, until ``--n`` are kept; refused, with what
+    was kept written, once ``--max-draws`` images were drawn before that."""
     out, tally = Path(args.out), Tally()
     options = dict(seed=args.seed, device=device, condition=condition, size=args.size, windows=args.windows,
                    progress=not args.quiet)
@@ -233,14 +232,16 @@ def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torc
     try:
         for first, images in kept_batches(draw, args.n, wanted, args.max_draws, min(args.batch_size, args.n), tally):
             write_batch(images, out, first, args.n)
+        if tally.kept:
+            write_manifest(out, args.n, written=tally.kept)
     except OSError as exc:
         raise DataError(f"{exc.filename or out}: could not be written ({write_failure(exc)})") from None
-    write_manifest(out, args.n, written=tally.kept)
     if tally.kept < args.n:
+        written = (f"the {tally.kept} kept are written there (the same --seed draws them first again: rerun "
+                   f"with --force)") if tally.kept else "nothing was written"
         raise DataError(f"{out}: {tally.kept} of the {args.n} images asked for were kept ({wanted.describe()}; "
-                        f"{tally.describe()}, --max-draws {args.max_draws}) and written there; "
-                        f"{'widen --within or ' if wanted.within else ''}raise --max-draws and give --force "
-                        f"(the same --seed draws the same images first)")
+                        f"{tally.describe()}, --max-draws {args.max_draws}); {written}; "
+                        f"{'widen --within or ' if wanted.within else ''}raise --max-draws")
     return tally
 
 
@@ -278,6 +279,9 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     except ValueError as exc:
         raise DataError(f"--sampler/--steps/--eta/--guidance: {exc}") from None
     stats, condition, targets = payload.get("condition"), None, {}
+    if args.within and not stats:
+        raise DataError(f"--within: {args.checkpoint} was trained without a condition, so its samples have no "
+                        f"target to be within; keep closed networks with --closed alone")
     if args.condition:
         targets = parse_targets(stats, args.condition, str(args.checkpoint))
         condition = target_vector(stats, targets)
@@ -575,15 +579,14 @@ def _add_sample(commands) -> None:
     sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
                         "scale w >= 0 (0: the conditional model alone); default: the model's")
     sample.add_argument("--closed", action="store_true", help="keep only images whose boundary network is "
-                        "closed (no dangling ends away from the image's edge, measured as evaluate measures them), "
-                        "drawing more until --n are kept")
-    sample.add_argument("--within", nargs="+", metavar="NAME=TOLERANCE", help="with --condition: keep only images "
-                        "whose measured NAME lies within TOLERANCE of its target (e.g. grains=1), drawing more until "
-                        "--n are kept")
-    sample.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --closed or --within: stop "
-                        "drawing once N images were drawn (in whole batches, of at most min(--batch-size, --n); "
-                        f"default {DRAWS_PER_IMAGE} x --n); if fewer than --n passed, those are written and the "
-                        "command fails")
+                        "closed (two grains or more, no dangling ends away from the image's edge, measured as "
+                        "evaluate measures them), drawing more until --n are kept")
+    sample.add_argument("--within", nargs="+", action="extend", metavar="NAME=TOLERANCE",
+                        help="with --condition: keep only images whose measured NAME lies within TOLERANCE of its "
+                        "target (e.g. grains=1), drawing more until --n are kept")
+    sample.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --closed or --within: draw "
+                        f"at most N images (default {DRAWS_PER_IMAGE} x --n); if fewer than --n passed, those are "
+                        "written and the command fails")
     sample.add_argument("--seed", type=_non_negative_int, default=0)
     sample.add_argument("--batch-size", type=_positive_int, help="images per batch (default: 256 at the "
                         "training size, fewer on a larger canvas: the same pixels per batch)")
@@ -602,7 +605,8 @@ def _add_sample(commands) -> None:
                         "default: fp32, auto with --fast")
     sample.add_argument("--out", required=True, type=Path, help="folder for the PNGs (new or empty)")
     sample.add_argument("--force", action="store_true",
-                        help="write into a non-empty folder, replace an existing GIF")
+                        help="write into a non-empty folder (replacing its images and manifest.csv of the same "
+                        "names), replace an existing GIF")
     sample.add_argument("--gif", type=Path, help="also write a GIF of the reverse process here")
     sample.add_argument("--quiet", action="store_true")
     sample.set_defaults(run=_sample)
@@ -682,9 +686,10 @@ def _add_control(commands) -> None:
                          "measured descriptor (the one --targets are values of) lies within TOLERANCE of the target, "
                          "as sample --within keeps them, drawing more until --n are kept")
     control.add_argument("--closed", action="store_true", default=None, help="judge only samples with a closed "
-                         "boundary network (as sample --closed keeps them), drawing more until --n are kept")
-    control.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --within or --closed: stop "
-                         f"drawing for a target (at each guidance scale) once N samples were drawn, and fail (default "
+                         "boundary network (two grains or more, no dangling ends: as sample --closed keeps them), "
+                         "drawing more until --n are kept")
+    control.add_argument("--max-draws", type=_positive_int, metavar="N", help="with --within or --closed: draw "
+                         f"at most N samples for a target (at each guidance scale), else fail (default "
                          f"{DRAWS_PER_IMAGE} x --n)")
     control.add_argument("--splits", type=_positive_int, default=20, help="random splits for each noise floor")
     control.add_argument("--measure", type=Path, metavar="FILE", help="measure the samples in FILE instead of "

@@ -32,9 +32,10 @@ class KeepError(ValueError):
 
 @dataclass(frozen=True)
 class Wanted:
-    """What a kept image must measure: a closed network (no dangling ends, ``metrics.skeleton_features``:
-    ends at the image's edge do not count) and each descriptor in ``within`` (name -> (target,
-    tolerance)) no further than its tolerance from its target."""
+    """What a kept image must measure: a closed network (two grains or more and no dangling ends,
+    ``metrics.skeleton_features``: ends at the image's edge do not count; a blank image has no
+    network to be closed) and each descriptor in ``within`` (name -> (target, tolerance)) no
+    further than its tolerance from its target."""
 
     closed: bool = False
     within: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -53,7 +54,7 @@ class Wanted:
         return np.array([self._passes(mask) for mask in as_written(images)], dtype=bool)
 
     def _passes(self, mask: np.ndarray) -> bool:
-        if self.closed and metrics.measure("dangling_ends", mask) > 0:
+        if self.closed and (metrics.measure("dangling_ends", mask) > 0 or metrics.measure("grains", mask) < 2):
             return False
         return all(abs(metrics.measure(name, mask) - target) <= tol for name, (target, tol) in self.within.items())
 
@@ -73,7 +74,7 @@ def parse_within(items: Sequence[str], targets: dict[str, float]) -> dict[str, t
         if name in within:
             raise KeepError(f"--within {item}: {name} is given twice; expected each name once")
         if name not in targets:
-            asked = ", ".join(targets) if targets else "none; a model trained without one takes --closed alone"
+            asked = ", ".join(targets) if targets else "none"
             raise KeepError(f"--within {item}: expected NAME=TOLERANCE with NAME a condition given with "
                             f"--condition (given: {asked})")
         if name not in metrics.DESCRIPTORS:
@@ -83,8 +84,8 @@ def parse_within(items: Sequence[str], targets: dict[str, float]) -> dict[str, t
             tolerance = float(text)
         except ValueError:
             tolerance = float("nan")
-        if not tolerance >= 0 or tolerance == float("inf"):
-            raise KeepError(f"--within {item}: expected NAME=TOLERANCE with a number >= 0, e.g. {name}=1")
+        if not 0 <= tolerance < float("inf"):
+            raise KeepError(f"--within {item}: expected NAME=TOLERANCE with a finite number >= 0, e.g. {name}=1")
         within[name] = (targets[name], tolerance)
     return within
 
@@ -106,26 +107,26 @@ class Tally:
         return f"{self.passed} of {self.drawn} drawn passed ({self.rate():.0%})"
 
 
-def next_size(n: int, tally: Tally, batch_size: int) -> int:
+def next_size(n: int, tally: Tally, batch_size: int, most: int) -> int:
     """How many images the next batch draws: ``batch_size`` until one has passed; then as many as
-    the pass rate so far says the rest needs, a quarter more for luck, at most ``batch_size``."""
-    if not tally.passed:
-        return batch_size
-    return max(1, min(batch_size, math.ceil(1.25 * (n - tally.kept) / tally.rate())))
+    the pass rate so far says the rest needs, a quarter more for luck, at most ``batch_size``;
+    never more than ``most`` leaves."""
+    wish = math.ceil(1.25 * (n - tally.kept) / tally.rate()) if tally.passed else batch_size
+    return max(1, min(wish, batch_size, most - tally.drawn))
 
 
 def kept_batches(draw: Callable[[int, int], torch.Tensor], n: int, wanted: Wanted, most: int, batch_size: int,
                  tally: Tally | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The images that ``wanted`` keeps of the batches ``draw(number, size)`` makes (numbers 0, 1,
-    ...; sizes by ``next_size``), as (index of the first kept image, images), until ``n`` are kept
-    or at least ``most`` images have been drawn (whole batches: the last may go past ``most``;
-    then fewer than ``n`` come out: compare ``tally.kept`` with ``n``). No batch is drawn once
-    ``n`` are kept or ``most`` are drawn."""
+    ...; sizes by ``next_size``: give ``batch_size`` at most ``n``, so that the first batch is the
+    one a plain draw of ``n`` starts with), as (index of the first kept image, images), until ``n`` are kept
+    or ``most`` images have been drawn (then fewer than ``n`` come out: compare ``tally.kept``
+    with ``n``). No batch is drawn once ``n`` are kept."""
     tally = Tally() if tally is None else tally
     for number in itertools.count():
         if tally.kept >= n or tally.drawn >= most:
             return
-        images = draw(number, next_size(n, tally, batch_size))
+        images = draw(number, next_size(n, tally, batch_size, most))
         passing = images[torch.from_numpy(wanted.keeps(images))]
         tally.drawn, tally.passed = tally.drawn + len(images), tally.passed + len(passing)
         chosen = passing[:n - tally.kept]

@@ -261,8 +261,8 @@ def test_sample_keeps_only_images_that_measure_as_asked_and_refuses_what_it_cann
                  "--out", str(tmp_path / "closed")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'closed'}: 3 of the 4 images asked for were kept (closed networks; 3 of 4 drawn passed " \
-           "(75%), --max-draws 4) and written there; raise --max-draws and give --force (the same --seed draws the " \
-           "same images first)\n" in err and err.count("\n") == 1
+           "(75%), --max-draws 4); the 3 kept are written there (the same --seed draws them first again: rerun with " \
+           "--force); raise --max-draws\n" in err and err.count("\n") == 1
     assert (tmp_path / "closed" / "manifest.csv").read_text() == "file\n00000.png\n00001.png\n00002.png\n"
     assert [path.read_bytes() for path in sorted((tmp_path / "closed").glob("*.png"))] == closed
     for extra, message in (
@@ -273,10 +273,22 @@ def test_sample_keeps_only_images_that_measure_as_asked_and_refuses_what_it_cann
             (["--max-draws", "9"], "--max-draws limits the images drawn for --closed or --within"),
             (["--closed", "--n", "5", "--max-draws", "4"], "--max-draws 4: expected at least --n (5)"),
             (["--within", "grains=1"], "--within grains=1: expected NAME=TOLERANCE with NAME a condition given with "
-                                       "--condition (given: none; a model trained without one takes --closed alone)")):
+                                       "--condition (given: none)"),
+            (["--condition", "grains=20", "--within", "grains=1", "--within", "grains=2"],
+             "--within grains=2: grains is given twice")):
         assert main(["sample", "--checkpoint", str(conditional), "--out", str(tmp_path / "no"), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and not (tmp_path / "no").exists()
+    unconditional = data.DATA_ROOT / "pretrained" / "model.pt"
+    assert main(["sample", "--checkpoint", str(unconditional), "--within", "grains=1",
+                 "--out", str(tmp_path / "no")]) == 2
+    assert f"--within: {unconditional} was trained without a condition, so its samples have no target to be within; " \
+           "keep closed networks with --closed alone\n" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    # nothing kept: nothing written, so the same command may run again into the same folder
+    assert main([*common, "--within", "grains=0", "--max-draws", "3", "--out", str(tmp_path / "none")]) == 2
+    assert "0 of the 3 images asked for were kept (grains within 0 of 20; 0 of 3 drawn passed (0%), --max-draws 3); " \
+           "nothing was written; widen --within or raise --max-draws\n" in capsys.readouterr().err
+    assert list((tmp_path / "none").iterdir()) == []
     # control judges the samples sample would keep: a tolerance every one meets changes nothing but the words
     plain, kept = tmp_path / "plain.json", tmp_path / "kept.json"
     control = ["control", "--checkpoint", str(conditional), "--targets", "10", "30", "--n", "2", "--guidance", "1",

@@ -44,6 +44,8 @@ def test_images_are_kept_by_their_measured_grains_and_closed_networks(real):
         assert np.array_equal(wanted.keeps(images), np.abs(grains - grains[0]) <= tolerance)
     broken = opened(images[0])
     both = torch.stack([images[0], broken])
+    blank, solid = torch.full((1, 64, 64), -1.0), torch.full((1, 64, 64), 1.0)  # no network to be closed
+    assert not Wanted(closed=True).keeps(torch.stack([blank, solid])).any()
     assert np.array_equal(Wanted(closed=True).keeps(both), [True, False])
     assert np.array_equal(Wanted(within={"grains": (grains[0], 100)}).keeps(both), [True, True])
     assert Wanted(True, {"grains": (30.0, 1.0)}).describe() == "closed networks, grains within 1 of 30"
@@ -54,24 +56,25 @@ def test_within_is_read_against_the_conditions_asked_for():
     assert parse_within([], {}) == {}
     for items, targets, message in (
             (["grains=1"], {}, "--within grains=1: expected NAME=TOLERANCE with NAME a condition given with "
-                               "--condition (given: none; a model trained without one takes --closed alone)"),
+                               "--condition (given: none)"),
             (["grains=1", "grains=2"], {"grains": 30.0}, "--within grains=2: grains is given twice"),
             (["size=1"], {"grains": 30.0}, "(given: grains)"),
             (["porosity=1"], {"porosity": 0.2}, "porosity is not a descriptor helpers.metrics measures"),
-            (["grains=x"], {"grains": 30.0}, "expected NAME=TOLERANCE with a number >= 0, e.g. grains=1"),
-            (["grains=-1"], {"grains": 30.0}, "a number >= 0"),
-            (["grains=nan"], {"grains": 30.0}, "a number >= 0"),
-            (["grains=inf"], {"grains": 30.0}, "a number >= 0")):
+            (["grains=x"], {"grains": 30.0}, "expected NAME=TOLERANCE with a finite number >= 0, e.g. grains=1"),
+            (["grains=-1"], {"grains": 30.0}, "a finite number >= 0"),
+            (["grains=nan"], {"grains": 30.0}, "a finite number >= 0"),
+            (["grains=inf"], {"grains": 30.0}, "a finite number >= 0")):
         with pytest.raises(KeepError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse_within(items, targets)
 
 
 def test_the_next_batch_is_sized_by_the_pass_rate_so_far():
-    assert next_size(64, Tally(), 64) == 64  # nothing drawn yet: a whole batch
-    assert next_size(64, Tally(drawn=64, passed=0, kept=0), 64) == 64  # nothing passed: no rate to go by
-    assert next_size(64, Tally(drawn=64, passed=58, kept=58), 64) == 9  # 6 more at 58/64: 6.6, a quarter more
-    assert next_size(64, Tally(drawn=64, passed=16, kept=16), 64) == 64  # 48 more at 1/4 would be 240: capped
-    assert next_size(10, Tally(drawn=10, passed=10, kept=9), 10) == 2
+    assert next_size(64, Tally(), 64, 1280) == 64 and next_size(64, Tally(drawn=64), 64, 1280) == 64  # none passed
+    assert next_size(64, Tally(drawn=64, passed=58, kept=58), 64, 1280) == 9  # 6 more at 58/64: 6.6, a quarter more
+    assert next_size(64, Tally(drawn=64, passed=16, kept=16), 64, 1280) == 64  # 240 wanted: at most a batch
+    assert next_size(64, Tally(drawn=64, passed=16, kept=16), 256, 1280) == 240
+    assert next_size(64, Tally(drawn=64, passed=16, kept=16), 64, 100) == 36  # at most what the limit leaves
+    assert next_size(10, Tally(drawn=10, passed=10, kept=9), 10, 200) == 2
 
 
 def test_kept_batches_keep_in_order_draw_no_more_than_needed_and_stop_at_the_limit(real):
@@ -86,17 +89,17 @@ def test_kept_batches_keep_in_order_draw_no_more_than_needed_and_stop_at_the_lim
         return torch.stack(pool[start:start + size])
 
     tally = Tally()
-    out = list(kept_batches(draw, 3, Wanted(closed=True), most=100, batch_size=4, tally=tally))
+    out = list(kept_batches(draw, 3, Wanted(closed=True), most=100, batch_size=3, tally=tally))
     assert [first for first, _ in out] == [0, 2]
     assert torch.equal(torch.cat([kept for _, kept in out]), images[:3])
-    # after 2 of 4 passed, one more is wanted: 1.25 x 1 / (2/4) = 2.5, so three are drawn
-    assert asked == [(0, 4), (1, 3)] and (tally.drawn, tally.passed, tally.kept, tally.rate()) == (7, 4, 3, 4 / 7)
-    assert tally.describe() == "4 of 7 drawn passed (57%)"
-    for n, most, drawn, sizes in ((2, 100, 4, [4]),  # enough in the first batch: no second one drawn
-                                  (5, 5, 8, [4, 4]),  # the limit passed within the second batch: stop there
-                                  (5, 4, 4, [4])):  # the limit reached with the first: stop
+    # a batch of three; then 1 more wanted at 2 of 3 passed: 1.25 x 1 / (2/3) = 1.9, so two are drawn
+    assert asked == [(0, 3), (1, 2)] and (tally.drawn, tally.passed, tally.kept, tally.rate()) == (5, 3, 3, 0.6)
+    assert tally.describe() == "3 of 5 drawn passed (60%)"
+    for n, most, sizes, kept in ((2, 100, [2, 2], 2),  # 2.5 wanted after the first batch: at most a batch of 2
+                                 (5, 5, [4, 1], 3),  # the second batch cut to what the limit leaves
+                                 (5, 4, [4], 2)):  # the limit reached with the first: stop
         asked.clear()
         short = Tally()
-        out = list(kept_batches(draw, n, Wanted(closed=True), most=most, batch_size=4, tally=short))
-        assert [size for _, size in asked] == sizes and (short.drawn, short.kept) == (drawn, min(n, (drawn + 1) // 2))
+        out = list(kept_batches(draw, n, Wanted(closed=True), most=most, batch_size=min(4, n), tally=short))
+        assert [size for _, size in asked] == sizes and (short.drawn, short.kept) == (sum(sizes), kept)
         assert torch.equal(torch.cat([kept for _, kept in out]), images[:short.kept])
