@@ -54,9 +54,11 @@ class Wanted:
         return np.array([self._passes(mask) for mask in as_written(images)], dtype=bool)
 
     def _passes(self, mask: np.ndarray) -> bool:
-        if self.closed and (metrics.measure("dangling_ends", mask) > 0 or metrics.measure("grains", mask) < 2):
+        names = dict.fromkeys((["dangling_ends", "grains"] if self.closed else []) + list(self.within))
+        value = {name: metrics.measure(name, mask) for name in names}  # each descriptor measured once
+        if self.closed and (value["dangling_ends"] > 0 or value["grains"] < 2):
             return False
-        return all(abs(metrics.measure(name, mask) - target) <= tol for name, (target, tol) in self.within.items())
+        return all(abs(value[name] - target) <= tol for name, (target, tol) in self.within.items())
 
 
 def as_written(images: torch.Tensor) -> np.ndarray:

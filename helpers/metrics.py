@@ -202,27 +202,24 @@ def two_point_correlation(mask: np.ndarray, r_max: int | None = None) -> np.ndar
     return total / count
 
 
+# the descriptors measured each by its own function; the others (``TOPOLOGY``) are read off the skeleton
+_ALONE = {"boundary_fraction": boundary_fraction, "grains": grain_count, "lineal_intercept": mean_lineal_intercept}
+TOPOLOGY = ("junctions", "dangling_ends")  # fields of SkeletonFeatures
+
+
 def describe(mask: np.ndarray) -> dict[str, float]:
     """All scalar descriptors of one boundary mask (the keys of ``DESCRIPTORS``)."""
     topology = skeleton_features(mask)
-    return {
-        "boundary_fraction": boundary_fraction(mask),
-        "grains": float(grain_count(mask)),
-        "lineal_intercept": mean_lineal_intercept(mask),
-        "junctions": float(topology.junctions),
-        "dangling_ends": float(topology.dangling_ends),
-    }
-
-
-# descriptors measured on their own, without the skeleton that ``describe`` thins for the others
-_ALONE = {"grains": grain_count, "boundary_fraction": boundary_fraction, "lineal_intercept": mean_lineal_intercept}
+    return {**{name: float(function(mask)) for name, function in _ALONE.items()},
+            **{name: float(getattr(topology, name)) for name in TOPOLOGY}}
 
 
 def measure(name: str, mask: np.ndarray) -> float:
-    """Descriptor ``name`` (a key of ``DESCRIPTORS``) of one boundary mask, as ``describe`` gives it."""
+    """Descriptor ``name`` (a key of ``DESCRIPTORS``) of one boundary mask, as ``describe`` gives it,
+    computing only what that descriptor needs."""
     if name not in DESCRIPTORS:
         raise ValueError(f"unknown descriptor {name!r}; expected one of {', '.join(DESCRIPTORS)}")
-    return float(_ALONE[name](mask)) if name in _ALONE else describe(mask)[name]
+    return float(_ALONE[name](mask)) if name in _ALONE else float(getattr(skeleton_features(mask), name))
 
 
 @dataclass
