@@ -24,7 +24,7 @@ def test_rows_per_precision_and_layout_merge_into_the_json(tmp_path):
     assert "| bf16 | channels_last |" in result.stdout
 
 
-def test_a_call_size_below_one_is_refused_in_one_line():
-    result = subprocess.run(TOOL + ["--images-per-call", "0"], capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip().endswith(
-        "--images-per-call 0: expected a positive whole number")
+def test_a_count_below_one_is_refused_in_one_line():
+    for flag in "--images-per-call", "--n", "--repeats":
+        result = subprocess.run(TOOL + [flag, "0"], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.strip().endswith(f"{flag} 0: expected a positive whole number")

@@ -23,12 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import sample  # noqa: E402
 from helpers.bench import alternated_seconds, padding  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import at_precision  # noqa: E402
-from pretrained_report import parse_sampler  # noqa: E402
+from speed_arguments import add_speed_arguments, check_speed_arguments  # noqa: E402
 
 # (precision, layout): the default fp32 path, fp32 in NHWC, and --precision bf16 (NHWC on a CPU)
 WAYS = (("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "channels_last"))
@@ -37,17 +36,10 @@ PADDINGS = {"wrap_pad": "wrap", "F.pad": "torch"}  # column name: helpers.bench.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--sampler", type=parse_sampler, default=parse_sampler("dpm++2m:30:1"))
-    parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--images-per-call", type=int, metavar="N",
-                        help="the most images one network call takes (default: sample.call_size's, 8 of "
-                             "64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
+    add_speed_arguments(parser)
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
-    if args.images_per_call is not None and args.images_per_call < 1:
-        parser.error(f"--images-per-call {args.images_per_call}: expected a positive whole number")
+    check_speed_arguments(parser, args)
     cpu = torch.device("cpu")
     model, schedule, payload = load_model(args.model, cpu)
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}

@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import sample  # noqa: E402
 from helpers.bench import alternated_seconds  # noqa: E402
 from helpers.checkpoint import load_model  # noqa: E402
 from helpers.device import at_precision  # noqa: E402
-from pretrained_report import parse_sampler, spec  # noqa: E402
+from pretrained_report import spec  # noqa: E402
+from speed_arguments import add_speed_arguments, check_speed_arguments  # noqa: E402
 
 # the environment each instruction set runs under (oneDNN's and ATen's documented caps)
 CAPS = {
@@ -80,20 +80,12 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--sampler", type=parse_sampler, default=parse_sampler("dpm++2m:30:1"))
-    parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_speed_arguments(parser)
     parser.add_argument("--isa", nargs="+", choices=CAPS, default=list(CAPS))
-    parser.add_argument("--images-per-call", type=int, metavar="N",
-                        help="the most images one network call takes (default: sample.call_size's, 8 of "
-                             "64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
     parser.add_argument("--json", type=Path, help="rows are merged into this file, one per instruction set, sampler and --n")
     parser.add_argument("--child", choices=CAPS, help=argparse.SUPPRESS)  # one row, printed as JSON
     args = parser.parse_args()
-    if args.n < 1 or args.repeats < 1 or (args.images_per_call is not None and args.images_per_call < 1):
-        parser.error(f"--n {args.n} --repeats {args.repeats} --images-per-call {args.images_per_call}: "
-                     "expected positive whole numbers")
+    check_speed_arguments(parser, args)
     if args.child:
         print(json.dumps(measure(args)))
         return
