@@ -165,7 +165,7 @@ def fast_sampler_evidence(payload: dict) -> str:
     if not rows:
         return ""
     sizes = sorted({row["samples"] for row in rows})
-    sets = [f"{row['precision']} seed {row['seed']} ({row['dangling_ends']:.2f}"
+    sets = [f"{row['precision']} seed {row['seed']} ({row['dangling_ends']:.3g}"
             f"{' dangling ends per image' if i == 0 else ''})" for i, row in enumerate(rows)]
     return (f"met the fidelity bar on this model in {len(rows)} set{'s' if len(rows) > 1 else ''} of "
             f"{' or '.join(map(str, sizes))} samples: {', '.join(sets)}")
