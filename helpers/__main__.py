@@ -278,7 +278,7 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         sampler.timesteps(schedule)  # steps beyond the model's schedule: said before any work
     except ValueError as exc:
         raise DataError(f"--sampler/--steps/--eta/--guidance: {exc}") from None
-    stats, condition, targets = payload.get("condition"), None, {}
+    stats, condition, targets, unguided = payload.get("condition"), None, {}, ""
     if args.within and not stats:
         raise DataError(f"--within: {args.checkpoint} was trained without a condition, so its samples have no "
                         f"target to be within; keep closed networks with --closed alone")
@@ -289,14 +289,15 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     elif args.guidance:
         raise DataError(f"--guidance {args.guidance:g} needs a --condition to guide towards")
     elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
-        sampler = sampler.replace(guidance=0.0)
+        sampler, recommended = sampler.replace(guidance=0.0), recommended.replace(guidance=0.0)
+        unguided = "; drawing it without guidance, as no --condition was given (it was measured with one)"
     wanted = _wanted(args, targets, trained, side, world)
     if world.main:
         prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
         if args.fast:
             changed = f"; drawing {sampler.describe()} instead, as the flags ask" if sampler != recommended else ""
             print(f"the model's fast sampler, {recommended.describe()}, "
-                  f"{vetted or 'was stored without a record of what vetted it'}{changed}")
+                  f"{vetted or 'was stored without a record of what vetted it'}{unguided}{changed}")
     return model, schedule, payload, sampler, condition, wanted
 
 
@@ -596,8 +597,9 @@ def _add_sample(commands) -> None:
     sample.add_argument("--windows", action="store_true", help="with --size: denoise the canvas as overlapping "
                         "windows of the training size, blended at every step (MultiDiffusion; 4x the arithmetic)")
     sample.add_argument("--fast", action="store_true", help="the model's fast sampler (fewer network calls than "
-                        "its recommended one, measured to meet the fidelity bar on it; the shipped model's README "
-                        "names it) and --precision auto; the sampler and precision flags given still win")
+                        "its recommended one, measured to meet the fidelity bar on it, or for a conditional model to "
+                        "control as well as the recommended one; the shipped models' READMEs name it) and "
+                        "--precision auto; the sampler and precision flags given still win")
     sample.add_argument("--precision", choices=SAMPLING_PRECISIONS,
                         help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
                         "float32 (faster on processors with bf16 arithmetic; measured in the README); "

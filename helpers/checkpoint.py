@@ -178,23 +178,33 @@ def weights_digest(payload: dict) -> str:
 # what each measurement that vetted a fast sampler keeps in the weights file, and as what (the rows
 # sampler_sweep and pretrained_report write have these and more)
 FAST_EVIDENCE = {"precision": str, "seed": int, "samples": int, "dangling_ends": float}
+# and, for a conditional model, what control measured against its recommended sampler (the rows
+# of tools/control_fast.py; samples counts every target's)
+CONTROL_EVIDENCE = {"targets": int, "r2": float, "mae": float, "recommended_r2": float, "recommended_mae": float,
+                    "recommended_dangling_ends": float}
 
 
-def fast_sampler_refusal(payload: dict) -> Optional[str]:
+def fast_evidence_keys(payload: dict) -> dict[str, type]:
+    """The keys (and types) each row that vetted the fast sampler of ``payload``'s model keeps."""
+    return {**FAST_EVIDENCE, **(CONTROL_EVIDENCE if "condition" in payload else {})}
+
+
+def fast_sampler_refusal(payload: dict, by_bar: bool = False) -> Optional[str]:
     """Why the file ``payload`` was read from cannot take a fast sampler, in words that follow
     "FILE is", or None if it can. One rule for the writers (``store_fast_sampler``, the tools that
     measure before they store) and for ``sample --fast``'s refusal.
 
-    Only the weights file of an unconditional model: ``sample --fast`` reads weights files, and a
-    fast sampler is vetted by the fidelity bar, which judges unconditional samples against the
-    training set; a conditional model's samples depend on the condition asked for.
+    Only a weights file: ``sample --fast`` reads weights files. An unconditional model's fast
+    sampler is vetted by the fidelity bar (``tools/sampler_sweep.py``; ``by_bar``: the tools that
+    apply it), a conditional model's by ``control`` against its recommended sampler
+    (``tools/control_fast.py``).
     """
     if payload.get("kind") != "weights":
         return (f"a file of kind {payload.get('kind')!r}, not a weights file (train --export), which is what "
                 "sample --fast reads")
-    if "condition" in payload:
-        return ("a conditional model; a fast sampler is vetted by the fidelity bar on unconditional samples, "
-                "which does not say how a conditional model samples")
+    if by_bar and "condition" in payload:
+        return ("a conditional model; the fidelity bar judges unconditional samples, which do not say how a "
+                "conditional model samples: measure its fast sampler with tools/control_fast.py")
     return None
 
 
@@ -203,10 +213,12 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> list[
     the one ``sample --fast`` uses, with the measurements that vetted it; everything else in the
     file is kept as it was.
 
-    ``measured``: at least one row per set of samples the sampler was judged on (the dicts
-    ``tools/sampler_sweep.py`` and ``tools/pretrained_report.py`` write), every one with
-    ``bar_met`` true; the ``FAST_EVIDENCE`` entries of each are stored, so the file says which
-    precisions and seeds it was measured with; they are returned as stored.
+    ``measured``: at least one row per set of samples the sampler was judged on, every one vetting
+    it: for an unconditional model, rows of ``tools/sampler_sweep.py`` or
+    ``tools/pretrained_report.py`` with ``bar_met`` true; for a conditional one, rows of
+    ``tools/control_fast.py`` with ``as_good`` true. The ``fast_evidence_keys`` entries of each are
+    stored, so the file says which precisions and seeds it was measured with; they are returned as
+    stored.
     """
     payload = load_checkpoint(path)
     refusal = fast_sampler_refusal(payload)
@@ -214,15 +226,17 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> list[
         raise CheckpointError(f"{path} is {refusal}")
     if not hasattr(sampler, "stored"):
         raise TypeError(f"sampler: expected a sample.Sampler (checked when made), got {sampler!r}")
-    if not measured or any(row.get("bar_met") is not True for row in measured):
+    passed, rule = (("as_good", "as good as the recommended sampler under control") if "condition" in payload
+                    else ("bar_met", "meeting the fidelity bar"))
+    if not measured or any(row.get(passed) is not True for row in measured):
         raise ValueError(f"measured: expected at least one measurement of {sampler.describe()}, every one "
-                         f"meeting the fidelity bar; got {[row.get('bar_met') for row in measured]}")
-    missing = sorted({key for row in measured for key in FAST_EVIDENCE if key not in row})
+                         f"{rule}; got {[row.get(passed) for row in measured]}")
+    keys = fast_evidence_keys(payload)
+    missing = sorted({key for row in measured for key in keys if key not in row})
     if missing:
-        raise ValueError(f"measured: every row needs {', '.join(FAST_EVIDENCE)}; missing {', '.join(missing)}")
+        raise ValueError(f"measured: every row needs {', '.join(keys)}; missing {', '.join(missing)}")
     payload["fast_sampler"] = sampler.stored()
-    payload["fast_sampler_measured"] = [{key: kind(row[key]) for key, kind in FAST_EVIDENCE.items()}
-                                        for row in measured]
+    payload["fast_sampler_measured"] = [{key: kind(row[key]) for key, kind in keys.items()} for row in measured]
     save_atomic(payload, Path(path))
     return payload["fast_sampler_measured"]
 

@@ -278,6 +278,38 @@ def worst(ratios: Sequence[dict[str, float]]) -> float:
     return max(values) if values else float("nan")
 
 
+# How far a conditional model's fast sampler may fall behind its recommended sampler under control
+# and still be stored as the model's fast one (tools/control_fast.py), judged on at least
+# FAST_VETTING_SIZE (targets, samples per target) with the same targets, samples and seed. At that
+# size, from the card's control_8x64.json at guidance 1, a sample's absolute count error spreads by
+# about 1.9 grains (the square root of the mean squared error, 7.8, less the MAE squared), so 0.25
+# grains is about 2 standard errors of the difference between two independent runs; dangling ends
+# at a mean of 0.36 per image spread by about 0.5 if most images have 0 or 1 (more if many have
+# several), so 0.1 (also the fidelity bar's allowance) is about 3. The two runs share their starting
+# noise, which should make the difference steadier still. R^2 only guards against a gross failure:
+# 0.01 is more than guidance 0 to 4 moved it there (0.007). The ratios to the noise floor are
+# reported, not judged: at 64 samples a target, one target's ratio moved by up to 1.3 either way
+# inside the range (2.2 at 86 grains) between DDIM-50 and DPM-Solver++(2M)-30, whose counts and
+# dangling ends agree (the card's fast-sampler section).
+FAST_TOLERANCES = {"r2": 0.01, "mae": 0.25, "dangling_ends": 0.1}
+FAST_VETTING_SIZE = (8, 64)
+
+
+def falls_behind(candidate: dict, recommended: dict) -> list[str]:
+    """Where one sampler's control (a ``ControlReport.summary()``) falls behind the recommended
+    sampler's by more than ``FAST_TOLERANCES`` (a number missing from either, NaN, counts as
+    behind), in words; empty where it does not. Both must have measured the same targets."""
+    if candidate["targets"] != recommended["targets"]:
+        raise ValueError(f"targets {candidate['targets']} and {recommended['targets']}: expected the same")
+    ours = {name: candidate[name] for name in FAST_TOLERANCES}
+    margin = {name: recommended[name] + (-1 if name == "r2" else 1) * FAST_TOLERANCES[name] for name in ours}
+    behind = {name: bool(np.isnan(ours[name]) or np.isnan(margin[name])
+                         or (ours[name] < margin[name] if name == "r2" else ours[name] > margin[name]))
+              for name in ours}
+    return [f"{name} {ours[name]:.3g} against {recommended[name]:.3g} (tolerance {FAST_TOLERANCES[name]:g})"
+            for name in ours if behind[name]]
+
+
 @dataclass
 class ControlReport:
     """One sampler's (and guidance's) control over a descriptor, over a list of targets."""

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from .checkpoint import FAST_EVIDENCE, fast_sampler_refusal
+from .checkpoint import fast_evidence_keys, fast_sampler_refusal
 from .diffusion import SPACINGS, VARIANCES, Schedule, ddim_sample, ddpm_sample, dpm_solver_sample, sampling_timesteps
 from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
@@ -132,19 +132,22 @@ def recommended_sampler(payload: dict) -> Sampler:
 
 
 def fast_sampler(payload: dict) -> Sampler:
-    """A sampler with fewer network calls than the recommended one, measured to meet the fidelity
-    bar on this model (``sample --fast``), stored beside it by ``tools/sampler_sweep.py --store-fast``.
+    """A sampler with fewer network calls than the recommended one, measured on this model
+    (``sample --fast``), stored beside it by ``tools/sampler_sweep.py --store-fast`` (the fidelity
+    bar) or, for a conditional model, ``tools/control_fast.py --store-fast`` (as good as the
+    recommended sampler under ``control``).
 
     The recommended sampler is the one the model's published statistics used; the fast one takes
-    fewer network calls and was also measured to meet the bar (the shipped model's README gives
-    both). The errors read after the file's name: "FILE stores no fast sampler ...".
+    fewer network calls and was also measured (the shipped models' READMEs give both). The errors
+    read after the file's name: "FILE stores no fast sampler ...".
     """
     refusal = fast_sampler_refusal(payload)
-    if refusal:  # also where an older tool stored one anyway
+    if refusal:
         raise ValueError(f"cannot use a fast sampler: it is {refusal}")
     if "fast_sampler" not in payload:
-        raise ValueError("stores no fast sampler (none was measured to meet the fidelity bar on it); sample "
-                         "without --fast, or measure one with tools/sampler_sweep.py --store-fast")
+        tool = "control_fast.py" if "condition" in payload else "sampler_sweep.py"
+        raise ValueError(f"stores no fast sampler (none was measured and stored for it); sample without --fast, "
+                         f"or measure one with tools/{tool} --store-fast")
     try:
         return Sampler.from_stored(payload["fast_sampler"])
     except ValueError as exc:
@@ -153,22 +156,31 @@ def fast_sampler(payload: dict) -> Sampler:
 
 def fast_sampler_evidence(payload: dict) -> str:
     """What the file says vetted its fast sampler, in words, e.g. "met the fidelity bar on this model
-    in 2 sets of 200 samples: bf16 seed 0 (0.08 dangling ends per image), fp32 seed 0 (0.09)";
-    empty where it records nothing. The errors read after the file's name, as ``fast_sampler``'s."""
-    rows = payload.get("fast_sampler_measured") or []
+    in 2 sets of 200 samples: bf16 seed 0 (0.08 dangling ends per image), fp32 seed 0 (0.09)", or
+    for a conditional model what ``control`` measured against its recommended sampler; empty where
+    it records nothing. The errors read after the file's name, as ``fast_sampler``'s."""
+    rows, keys = payload.get("fast_sampler_measured") or [], fast_evidence_keys(payload)
     if not isinstance(rows, list) or not all(
-            isinstance(row, dict) and all(isinstance(row.get(key), kind) for key, kind in FAST_EVIDENCE.items())
+            isinstance(row, dict) and all(isinstance(row.get(key), kind) for key, kind in keys.items())
             for row in rows):
         raise ValueError(f"holds an unusable record of what vetted its fast sampler (expected rows of "
-                         f"{', '.join(FAST_EVIDENCE)}; got {rows!r:.80})")
+                         f"{', '.join(keys)}; got {rows!r:.80})")
     rows = sorted(rows, key=lambda row: (row["precision"], row["seed"]))
     if not rows:
         return ""
+    sets = f"{len(rows)} set{'s' if len(rows) > 1 else ''}"
+    if "condition" in payload:
+        each = [f"{row['precision']} seed {row['seed']} (R^2 {row['r2']:.3f}, MAE {row['mae']:.2f}, "
+                f"{row['dangling_ends']:.2f} dangling ends per image; recommended {row['recommended_r2']:.3f}, "
+                f"{row['recommended_mae']:.2f}, {row['recommended_dangling_ends']:.2f})" for row in rows]
+        shapes = sorted({f"{row['targets']} target{'s' if row['targets'] > 1 else ''} x "
+                         f"{row['samples'] // max(row['targets'], 1)}" for row in rows})
+        return (f"was as good as its recommended sampler under control in {sets} of {' or '.join(shapes)} "
+                f"samples: {', '.join(each)}")
     sizes = sorted({row["samples"] for row in rows})
-    sets = [f"{row['precision']} seed {row['seed']} ({row['dangling_ends']:.3g}"
+    each = [f"{row['precision']} seed {row['seed']} ({row['dangling_ends']:.3g}"
             f"{' dangling ends per image' if i == 0 else ''})" for i, row in enumerate(rows)]
-    return (f"met the fidelity bar on this model in {len(rows)} set{'s' if len(rows) > 1 else ''} of "
-            f"{' or '.join(map(str, sizes))} samples: {', '.join(sets)}")
+    return f"met the fidelity bar on this model in {sets} of {' or '.join(map(str, sizes))} samples: {', '.join(each)}"
 
 
 def check_guidance(payload: dict, guidance: float, source: str = "the model") -> None:

@@ -2,6 +2,7 @@
 condition, classifier-free guidance, the commands, and the controllability report."""
 import inspect
 import json
+import sys
 
 import nbformat
 import numpy as np
@@ -367,6 +368,95 @@ def test_samples_drawn_elsewhere_measure_as_if_control_had_drawn_them(conditiona
         assert main(["control", "--checkpoint", str(conditional), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_a_fast_sampler_falls_behind_the_recommended_one_only_beyond_its_tolerances():
+    base = {"targets": [8.0, 40.0], "r2": 0.988, "mae": 2.0, "dangling_ends": 0.36}
+    assert control.falls_behind({**base, "r2": 0.979, "mae": 2.25, "dangling_ends": 0.45}, base) == []  # 2.25: at it
+    assert control.falls_behind({**base, "r2": 0.977, "mae": 2.26, "dangling_ends": 0.47}, base) == [
+        "r2 0.977 against 0.988 (tolerance 0.01)", "mae 2.26 against 2 (tolerance 0.25)",
+        "dangling_ends 0.47 against 0.36 (tolerance 0.1)"]
+    assert control.falls_behind({**base, "r2": 1.0, "mae": 0.5, "dangling_ends": 0.0}, base) == []  # better
+    assert control.falls_behind({**base, "r2": float("nan")}, base) == ["r2 nan against 0.988 (tolerance 0.01)"]
+    assert control.falls_behind(base, {**base, "mae": float("nan")}) == ["mae 2 against nan (tolerance 0.25)"]
+    with pytest.raises(ValueError, match="expected the same"):
+        control.falls_behind({**base, "targets": [8.0]}, base)
+
+
+def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good_as_the_recommended_one(
+        conditional, tool, tmp_path, monkeypatch, capsys):
+    fast, model, table = tool("control_fast"), tmp_path / "m.pt", tmp_path / "rows.json"
+    export_weights(load_checkpoint(conditional), model, sampler=Sampler("ddim", 3, 1.0, guidance=1.0))
+    digest = weights_digest(load_checkpoint(model))
+
+    def run(*extra: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["control_fast.py", "--model", str(model), "--samplers", "dpm++2m:2:1",
+                                          "--json", str(table), *extra])
+        return fast.main()
+
+    assert run("--targets", "10", "--n", "2", "--precision", "bf16") == 0  # measured for real
+    base_key = f"{digest}:ddim:3:1:guidance1:fp32:seed0:n2:targets10"
+    rows = json.loads(table.read_text())
+    assert sorted(rows) == [base_key, f"{digest}:dpm++2m:2:1:guidance1:bf16:seed0:n2:targets10"]
+    base, row = rows[base_key], rows[f"{digest}:dpm++2m:2:1:guidance1:bf16:seed0:n2:targets10"]
+    assert (base["sampler_words"], base["precision"]) == ("DDIM-3, eta 1, guidance 1", "fp32")  # the baseline: fp32
+    assert (row["sampler_words"], row["precision"]) == ("DPM-Solver++(2M)-2, eta 1, guidance 1", "bf16")
+    assert row["samples"] == 2 and row["recommended_mae"] == base["mae"] and row["targets_count"] == 1
+    # the decision, on numbers set here (the smoke model's samples are noise), at the size it needs
+    targets = control.default_targets(load_checkpoint(model)["condition"])
+    size = f"n64:targets{','.join(f'{t:g}' for t in targets)}"
+    base = {**base, "r2": 0.98, "mae": 2.0, "dangling_ends": 0.3, "n": 64, "samples": 512, "targets": targets}
+    table.write_text(json.dumps({f"{digest}:ddim:3:1:guidance1:fp32:seed0:{size}": base}))  # not measured again
+    measured = {("fp32", 0): (0.975, 2.1, 0.35), ("bf16", 0): (0.95, 2.1, 0.35), ("bf16", 1): (0.98, 2.0, 0.3),
+                ("fp32", 1): (0.98, 2.0, 0.3)}  # the last: the recommended sampler's own with seed 1
+    monkeypatch.setattr(fast, "measure", lambda path, sampler, precision, args, targets: {
+        **base, "sampler_words": sampler.describe(), "precision": precision, "seed": args.seed, **sampler.stored(),
+        **dict(zip(("r2", "mae", "dangling_ends"), measured[precision, args.seed]))})
+    capsys.readouterr()
+    assert run("--store-fast") == 1  # fp32 as good, bf16 not yet measured
+    assert "is not yet measured as good in bf16 (sample --fast may use either; run --precision bf16 first): not " \
+           "stored" in capsys.readouterr().out and "fast_sampler" not in load_checkpoint(model)
+    assert run("--store-fast", "--precision", "bf16") == 1  # R^2 0.03 behind
+    said = capsys.readouterr().out
+    assert "| no: r2 0.95 against 0.98 (tolerance 0.01) |" in said
+    assert f"fell behind the recommended sampler ({digest}:dpm++2m:2:1:guidance1:bf16:seed0:{size}): not" in said
+    assert run("--store-fast", "--precision", "bf16", "--seed", "1") == 1  # as good, but the seed-0 bf16 row was not
+    assert "fell behind" in capsys.readouterr().out and "fast_sampler" not in load_checkpoint(model)
+    rows = json.loads(table.read_text())
+    rows = {key: value for key, value in rows.items() if "bf16:seed0" not in key}
+    rows["another model's"] = {**rows[f"{digest}:dpm++2m:2:1:guidance1:fp32:seed0:{size}"], "weights": "0" * 12,
+                               "as_good": False, "precision": "bf16"}  # neither blocks nor vouches
+    table.write_text(json.dumps(rows))
+    assert run("--store-fast", "--precision", "bf16", "--seed", "1") == 0
+    stored = load_checkpoint(model)
+    assert stored["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0, "guidance": 1.0}
+    assert [(row["precision"], row["seed"], row["r2"]) for row in stored["fast_sampler_measured"]] == [
+        ("fp32", 0, 0.975), ("bf16", 1, 0.98)]
+    assert stored["fast_sampler_measured"][0] == {
+        "precision": "fp32", "seed": 0, "samples": 512, "dangling_ends": 0.35, "targets": 8, "r2": 0.975, "mae": 2.1,
+        "recommended_r2": 0.98, "recommended_mae": 2.0, "recommended_dangling_ends": 0.3}
+    assert ("it was as good as its recommended sampler under control in 2 sets of 8 targets x 64 samples: bf16 seed 1 "
+            "(R^2 0.980, MAE 2.00, 0.30 dangling ends per image; recommended 0.980, 2.00, 0.30), fp32 seed 0") \
+        in capsys.readouterr().out
+    # sample --fast on a conditional model: the stored sampler with its guidance, and what vetted it
+    assert main(["sample", "--checkpoint", str(model), "--condition", "grains=20", "--fast", "--precision", "fp32",
+                 "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "the model's fast sampler, DPM-Solver++(2M)-2, eta 1, guidance 1, was as good as its recommended" in said
+    assert "(DPM-Solver++(2M)-2, eta 1, guidance 1, grains=20, fp32 weights," in said
+    assert main(["sample", "--checkpoint", str(model), "--fast", "--precision", "fp32", "--n", "1",
+                 "--out", str(tmp_path / "u"), "--quiet"]) == 0  # no condition: no guidance, and it says so
+    said = capsys.readouterr().out
+    assert "; drawing it without guidance, as no --condition was given (it was measured with one)\n" in said
+    assert "(DPM-Solver++(2M)-2, eta 1, fp32 weights," in said
+    for refused, why in ((["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
+                         (["--store-fast", "--samplers", "ddim:4:1"], "with fewer network calls than the recommended"),
+                         (["--store-fast", "--n", "63"], "expected at least 8 targets x 64 samples"),
+                         (["--samplers", "ddim:3:1"], "ddim:3:1 is the model's recommended sampler"),
+                         (["--model", str(data.DATA_ROOT / "pretrained" / "model.pt")], "an unconditional model")):
+        with pytest.raises(SystemExit) as stopped:
+            run(*refused)
+        assert stopped.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_real_images_median(

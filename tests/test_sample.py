@@ -99,13 +99,15 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--out", str(out), "--quiet"]) == 2
     assert f"--fast: {stored} stores no fast sampler" in capsys.readouterr().err and not out.exists()
     conditional = dict(load_checkpoint(stored), condition={"names": ["grains"]})
-    with pytest.raises(ValueError, match="cannot use a fast sampler: it is a conditional model; a fast sampler is vetted"):
-        sample.fast_sampler(conditional)
-    with pytest.raises(ValueError, match="cannot use a fast sampler: it is a conditional model"):  # one stored anyway
-        sample.fast_sampler(dict(conditional, fast_sampler={"sampler": "ddim", "steps": 2, "eta": 1.0}))
+    with pytest.raises(ValueError, match="stores no fast sampler .*tools/control_fast.py --store-fast"):
+        sample.fast_sampler(conditional)  # a conditional model's is vetted by control, not by the bar
+    with pytest.raises(ValueError, match="unusable record .*dangling_ends, targets, r2, mae, recommended_r2"):
+        sample.fast_sampler_evidence(dict(conditional, fast_sampler_measured=[MET]))  # the bar's record: not control's
     torch.save(conditional, tmp_path / "conditional.pt")
-    with pytest.raises(CheckpointError, match="conditional.pt is a conditional model"):
+    with pytest.raises(ValueError, match=r"every one as good as the recommended sampler under control; got \[None\]"):
         store_fast_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 2, 1), [MET])
+    with pytest.raises(ValueError, match="every row needs .*recommended_dangling_ends; missing .*r2, targets"):
+        store_fast_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 2, 1), [{**MET, "as_good": True}])
     before = load_checkpoint(stored)
     for unvetted in ([], [MET, {**MET, "bar_met": False}], [{"bar_met": True, "seed": 0}]):
         with pytest.raises(ValueError, match="measured: "):
@@ -189,12 +191,16 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["samples"] == 200
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["images_per_call"] == 8  # the CPU's calls, 64x64
     assert "it met the fidelity bar on this model in 1 set of 200 samples: fp32 seed 0" in capsys.readouterr().out
+    conditional = tmp_path / "conditional.pt"
+    torch.save(dict(load_checkpoint(model), condition={"names": ["grains"]}), conditional)
     assert run("--store-fast", "--seed", "1", "--precision", "bf16") == 0  # every row of the sampler that met the bar
     assert [(row["precision"], row["seed"]) for row in load_checkpoint(model)["fast_sampler_measured"]] == [
         ("fp32", 0), ("bf16", 1)]
     for refused, why in ((["--store-fast", "--n", "2"], "on at least 200 samples (--n)"),
                          (["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
-                         (["--store-fast", "--model", str(weights.parent / "checkpoint.pt")], "not a weights file")):
+                         (["--store-fast", "--model", str(weights.parent / "checkpoint.pt")], "not a weights file"),
+                         (["--store-fast", "--model", str(conditional)], "measure its fast sampler with "
+                                                                          "tools/control_fast.py")):
         with pytest.raises(SystemExit) as stopped:
             run(*refused)
         assert stopped.value.code == 2 and why in capsys.readouterr().err

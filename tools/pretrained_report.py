@@ -223,7 +223,7 @@ def main() -> int:
     sampler_words = settings.describe()
 
     checkpoint = load_run(args.run)
-    refusal = fast_sampler_refusal({**checkpoint, "kind": "weights"}) if args.fast else None  # what export writes
+    refusal = fast_sampler_refusal({**checkpoint, "kind": "weights"}, by_bar=True) if args.fast else None  # what export writes
     if refusal:  # said before anything is written or sampled
         parser.error(f"--fast: {args.run} holds {refusal}")
     args.out.mkdir(parents=True, exist_ok=True)

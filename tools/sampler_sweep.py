@@ -18,8 +18,8 @@ for the same sampler and model (other seeds, the other precision) failed it: mea
 Rows name their model by ``checkpoint.weights_digest``, so one --json can hold several models'.
 The file keeps, beside the sampler, every row of it on this model that met the bar with at least
 200 samples (precision, seed, samples, dangling ends), which ``sample --fast`` prints. Only an
-unconditional weights file takes one (``checkpoint.fast_sampler_refusal``: this sweep draws
-unconditional samples).
+unconditional weights file takes one here (``checkpoint.fast_sampler_refusal``: this sweep draws
+unconditional samples); a conditional model's is measured by control, with ``tools/control_fast.py``.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def main() -> int:
                      f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is")
     cpu = torch.device("cpu")
     model, schedule, payload = load_model(args.model, cpu, args.precision)
-    refusal = fast_sampler_refusal(payload) if args.store_fast else None
+    refusal = fast_sampler_refusal(payload, by_bar=True) if args.store_fast else None
     if refusal:
         parser.error(f"--store-fast: {args.model} is {refusal}")
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))

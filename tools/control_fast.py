@@ -1,0 +1,183 @@
+"""Measure a conditional model's candidate fast samplers against its recommended sampler, by control.
+
+    python tools/control_fast.py --samplers dpm++2m:30:1 --precision bf16 --json ROWS.json
+    python tools/control_fast.py --samplers dpm++2m:30:1 --precision fp32 --json ROWS.json --store-fast
+
+Each sampler in --samplers draws --n samples (64) at each of --targets (default: control's eight,
+spread over the training range) with --model's recommended guidance and seed --seed, with
+--precision weights, and is measured as ``python -m helpers control`` measures (R^2, MAE, ratios,
+dangling ends). It is compared with the model's recommended sampler measured the same way with
+fp32 weights, on the same targets, samples per target and seed (measured first unless --json holds
+that row): ``helpers.control.falls_behind`` says where it falls behind by more than
+``FAST_TOLERANCES``. Rows are printed and merged into --json, named by the model's weights, the
+sampler with its guidance, the precision, seed, --n and targets. Only a model conditioned on one
+count (grains) is measured: the tolerances are in its units.
+
+--store-fast keeps the one sampler measured, which must take fewer network calls than the
+recommended one, as the model's fast sampler (``sample --fast``) if, at ``FAST_VETTING_SIZE`` or
+more, it was as good in a row of each precision ``sample --fast`` may pick (fp32 and bf16) and fell
+behind in none (other seeds included): measure the other precision first. The file then keeps every
+such row (precision, seed, samples, R^2, MAE and dangling ends beside the recommended sampler's),
+which ``sample --fast`` prints. An unconditional model's fast sampler is vetted by the fidelity bar
+instead (``tools/sampler_sweep.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from helpers import ROOT  # noqa: E402
+from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_sampler, weights_digest  # noqa: E402
+from helpers.control import (COUNTS, FAST_VETTING_SIZE, controllability, default_targets,  # noqa: E402
+                            falls_behind)
+from helpers.sample import Sampler, fast_sampler_evidence, recommended_sampler  # noqa: E402
+from pretrained_report import parse_sampler, spec  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "data" / "pretrained_conditional" / "model.pt"
+RECOMMENDED_PRECISION = "fp32"  # what the model's published control numbers were measured with
+PRECISIONS = ("fp32", "bf16")  # what sample --fast may pick (--precision auto): a stored one is vetted in both
+
+
+def key(digest: str, sampler: Sampler, precision: str, args: argparse.Namespace, targets: list[float]) -> str:
+    """A row's name in --json: the model, the sampler with its guidance, and how it was measured."""
+    return (f"{digest}:{spec(sampler)}:guidance{sampler.guidance:g}:{precision}:seed{args.seed}:n{args.n}:"
+            f"targets{','.join(f'{t:g}' for t in targets)}")
+
+
+def measure(path: Path, sampler: Sampler, precision: str, args: argparse.Namespace, targets: list[float]) -> dict:
+    """One sampler's control over --targets at ``precision``, as a row of --json."""
+    cpu = torch.device("cpu")
+    model, schedule, payload = load_model(path, cpu, precision)
+    start = time.perf_counter()
+    report = controllability(model, schedule, payload["condition"], targets, args.n, sampler, seed=args.seed,
+                             device=cpu)
+    summary = report.summary()
+    return {"sampler_words": summary["sampler"],
+            **{name: summary[name] for name in ("r2", "mae", "dangling_ends", "worst_ratio", "worst_matched_ratio",
+                                                "targets")},
+            "precision": precision, "seed": args.seed, "n": args.n, "samples": args.n * len(targets),
+            "weights": weights_digest(payload), **sampler.stored(), "seconds": time.perf_counter() - start,
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def judged(row: dict, recommended: dict) -> dict:
+    """``row`` with what the model file keeps of the comparison, and whether it is as good."""
+    behind = falls_behind(row, recommended)
+    return {**row, "targets_count": len(row["targets"]), "recommended_words": recommended["sampler_words"],
+            "recommended_r2": recommended["r2"], "recommended_mae": recommended["mae"],
+            "recommended_dangling_ends": recommended["dangling_ends"], "falls_behind": behind, "as_good": not behind}
+
+
+def stored_rows(rows: dict, words: str, recommended_words: str, digest: str) -> tuple[list[dict], list[str]]:
+    """The rows of --json that judged sampler ``words`` against ``recommended_words`` on the model
+    ``digest`` at FAST_VETTING_SIZE or more: those as good, in the form the model file keeps, and the
+    keys of those that fell behind."""
+    least_targets, least_n = FAST_VETTING_SIZE
+    same = {name: row for name, row in rows.items()
+            if (row.get("sampler_words"), row.get("recommended_words"), row.get("weights"))
+            == (words, recommended_words, digest)
+            and row.get("targets_count", 0) >= least_targets and row.get("n", 0) >= least_n}
+    behind = [name for name, row in same.items() if not row.get("as_good")]
+    return [{**row, "targets": row["targets_count"]} for row in same.values() if row.get("as_good")], behind
+
+
+def refusal(payload: dict, args: argparse.Namespace, targets: list[float], schedule) -> str:
+    """Why this command cannot measure (or store) what it asks, in one line; '' if it can."""
+    stats, recommended = payload.get("condition"), recommended_sampler(payload)
+    if not stats:
+        return f"--model {args.model}: an unconditional model; measure its samplers with tools/sampler_sweep.py"
+    if len(stats["names"]) > 1 or stats["names"][0] not in COUNTS:
+        return (f"--model {args.model}: conditioned on {', '.join(stats['names'])}; the tolerances are for one "
+                f"count ({', '.join(COUNTS)}), in its units")
+    if any(spec(s) == spec(recommended) for s in args.samplers):
+        return f"--samplers: {spec(recommended)} is the model's recommended sampler, the one compared with"
+    if not args.store_fast:
+        return ""
+    fewer = len(args.samplers[0].timesteps(schedule)) < len(recommended.timesteps(schedule))
+    least_targets, least_n = FAST_VETTING_SIZE
+    if len(args.samplers) != 1 or not fewer:
+        return (f"--store-fast: expected one sampler in --samplers, with fewer network calls than the recommended "
+                f"{recommended.describe()}")
+    if len(targets) < least_targets or args.n < least_n:
+        return (f"--store-fast: expected at least {least_targets} targets x {least_n} samples (--targets, --n), "
+                f"what the tolerances are sized for; got {len(targets)} x {args.n}")
+    return fast_sampler_refusal(payload) or ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--samplers", nargs="+", type=parse_sampler, required=True,
+                        help="as ddim:STEPS:ETA or dpm++2m:STEPS:ETA (either with :quadratic); each takes the "
+                        "model's recommended guidance")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="the candidates' network weights (the recommended sampler's are fp32)")
+    parser.add_argument("--n", type=int, default=FAST_VETTING_SIZE[1], help="samples per target (default 64)")
+    parser.add_argument("--targets", type=float, nargs="+", metavar="V", help="default: control's eight")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, required=True, help="rows are merged into this file")
+    parser.add_argument("--store-fast", action="store_true", help="store the one sampler measured in --model "
+                        "as its fast sampler (sample --fast) if it is as good as the recommended sampler")
+    args = parser.parse_args()
+    if args.n < 1 or args.seed < 0:
+        parser.error(f"--n {args.n} --seed {args.seed}: expected a positive --n and a seed of 0 or more")
+    _, schedule, payload = load_model(args.model, torch.device("cpu"))
+    stats = payload.get("condition")
+    targets = args.targets or (default_targets(stats) if stats else [])
+    why = refusal(payload, args, targets, schedule)
+    if why:
+        parser.error(why)
+    recommended, digest = recommended_sampler(payload), weights_digest(payload)
+    samplers = [recommended.replace(kind=s.kind, steps=s.steps, eta=s.eta, spacing=s.spacing) for s in args.samplers]
+    rows = json.loads(args.json.read_text()) if args.json.exists() else {}
+    print(f"{args.model} (step {payload['step']}), {len(targets)} targets x {args.n}, seed {args.seed}, "
+          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    base_key = key(digest, recommended, RECOMMENDED_PRECISION, args, targets)
+    if rows.get(base_key, {}).get("sampler_words") != recommended.describe():
+        rows[base_key] = measure(args.model, recommended, RECOMMENDED_PRECISION, args, targets)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    base = rows[base_key]
+    print("| sampler | weights | R^2 | MAE | dangling ends | worst ratio | matched | seconds | as good |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {base['sampler_words']} (recommended) | {RECOMMENDED_PRECISION} | {base['r2']:.3f} | {base['mae']:.2f} | "
+          f"{base['dangling_ends']:.2f} | {base['worst_ratio']:.2f} | {base['worst_matched_ratio']:.2f} | "
+          f"{base['seconds']:.0f} | |")
+    for sampler in samplers:
+        row = judged(measure(args.model, sampler, args.precision, args, targets), base)
+        rows[key(digest, sampler, args.precision, args, targets)] = row
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"| {row['sampler_words']} | {args.precision} | {row['r2']:.3f} | {row['mae']:.2f} | "
+              f"{row['dangling_ends']:.2f} | {row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | "
+              f"{row['seconds']:.0f} | {'yes' if row['as_good'] else 'no: ' + '; '.join(row['falls_behind'])} |",
+              flush=True)
+    return store(args, samplers[0], recommended, digest, rows, stats) if args.store_fast else 0
+
+
+def store(args: argparse.Namespace, sampler: Sampler, recommended: Sampler, digest: str, rows: dict,
+          stats: dict) -> int:
+    """--store-fast: keep ``sampler`` in --model if no row of it fell behind and rows in both
+    precisions were as good; say why not otherwise (exit status 1)."""
+    vetted, behind = stored_rows(rows, sampler.describe(), recommended.describe(), digest)
+    missing = [p for p in PRECISIONS if p not in {row["precision"] for row in vetted}]
+    if behind or missing:
+        why = (f"fell behind the recommended sampler ({', '.join(behind)})" if behind else
+               f"is not yet measured as good in {', '.join(missing)} (sample --fast may use either; run --precision "
+               f"{missing[0]} first)")
+        print(f"{sampler.describe()} {why}: not stored")
+        return 1
+    stored = store_fast_sampler(args.model, sampler, vetted)
+    print(f"stored {sampler.describe()} in {args.model} as its fast sampler (sample --fast); it "
+          f"{fast_sampler_evidence({'condition': stats, 'fast_sampler_measured': stored})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
