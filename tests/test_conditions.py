@@ -652,6 +652,30 @@ def test_the_cards_kept_samples_table_is_what_its_two_control_files_hold():
             assert f"| {first} | {' | '.join(cells)} | {passed} |".replace("|  |", "| |") in card
 
 
+def test_the_shipped_conditional_models_fast_sampler_is_what_its_card_and_rows_say():
+    """sample --fast on the shipped conditional model: stored with its guidance, vetted in both
+    precisions by rows of benchmarks/cpu_conditional_samplers.json, which the card's table quotes."""
+    folder = data.DATA_ROOT / "pretrained_conditional"
+    payload = load_checkpoint(folder / "model.pt")
+    assert sample.fast_sampler(payload) == Sampler("dpm++2m", 30, 1.0, guidance=sample.recommended_sampler(
+        payload).guidance)
+    vetted = payload["fast_sampler_measured"]
+    assert sorted(row["precision"] for row in vetted) == ["bf16", "fp32"]
+    assert all(row["samples"] == 512 and row["targets"] == 8 for row in vetted)
+    rows = json.loads((ROOT / "benchmarks" / "cpu_conditional_samplers.json").read_text())
+    mine = [row for row in rows.values() if row["weights"] == weights_digest(payload)]
+    card = (folder / "README.md").read_text()
+    for row in mine:
+        fast = "recommended_words" in row
+        assert not fast or (row["as_good"] and not control.falls_behind(row, rows[next(
+            key for key, other in rows.items() if other["sampler_words"] == row["recommended_words"])]))
+        words = row["sampler_words"].replace(", guidance 1", "") + (" (fast)" if fast else " (recommended)")
+        cells = [words, row["precision"], f"{row['r2']:.3f}", f"{row['mae']:.2f}", f"{row['dangling_ends']:.2f}",
+                 f"{row['worst_ratio']:.2f}", f"{row['worst_matched_ratio']:.2f}"]
+        assert f"| {' | '.join(cells)} |" in card
+    assert len(mine) == 3
+
+
 def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():
     """Section 6's prose gives the card's 8 x 64 sweep (control_8x64.json); a re-measured sweep must
     change the lesson too."""
