@@ -424,6 +424,10 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
     assert "fell behind" in capsys.readouterr().out and "fast_sampler" not in load_checkpoint(model)
     rows = json.loads(table.read_text())
     rows = {key: value for key, value in rows.items() if "bf16:seed0" not in key}
+    behind_now = {**rows[f"{digest}:dpm++2m:2:1:guidance1:fp32:seed0:{size}"], "recommended_r2": 0.99}
+    table.write_text(json.dumps({**rows, "judged looser": {**behind_now, "seed": 7}}))  # its as_good: stale
+    assert run("--store-fast", "--precision", "bf16", "--seed", "1") == 1  # judged again: 0.975 < 0.99 - 0.01
+    assert "fell behind the recommended sampler (judged looser)" in capsys.readouterr().out
     rows["another model's"] = {**rows[f"{digest}:dpm++2m:2:1:guidance1:fp32:seed0:{size}"], "weights": "0" * 12,
                                "as_good": False, "precision": "bf16"}  # neither blocks nor vouches
     table.write_text(json.dumps(rows))
@@ -451,7 +455,10 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
     assert "(DPM-Solver++(2M)-2, eta 1, fp32 weights," in said
     for refused, why in ((["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
                          (["--store-fast", "--samplers", "ddim:4:1"], "with fewer network calls than the recommended"),
-                         (["--store-fast", "--n", "63"], "expected at least 8 targets x 64 samples"),
+                         (["--store-fast", "--n", "63"], "and --n 64 or more, what the tolerances are sized for"),
+                         (["--store-fast", "--targets", *map(str, range(28, 36))],
+                          f"expected control's default targets ({', '.join(f'{t:g}' for t in targets)}; more may"),
+                         (["--json", str(tmp_path / "absent" / "rows.json")], "rows.json: its folder does not exist"),
                          (["--samplers", "ddim:3:1"], "ddim:3:1 is the model's recommended sampler"),
                          (["--model", str(data.DATA_ROOT / "pretrained" / "model.pt")], "an unconditional model")):
         with pytest.raises(SystemExit) as stopped:
@@ -664,11 +671,15 @@ def test_the_shipped_conditional_models_fast_sampler_is_what_its_card_and_rows_s
     assert all(row["samples"] == 512 and row["targets"] == 8 for row in vetted)
     rows = json.loads((ROOT / "benchmarks" / "cpu_conditional_samplers.json").read_text())
     mine = [row for row in rows.values() if row["weights"] == weights_digest(payload)]
+    targets = ",".join(f"{t:g}" for t in control.default_targets(payload["condition"]))
+    base = rows[f"{weights_digest(payload)}:ddim:50:1:guidance1:fp32:seed0:n64:targets{targets}"]
+    sweep = json.loads((folder / "control_8x64.json").read_text())["reports"][1]  # the card's, at guidance 1
+    assert sweep["sampler"] == base["sampler_words"] and all(sweep[k] == base[k] for k in control.FAST_TOLERANCES)
     card = (folder / "README.md").read_text()
     for row in mine:
         fast = "recommended_words" in row
-        assert not fast or (row["as_good"] and not control.falls_behind(row, rows[next(
-            key for key, other in rows.items() if other["sampler_words"] == row["recommended_words"])]))
+        assert not fast or (row["as_good"] and row["recommended_mae"] == base["mae"]
+                            and not control.falls_behind(row, base))
         words = row["sampler_words"].replace(", guidance 1", "") + (" (fast)" if fast else " (recommended)")
         cells = [words, row["precision"], f"{row['r2']:.3f}", f"{row['mae']:.2f}", f"{row['dangling_ends']:.2f}",
                  f"{row['worst_ratio']:.2f}", f"{row['worst_matched_ratio']:.2f}"]

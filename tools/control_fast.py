@@ -14,9 +14,10 @@ sampler with its guidance, the precision, seed, --n and targets. Only a model co
 count (grains) is measured: the tolerances are in its units.
 
 --store-fast keeps the one sampler measured, which must take fewer network calls than the
-recommended one, as the model's fast sampler (``sample --fast``) if, at ``FAST_VETTING_SIZE`` or
-more, it was as good in a row of each precision ``sample --fast`` may pick (fp32 and bf16) and fell
-behind in none (other seeds included): measure the other precision first. The file then keeps every
+recommended one, as the model's fast sampler (``sample --fast``) if, on control's default targets
+(or more) with ``FAST_VETTING_N`` samples each or more, it was as good in a row of each precision
+``sample --fast`` may pick (fp32 and bf16) and fell behind in none (other seeds included; each row
+judged again with today's tolerances): measure the other precision first. The file then keeps every
 such row (precision, seed, samples, R^2, MAE and dangling ends beside the recommended sampler's),
 which ``sample --fast`` prints. An unconditional model's fast sampler is vetted by the fidelity bar
 instead (``tools/sampler_sweep.py``).
@@ -36,9 +37,9 @@ import torch  # noqa: E402
 
 from helpers import ROOT  # noqa: E402
 from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_sampler, weights_digest  # noqa: E402
-from helpers.control import (COUNTS, FAST_VETTING_SIZE, controllability, default_targets,  # noqa: E402
+from helpers.control import (COUNTS, FAST_VETTING_N, controllability, default_targets,  # noqa: E402
                             falls_behind)
-from helpers.sample import Sampler, fast_sampler_evidence, recommended_sampler  # noqa: E402
+from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
 from pretrained_report import parse_sampler, spec  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "data" / "pretrained_conditional" / "model.pt"
@@ -59,13 +60,12 @@ def measure(path: Path, sampler: Sampler, precision: str, args: argparse.Namespa
     start = time.perf_counter()
     report = controllability(model, schedule, payload["condition"], targets, args.n, sampler, seed=args.seed,
                              device=cpu)
-    summary = report.summary()
-    return {"sampler_words": summary["sampler"],
-            **{name: summary[name] for name in ("r2", "mae", "dangling_ends", "worst_ratio", "worst_matched_ratio",
-                                                "targets")},
-            "precision": precision, "seed": args.seed, "n": args.n, "samples": args.n * len(targets),
-            "weights": weights_digest(payload), **sampler.stored(), "seconds": time.perf_counter() - start,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    summary = report.summary()  # every number control reports, per target too
+    words = summary.pop("sampler")
+    return {"sampler_words": words, **summary, "precision": precision, "seed": args.seed, "n": args.n,
+            "samples": args.n * len(targets), "weights": weights_digest(payload), **sampler.stored(),
+            "images_per_call": call_size(cpu, model.config()["size"], batch=args.n),
+            "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def judged(row: dict, recommended: dict) -> dict:
@@ -76,17 +76,22 @@ def judged(row: dict, recommended: dict) -> dict:
             "recommended_dangling_ends": recommended["dangling_ends"], "falls_behind": behind, "as_good": not behind}
 
 
-def stored_rows(rows: dict, words: str, recommended_words: str, digest: str) -> tuple[list[dict], list[str]]:
+def large_enough(targets: list[float], n: int, stats: dict) -> bool:
+    """Whether control over ``targets`` with ``n`` samples each is what the tolerances are sized for."""
+    return set(default_targets(stats)) <= set(targets) and n >= FAST_VETTING_N
+
+
+def stored_rows(rows: dict, words: str, recommended_words: str, digest: str,
+                stats: dict) -> tuple[list[dict], list[str]]:
     """The rows of --json that judged sampler ``words`` against ``recommended_words`` on the model
-    ``digest`` at FAST_VETTING_SIZE or more: those as good, in the form the model file keeps, and the
-    keys of those that fell behind."""
-    least_targets, least_n = FAST_VETTING_SIZE
+    ``digest``, large enough (``large_enough``), each judged again against the recommended numbers
+    it recorded: those as good, in the form the model file keeps, and the keys of those behind."""
     same = {name: row for name, row in rows.items()
             if (row.get("sampler_words"), row.get("recommended_words"), row.get("weights"))
-            == (words, recommended_words, digest)
-            and row.get("targets_count", 0) >= least_targets and row.get("n", 0) >= least_n}
-    behind = [name for name, row in same.items() if not row.get("as_good")]
-    return [{**row, "targets": row["targets_count"]} for row in same.values() if row.get("as_good")], behind
+            == (words, recommended_words, digest) and large_enough(row["targets"], row["n"], stats)}
+    behind = [name for name, row in same.items() if falls_behind(row, {
+        "targets": row["targets"], **{name: row[f"recommended_{name}"] for name in ("r2", "mae", "dangling_ends")}})]
+    return [{**row, "targets": row["targets_count"]} for name, row in same.items() if name not in behind], behind
 
 
 def refusal(payload: dict, args: argparse.Namespace, targets: list[float], schedule) -> str:
@@ -102,13 +107,13 @@ def refusal(payload: dict, args: argparse.Namespace, targets: list[float], sched
     if not args.store_fast:
         return ""
     fewer = len(args.samplers[0].timesteps(schedule)) < len(recommended.timesteps(schedule))
-    least_targets, least_n = FAST_VETTING_SIZE
     if len(args.samplers) != 1 or not fewer:
         return (f"--store-fast: expected one sampler in --samplers, with fewer network calls than the recommended "
                 f"{recommended.describe()}")
-    if len(targets) < least_targets or args.n < least_n:
-        return (f"--store-fast: expected at least {least_targets} targets x {least_n} samples (--targets, --n), "
-                f"what the tolerances are sized for; got {len(targets)} x {args.n}")
+    if not large_enough(targets, args.n, stats):
+        wanted = ", ".join(f"{t:g}" for t in default_targets(stats))
+        return (f"--store-fast: expected control's default targets ({wanted}; more may be added) and --n "
+                f"{FAST_VETTING_N} or more, what the tolerances are sized for")
     return fast_sampler_refusal(payload) or ""
 
 
@@ -120,7 +125,7 @@ def main() -> int:
                         "model's recommended guidance")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the candidates' network weights (the recommended sampler's are fp32)")
-    parser.add_argument("--n", type=int, default=FAST_VETTING_SIZE[1], help="samples per target (default 64)")
+    parser.add_argument("--n", type=int, default=FAST_VETTING_N, help="samples per target (default 64)")
     parser.add_argument("--targets", type=float, nargs="+", metavar="V", help="default: control's eight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, required=True, help="rows are merged into this file")
@@ -129,6 +134,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.n < 1 or args.seed < 0:
         parser.error(f"--n {args.n} --seed {args.seed}: expected a positive --n and a seed of 0 or more")
+    if not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: its folder does not exist")
     _, schedule, payload = load_model(args.model, torch.device("cpu"))
     stats = payload.get("condition")
     targets = args.targets or (default_targets(stats) if stats else [])
@@ -165,7 +172,7 @@ def store(args: argparse.Namespace, sampler: Sampler, recommended: Sampler, dige
           stats: dict) -> int:
     """--store-fast: keep ``sampler`` in --model if no row of it fell behind and rows in both
     precisions were as good; say why not otherwise (exit status 1)."""
-    vetted, behind = stored_rows(rows, sampler.describe(), recommended.describe(), digest)
+    vetted, behind = stored_rows(rows, sampler.describe(), recommended.describe(), digest, stats)
     missing = [p for p in PRECISIONS if p not in {row["precision"] for row in vetted}]
     if behind or missing:
         why = (f"fell behind the recommended sampler ({', '.join(behind)})" if behind else
