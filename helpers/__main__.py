@@ -597,8 +597,8 @@ def _add_sample(commands) -> None:
     sample.add_argument("--windows", action="store_true", help="with --size: denoise the canvas as overlapping "
                         "windows of the training size, blended at every step (MultiDiffusion; 4x the arithmetic)")
     sample.add_argument("--fast", action="store_true", help="the model's fast sampler (fewer network calls than "
-                        "its recommended one, measured to meet the fidelity bar on it, or for a conditional model to "
-                        "control as well as the recommended one; the shipped models' READMEs name it) and "
+                        "its recommended one, measured to meet the fidelity bar on it, or for a conditional model to be "
+                        "no worse under control beyond set margins; the shipped models' READMEs name it) and "
                         "--precision auto; the sampler and precision flags given still win")
     sample.add_argument("--precision", choices=SAMPLING_PRECISIONS,
                         help="weights of the network: bf16 runs it in bfloat16, the sampler stays "

@@ -104,7 +104,7 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
     with pytest.raises(ValueError, match="unusable record .*dangling_ends, targets, r2, mae, recommended_r2"):
         sample.fast_sampler_evidence(dict(conditional, fast_sampler_measured=[MET]))  # the bar's record: not control's
     torch.save(conditional, tmp_path / "conditional.pt")
-    with pytest.raises(ValueError, match=r"every one as good as the recommended sampler under control; got \[None\]"):
+    with pytest.raises(ValueError, match=r"every one within the margins of the recommended sampler under control; got \[None\]"):
         store_fast_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 2, 1), [MET])
     with pytest.raises(ValueError, match="every row needs .*recommended_dangling_ends; missing .*r2, targets"):
         store_fast_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 2, 1), [{**MET, "as_good": True}])
