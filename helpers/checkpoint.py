@@ -208,7 +208,7 @@ def fast_sampler_refusal(payload: dict, by_bar: bool = False) -> Optional[str]:
     return None
 
 
-def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> list[dict]:
+def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     """Keep ``sampler`` (a ``sample.Sampler``) in the weights file at ``path`` as its fast sampler,
     the one ``sample --fast`` uses, with the measurements that vetted it; everything else in the
     file is kept as it was.
@@ -217,8 +217,8 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> list[
     it: for an unconditional model, rows of ``tools/sampler_sweep.py`` or
     ``tools/pretrained_report.py`` with ``bar_met`` true; for a conditional one, rows of
     ``tools/control_fast.py`` with ``as_good`` true. The ``fast_evidence_keys`` entries of each are
-    stored, so the file says which precisions and seeds it was measured with; they are returned as
-    stored.
+    stored, so the file says which precisions and seeds it was measured with. Returns the file's
+    contents as saved (``sample.fast_sampler_evidence`` words them).
     """
     payload = load_checkpoint(path)
     refusal = fast_sampler_refusal(payload)
@@ -239,7 +239,7 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> list[
     payload["fast_sampler"] = sampler.stored()
     payload["fast_sampler_measured"] = [{key: kind(row[key]) for key, kind in keys.items()} for row in measured]
     save_atomic(payload, Path(path))
-    return payload["fast_sampler_measured"]
+    return payload
 
 
 # what a fine-tuned run may change of the network it starts from (train --init-from): a condition

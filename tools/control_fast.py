@@ -76,6 +76,12 @@ def judged(row: dict, recommended: dict) -> dict:
             "recommended_dangling_ends": recommended["dangling_ends"], "falls_behind": behind, "as_good": not behind}
 
 
+def table_row(row: dict, label: str, verdict: str) -> str:
+    """One row of the printed Markdown table: ``label``, then what ``row`` measured, then ``verdict``."""
+    return (f"| {label} | {row['precision']} | {row['r2']:.3f} | {row['mae']:.2f} | {row['dangling_ends']:.2f} | "
+            f"{row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | {row['seconds']:.0f} | {verdict} |")
+
+
 def large_enough(targets: list[float], n: int, stats: dict) -> bool:
     """Whether control over ``targets`` with ``n`` samples each is what the tolerances are sized for."""
     return set(default_targets(stats)) <= set(targets) and n >= FAST_VETTING_N
@@ -154,17 +160,13 @@ def main() -> int:
     base = rows[base_key]
     print("| sampler | weights | R^2 | MAE | dangling ends | worst ratio | matched | seconds | as good |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {base['sampler_words']} (recommended) | {RECOMMENDED_PRECISION} | {base['r2']:.3f} | {base['mae']:.2f} | "
-          f"{base['dangling_ends']:.2f} | {base['worst_ratio']:.2f} | {base['worst_matched_ratio']:.2f} | "
-          f"{base['seconds']:.0f} | |")
+    print(table_row(base, f"{base['sampler_words']} (recommended)", ""))
     for sampler in samplers:
         row = judged(measure(args.model, sampler, args.precision, args, targets), base)
         rows[key(digest, sampler, args.precision, args, targets)] = row
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"| {row['sampler_words']} | {args.precision} | {row['r2']:.3f} | {row['mae']:.2f} | "
-              f"{row['dangling_ends']:.2f} | {row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | "
-              f"{row['seconds']:.0f} | {'yes' if row['as_good'] else 'no: ' + '; '.join(row['falls_behind'])} |",
-              flush=True)
+        verdict = "yes" if row["as_good"] else "no: " + "; ".join(row["falls_behind"])
+        print(table_row(row, row["sampler_words"], verdict), flush=True)
     return store(args, samplers[0], recommended, digest, rows, stats) if args.store_fast else 0
 
 
@@ -182,7 +184,7 @@ def store(args: argparse.Namespace, sampler: Sampler, recommended: Sampler, dige
         return 1
     stored = store_fast_sampler(args.model, sampler, vetted)
     print(f"stored {sampler.describe()} in {args.model} as its fast sampler (sample --fast); it "
-          f"{fast_sampler_evidence({'condition': stats, 'fast_sampler_measured': stored})}")
+          f"{fast_sampler_evidence(stored)}")
     return 0
 
 

@@ -108,7 +108,7 @@ def main() -> int:
                   if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
         stored = store_fast_sampler(args.model, settings, vetted)
         print(f"stored {settings.describe()} in {args.model} as its fast sampler (sample --fast); it "
-              f"{fast_sampler_evidence({'fast_sampler_measured': stored})}")
+              f"{fast_sampler_evidence(stored)}")
     return 0
 
 
