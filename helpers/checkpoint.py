@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .data import write_failure
-from .device import at_precision, pick_device, resolve_precision
+from .device import AUTO_SAMPLING_PICKS, at_precision, pick_device, resolve_precision
 from .diffusion import Schedule
 from .unet import build_model
 
@@ -216,8 +216,9 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     ``measured``: at least one row per set of samples the sampler was judged on, every one vetting
     it: for an unconditional model, rows of ``tools/sampler_sweep.py`` or
     ``tools/pretrained_report.py`` with ``bar_met`` true; for a conditional one, rows of
-    ``tools/control_fast.py`` with ``as_good`` true. The ``fast_evidence_keys`` entries of each are
-    stored, so the file says which precisions and seeds it was measured with. Returns the file's
+    ``tools/control_fast.py`` with ``as_good`` true, in each precision ``sample --fast`` may pick
+    (``device.AUTO_SAMPLING_PICKS``). The ``fast_evidence_keys`` entries of each are stored, so
+    the file says which precisions and seeds it was measured with. Returns the file's
     contents as saved (``sample.fast_sampler_evidence`` words them).
     """
     payload = load_checkpoint(path)
@@ -236,6 +237,10 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     missing = sorted({key for row in measured for key in keys if key not in row})
     if missing:
         raise ValueError(f"measured: every row needs {', '.join(keys)}; missing {', '.join(missing)}")
+    unmeasured = [p for p in AUTO_SAMPLING_PICKS if p not in {row["precision"] for row in measured}]
+    if unmeasured:
+        raise ValueError(f"measured: expected rows in each precision sample --fast may pick "
+                         f"({', '.join(AUTO_SAMPLING_PICKS)}); none in {', '.join(unmeasured)}")
     payload["fast_sampler"] = sampler.stored()
     payload["fast_sampler_measured"] = [{key: kind(row[key]) for key, kind in keys.items()} for row in measured]
     save_atomic(payload, Path(path))

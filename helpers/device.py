@@ -20,6 +20,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)
 # Sampling: the dtype of the network's weights ("auto" picks by device; the sampler stays fp32).
 SAMPLING_PRECISIONS = ("auto", "fp32", "bf16")
+# What sampling's "auto" may pick (resolve_precision), so a fast sampler (sample --fast) is vetted in each.
+AUTO_SAMPLING_PICKS = ("fp32", "bf16")
 
 # torch.compile modes we measure and train with: "none" is eager; "reduce-overhead" adds CUDA
 # graphs, which replay a whole step's kernels with one launch.

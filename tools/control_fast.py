@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from helpers import ROOT  # noqa: E402
 from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_sampler, weights_digest  # noqa: E402
+from helpers.device import AUTO_SAMPLING_PICKS  # noqa: E402
 from helpers.control import (COUNTS, FAST_VETTING_N, controllability, default_targets,  # noqa: E402
                             falls_behind)
 from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
@@ -44,7 +45,6 @@ from pretrained_report import parse_sampler, spec  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "data" / "pretrained_conditional" / "model.pt"
 RECOMMENDED_PRECISION = "fp32"  # what the model's published control numbers were measured with
-PRECISIONS = ("fp32", "bf16")  # what sample --fast may pick (--precision auto): a stored one is vetted in both
 
 
 def key(digest: str, sampler: Sampler, precision: str, args: argparse.Namespace, targets: list[float]) -> str:
@@ -129,7 +129,7 @@ def main() -> int:
     parser.add_argument("--samplers", nargs="+", type=parse_sampler, required=True,
                         help="as ddim:STEPS:ETA or dpm++2m:STEPS:ETA (either with :quadratic); each takes the "
                         "model's recommended guidance")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    parser.add_argument("--precision", choices=AUTO_SAMPLING_PICKS, default="fp32",
                         help="the candidates' network weights (the recommended sampler's are fp32)")
     parser.add_argument("--n", type=int, default=FAST_VETTING_N, help="samples per target (default 64)")
     parser.add_argument("--targets", type=float, nargs="+", metavar="V", help="default: control's eight")
@@ -175,7 +175,7 @@ def store(args: argparse.Namespace, sampler: Sampler, recommended: Sampler, dige
     """--store-fast: keep ``sampler`` in --model if no row of it fell behind and rows in both
     precisions were as good; say why not otherwise (exit status 1)."""
     vetted, behind = stored_rows(rows, sampler.describe(), recommended.describe(), digest, stats)
-    missing = [p for p in PRECISIONS if p not in {row["precision"] for row in vetted}]
+    missing = [p for p in AUTO_SAMPLING_PICKS if p not in {row["precision"] for row in vetted}]
     if behind or missing:
         why = (f"fell behind the recommended sampler ({', '.join(behind)})" if behind else
                f"is not yet measured as good in {', '.join(missing)} (sample --fast may use either; run --precision "

@@ -132,19 +132,23 @@ def sampler_lines(rows: list[dict]) -> list[str]:
         "Other samplers, same model",
         f"`model.pt` sampled other ways (seed 0, {rows[0]['samples']} samples, threshold 0; `samplers.json`), "
         "beside its recommended sampler:", ["sampler", "network calls per image"],
-        [[row["sampler_words"], row["network_calls"], measured_cells(row)] for row in rows])
+        [[row["sampler_words"] + (f", {row['precision']} weights" if row.get("precision", "fp32") != "fp32" else ""),
+          row["network_calls"], measured_cells(row)] for row in rows])
 
 
-def store_fast(weights: Path, sampler: Sampler, row: dict) -> str:
-    """Store ``sampler`` as the fast one of ``weights`` (``sample --fast``) if ``row``, its measured
-    samples (fp32 weights, seed 0, as every sampler here), met the bar; the README's sentence saying which."""
-    words = f"{sampler.describe()}, {row['network_calls']} network calls an image"
-    if not row["bar_met"]:
-        return f"Fast sampler (`sample --fast`): none stored; {words} did not meet the bar (the samplers table)."
-    store_fast_sampler(weights, sampler, [{**row, "precision": "fp32", "seed": 0}])
+def store_fast(weights: Path, sampler: Sampler, rows: list[dict]) -> str:
+    """Store ``sampler`` as the fast one of ``weights`` (``sample --fast``) if ``rows``, its measured
+    samples (seed 0) with the weights in each precision ``sample --fast`` may pick, all met the
+    bar; the README's sentence saying which."""
+    words = f"{sampler.describe()}, {rows[0]['network_calls']} network calls an image"
+    failed = [row["precision"] for row in rows if not row["bar_met"]]
+    if failed:
+        return (f"Fast sampler (`sample --fast`): none stored; {words} did not meet the bar with "
+                f"{' or '.join(failed)} weights (the samplers table).")
+    store_fast_sampler(weights, sampler, [{**row, "seed": 0} for row in rows])
     return (f"Fast sampler (`python -m helpers sample --fast`, which also picks bf16 weights where the processor "
-            f"computes bf16 natively): {words}, stored in `model.pt`: its {row['samples']} samples (seed 0) met "
-            "the bar (the samplers table).")
+            f"computes bf16 natively): {words}, stored in `model.pt`: its {rows[0]['samples']} samples (seed 0) "
+            f"met the bar with {' and with '.join(row['precision'] for row in rows)} weights (the samplers table).")
 
 
 NOTES = "## Notes from earlier runs"  # a section of the README kept when it is rebuilt
@@ -210,7 +214,8 @@ def main() -> int:
                              "(written to OUT/samplers.json and the README)")
     parser.add_argument("--fast", type=parse_sampler, metavar="SAMPLER", help="a sampler with fewer network "
                         "calls, as --also takes it: measured with the others and stored in model.pt as its fast "
-                        "sampler (sample --fast) if its samples meet the bar (needs --n of at least "
+                        "sampler (sample --fast) if its samples meet the bar with fp32 and, drawn again, with bf16 weights "
+                        "(needs --n of at least "
                         f"{train.TrainConfig.bar_samples})")
     args = parser.parse_args()
     if args.fast and args.n < train.TrainConfig.bar_samples:
@@ -250,17 +255,19 @@ def main() -> int:
             compared.append(comparison_row(run, other, args.n, measure(other_images, reference)))
         (args.out / "comparison.json").write_text(json.dumps(compared, indent=1) + "\n", encoding="utf-8")
     others = []
-    for other in [settings, *also] if also else []:
-        other_measured = measured if other == settings else measure(  # the recommended one is measured
-            sample.generate(model, schedule, args.n, other, seed=0, device=cpu), reference)
-        others.append({"sampler_words": other.describe(), **other.stored(), "samples": args.n,
-                       "network_calls": len(other.timesteps(schedule)),
-                       **other_measured})
+    for other, precision in [(s, "fp32") for s in [settings, *also] if also] + (
+            [(args.fast, "bf16")] if args.fast else []):  # sample --fast may pick either precision
+        network = model if precision == "fp32" else load_model(weights, cpu, precision)[0]
+        other_measured = measured if (other, precision) == (settings, "fp32") else measure(  # measured already
+            sample.generate(network, schedule, args.n, other, seed=0, device=cpu), reference)
+        others.append({"sampler_words": other.describe(), **other.stored(), "precision": precision,
+                       "samples": args.n, "network_calls": len(other.timesteps(schedule)), **other_measured})
     if others:
         (args.out / "samplers.json").write_text(json.dumps(others, indent=1) + "\n", encoding="utf-8")
     fast_words = ""
     if args.fast:
-        fast_words = store_fast(weights, args.fast, others[[settings, *also].index(args.fast)])
+        fast_words = store_fast(weights, args.fast, [row for row in others if row["sampler_words"] ==
+                                                     args.fast.describe()])
     lines = [
         "# The shipped model",
         "",

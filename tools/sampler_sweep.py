@@ -13,8 +13,9 @@ nothing else on the machine). Rows are printed as a Markdown table and written t
     python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision bf16 --store-fast
 
 --store-fast keeps the one sampler measured in --model as its fast sampler (``sample --fast``) if
-its samples met the bar, with at least the fidelity bar's 200 samples, and if no row of --json
-for the same sampler and model (other seeds, the other precision) failed it: measure those first.
+no row of --json for the same sampler and model (this run, other seeds, the other precision)
+failed the bar and rows of at least the bar's 200 samples met it in fp32 and in bf16, the
+precisions ``sample --fast`` may pick: measure the other precision first.
 Rows name their model by ``checkpoint.weights_digest``, so one --json can hold several models'.
 The file keeps, beside the sampler, every row of it on this model that met the bar with at least
 200 samples (precision, seed, samples, dangling ends), which ``sample --fast`` prints. Only an
@@ -39,7 +40,7 @@ from helpers import data, metrics, sample  # noqa: E402
 from helpers.train import TrainConfig  # noqa: E402
 from helpers.checkpoint import (fast_sampler_refusal, load_model, store_fast_sampler,  # noqa: E402
                                weights_digest)
-from helpers.device import SAMPLING_PRECISIONS  # noqa: E402
+from helpers.device import AUTO_SAMPLING_PICKS, SAMPLING_PRECISIONS  # noqa: E402
 from helpers.sample import Sampler, fast_sampler_evidence  # noqa: E402
 from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
                                parse_sampler, spec)
@@ -96,19 +97,28 @@ def main() -> int:
         print(f"| {row['sampler_words']}, {args.precision} | {cells} | {row.get('seconds_16', float('nan')):.1f} |", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    if args.store_fast:
-        same = {name: other for name, other in rows.items()
-                if other.get("sampler_words") == settings.describe() and other.get("weights") == digest}
-        failed = [name for name, other in same.items() if other.get("bar_met") is False]
-        if not row["bar_met"] or failed:
-            print(f"{settings.describe()} did not meet the bar on {args.model} "
-                  f"({', '.join(failed) if failed else 'this run'}): not stored")
-            return 1
-        vetted = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
-                  if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
-        stored = store_fast_sampler(args.model, settings, vetted)
-        print(f"stored {settings.describe()} in {args.model} as its fast sampler (sample --fast); it "
-              f"{fast_sampler_evidence(stored)}")
+    return store(args.model, settings, digest, rows) if args.store_fast else 0
+
+
+def store(model: Path, sampler: Sampler, digest: str, rows: dict) -> int:
+    """--store-fast: keep ``sampler`` in ``model`` if every row of it on this model met the bar and
+    rows of at least 200 samples met it in each precision ``sample --fast`` may pick; say why not
+    otherwise (exit status 1)."""
+    same = {name: other for name, other in rows.items()
+            if other.get("sampler_words") == sampler.describe() and other.get("weights") == digest}
+    failed = [name for name, other in same.items() if other.get("bar_met") is False]
+    vetted = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
+              if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
+    missing = [p for p in AUTO_SAMPLING_PICKS if p not in {row["precision"] for row in vetted}]
+    if failed or missing:
+        why = (f"did not meet the bar on {model} ({', '.join(failed)})" if failed else
+               f"is not yet measured as meeting the bar in {', '.join(missing)} (sample --fast may use "
+               f"{' or '.join(AUTO_SAMPLING_PICKS)}; run --precision {missing[0]} first)")
+        print(f"{sampler.describe()} {why}: not stored")
+        return 1
+    stored = store_fast_sampler(model, sampler, vetted)
+    print(f"stored {sampler.describe()} in {model} as its fast sampler (sample --fast); it "
+          f"{fast_sampler_evidence(stored)}")
     return 0
 
 
