@@ -18,8 +18,8 @@ from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_m
 from .conditions import ConditionError, check_range, parse_targets, target_vector
 from .control import (DrawnSamples, Keeping, check_target, default_targets, format_control, guidance_sweep, measure,
                       measured_condition)
-from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, prepare_output_dir,
-                   read_images, write_failure)
+from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, manifest_values,
+                   prepare_output_dir, read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision
 from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
@@ -86,7 +86,8 @@ _non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number 
 
 def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replaced", replace: bool = False) -> None:
     """Refuse, before any work, to write ``flag``'s file into a folder, or over an existing file
-    unless ``replace`` (--force): every file the CLI writes follows this one rule."""
+    unless ``replace`` (--force) and the file is a GIF, what --force may replace (a mistyped path
+    must not cost a model or a data set): every file the CLI writes follows this one rule."""
     if path is None:
         return
     if Path(path).is_dir():
@@ -94,6 +95,10 @@ def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replac
     if Path(path).exists() and not replace:
         hint = " or pass --force to replace it" if flag == "--gif" else ""
         raise DataError(f"{path} exists; choose another {flag} path{hint} ({unchanged})")
+    if Path(path).exists():
+        with open(path, "rb") as existing:
+            if existing.read(4) != b"GIF8":  # what every GIF begins with
+                raise DataError(f"{flag} {path} exists and is not a GIF; --force replaces only a GIF ({unchanged})")
 
 
 def _flag(name: str) -> str:
@@ -150,6 +155,11 @@ def _train_config(args: argparse.Namespace, device: torch.device) -> tuple[Train
                          bar_samples=args.bar_samples, sample_eta=args.eta,
                          lr_decay_steps=args.lr_decay, condition=args.condition,
                          init_from=str(args.init_from) if args.init_from else None)
+    if cfg.condition:  # a column the manifest lacks, or not a number, refused before the run is announced
+        try:
+            manifest_values(cfg.data, cfg.condition, limit=cfg.limit)
+        except DataError as exc:
+            raise DataError(f"--condition: {exc}") from None
     size = image_size(cfg.data)
     return cfg, (f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
                  f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}"
@@ -287,7 +297,9 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         condition = target_vector(stats, targets)
         check_guidance(payload, sampler.guidance, str(args.checkpoint))
     elif args.guidance:
-        raise DataError(f"--guidance {args.guidance:g} needs a --condition to guide towards")
+        raise DataError(f"--guidance {args.guidance:g} needs a --condition to guide towards" if stats else
+                        f"--guidance {args.guidance:g}: {args.checkpoint} was trained without a condition, so "
+                        f"there is nothing to guide towards; sample it without --guidance")
     elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
         sampler, recommended = sampler.replace(guidance=0.0), recommended.replace(guidance=0.0)
         unguided = "; drawing it without guidance, as no --condition was given (it was measured with one)"
@@ -539,7 +551,7 @@ def _add_train(commands) -> None:
                        "graphs); GPU; falls back to eager where it cannot")
     train.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of images and weights "
                        "(default: contiguous, NCHW)")
-    train.add_argument("--condition", nargs="+", metavar="COLUMN", help="condition the network on these "
+    train.add_argument("--condition", nargs="+", action="extend", metavar="COLUMN", help="condition the network on these "
                        "numeric manifest columns (e.g. grains on voronoi_gb_range_64), for sample --condition")
     train.add_argument("--init-from", type=Path, metavar="MODEL", help="start from this model file's EMA weights "
                        "(fine-tuning; same network and schedule, e.g. data/pretrained/model.pt with --profile gpu; "
@@ -575,7 +587,7 @@ def _add_sample(commands) -> None:
     sample.add_argument("--variance", choices=VARIANCES,
                         help="DDPM step variance: beta_t (the original's; default) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
-    sample.add_argument("--condition", nargs="+", metavar="NAME=VALUE", help="a conditional model: the "
+    sample.add_argument("--condition", nargs="+", action="extend", metavar="NAME=VALUE", help="a conditional model: the "
                         "descriptors to ask for, e.g. grains=30 (inside the range it was trained on)")
     sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
                         "scale w >= 0 (0: the conditional model alone); default: the model's")

@@ -59,6 +59,8 @@ def parse_targets(stats: dict | None, items: Sequence[str], source: str = "the m
         except ValueError:
             raise ConditionError(f"--condition {item}: expected NAME=VALUE with a number, e.g. {name}=30") from None
         check_range(stats, name, value, f"--condition {item}")
+        if name in targets:
+            raise ConditionError(f"--condition {item}: {name} is given twice; expected each name once")
         targets[name] = value
     missing = [name for name in stats["names"] if name not in targets]
     if missing:

@@ -118,6 +118,9 @@ class TrainConfig:
             raise TrainingError(f"--lr-decay must be 0 (no decay) or a number of steps, got {self.lr_decay_steps!r}")
         if not isinstance(self.condition, list) or not all(isinstance(c, str) and c for c in self.condition):
             raise TrainingError(f"--condition: expected manifest column names, got {self.condition!r}")
+        twice = sorted({c for c in self.condition if self.condition.count(c) > 1})
+        if twice:
+            raise TrainingError(f"--condition: {twice[0]} is given twice; expected each column once")
         if self.condition and self.model != "unet":
             raise TrainingError(f"--condition needs --model unet ({self.model} takes no condition)")
         if isinstance(self.init_from, os.PathLike):

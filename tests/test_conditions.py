@@ -195,12 +195,24 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert main(["sample", "--checkpoint", str(conditional), "--condition", "grains=20", "--guidance", "1",
                  "--steps", "2", "--n", "2", "--out", str(tmp_path / "a"), "--quiet"]) == 0
     assert "guidance 1, grains=20" in capsys.readouterr().out
+    plain = data.DATA_ROOT / "pretrained" / "model.pt"
     for extra, message in ((["--condition", "grains=500"], "outside the training range of grains"),
-                           (["--guidance", "2"], "--guidance 2 needs a --condition")):
+                           (["--guidance", "2"], "--guidance 2 needs a --condition"),
+                           (["--condition", "grains=30", "grains=20"], "grains=20: grains is given twice"),
+                           (["--condition", "grains=30", "--condition", "grains=20"], "grains is given twice"),
+                           (["--guidance", "2", "--checkpoint", str(plain)],
+                            f"--guidance 2: {plain} was trained without a condition, so there is nothing to guide")):
         assert main(["sample", "--checkpoint", str(conditional), "--steps", "2", "--out", str(tmp_path / "b"),
                      "--quiet", *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and not (tmp_path / "b").exists()
+    for column, message in ((["grains", "grains"], "--condition: grains is given twice; expected each column once"),
+                            (["grain"], "--condition: ")):
+        assert main(["train", "--data", "voronoi_gb_range_64", "--profile", "smoke", "--out", str(tmp_path / "t"),
+                     "--condition", *column]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == "" and not (tmp_path / "t").exists()  # before any work
+    assert "manifest.csv has no column 'grain'; its numeric columns: grains" in captured.err
     assert main(["control", "--checkpoint", str(conditional), "--targets", "10", "30", "--n", "2",
                  "--guidance", "0", "2", "--steps", "2", "--splits", "2", "--json", str(tmp_path / "c.json"),
                  "--plot", str(tmp_path / "c.png")]) == 0

@@ -278,12 +278,23 @@ def test_the_shipped_model_samples_on_cpu():
     assert 0.05 < fraction < 0.5  # some boundary, mostly grain: not blank, not noise
 
 
-def test_an_existing_gif_is_not_replaced_silently(weights, tmp_path):
+def test_an_existing_gif_is_not_replaced_silently(weights, tmp_path, capsys):
     gif = tmp_path / "mine.gif"
     gif.write_bytes(b"a user's file")
     assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out",
                  str(tmp_path / "s"), "--gif", str(gif), "--quiet"]) == 2
     assert gif.read_bytes() == b"a user's file"
+    model = tmp_path / "model.pt"
+    model.write_bytes(weights.read_bytes())
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out", str(tmp_path / "t"),
+                 "--gif", str(model), "--force", "--quiet"]) == 2  # a slip of the tab key: --force replaces GIFs only
+    assert model.read_bytes() == weights.read_bytes() and not (tmp_path / "t").exists()
+    assert f"--gif {model} exists and is not a GIF; --force replaces only a GIF" in capsys.readouterr().err
+    gif.write_bytes(b"GIF89a and the rest of an earlier run's GIF")
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out", str(tmp_path / "u"),
+                 "--gif", str(gif), "--force", "--quiet"]) == 0
+    with Image.open(gif) as image:
+        assert image.n_frames == 2  # replaced by this run's
 
 
 def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_path):
