@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.backend_bases import FigureCanvasBase
 import torch
 from tqdm.auto import tqdm
 
@@ -16,8 +18,8 @@ from . import distributed, metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
 from .conditions import ConditionError, check_range, parse_targets, target_vector
-from .control import (DrawnSamples, Keeping, check_target, default_targets, format_control, guidance_sweep, measure,
-                      measured_condition)
+from .control import (COUNTS, DrawnSamples, Keeping, check_target, default_targets, format_control, guidance_sweep,
+                      measure, measured_condition)
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, manifest_values,
                    prepare_output_dir, read_images, write_failure)
 from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision
@@ -316,6 +318,10 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
 def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, side: int, world: World) -> Wanted:
     """What --closed and --within ask of every image kept, checked against the rest of the command."""
     wanted = Wanted(closed=args.closed, within=parse_within(args.within or [], targets))
+    for name, (target, tolerance) in wanted.within.items():
+        if name in COUNTS and math.floor(target + tolerance) < math.ceil(target - tolerance):
+            raise DataError(f"--within {name}={tolerance:g}: no whole number of {name} lies within {tolerance:g} "
+                            f"of {target:g}, so no image could be kept; ask for a whole number or widen it")
     args.max_draws = _max_draws(args, bool(wanted))
     if not wanted:
         return wanted
@@ -386,6 +392,9 @@ CONTROL_SAMPLING = ("vary", "targets", "n", "guidance", "sampler", "steps", "eta
 def _control(args: argparse.Namespace) -> None:
     _new_file(args.json, "--json")
     _new_file(args.plot, "--plot")
+    if args.plot and args.plot.suffix.lower().lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
+        raise DataError(f"--plot {args.plot}: expected a picture file whose name ends in .png, .pdf or .svg (or "
+                        f"another format matplotlib writes), said before the sweep")
     if args.measure:
         return _control_measured(args)
     args.n, args.guidance, args.seed = args.n or 64, args.guidance or [0.0, 1.0, 2.0, 4.0], args.seed or 0
@@ -551,7 +560,8 @@ def _add_train(commands) -> None:
                        "graphs); GPU; falls back to eager where it cannot")
     train.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of images and weights "
                        "(default: contiguous, NCHW)")
-    train.add_argument("--condition", nargs="+", action="extend", metavar="COLUMN", help="condition the network on these "
+    train.add_argument("--condition", nargs="+", action="extend", metavar="COLUMN",
+                       help="condition the network on these "
                        "numeric manifest columns (e.g. grains on voronoi_gb_range_64), for sample --condition")
     train.add_argument("--init-from", type=Path, metavar="MODEL", help="start from this model file's EMA weights "
                        "(fine-tuning; same network and schedule, e.g. data/pretrained/model.pt with --profile gpu; "
@@ -587,7 +597,8 @@ def _add_sample(commands) -> None:
     sample.add_argument("--variance", choices=VARIANCES,
                         help="DDPM step variance: beta_t (the original's; default) or beta-tilde_t")
     sample.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1]")
-    sample.add_argument("--condition", nargs="+", action="extend", metavar="NAME=VALUE", help="a conditional model: the "
+    sample.add_argument("--condition", nargs="+", action="extend", metavar="NAME=VALUE",
+                        help="a conditional model: the "
                         "descriptors to ask for, e.g. grains=30 (inside the range it was trained on)")
     sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
                         "scale w >= 0 (0: the conditional model alone); default: the model's")

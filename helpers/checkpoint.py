@@ -91,6 +91,8 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A checkpoint or weights file written by this package, loaded with weights_only=True."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected a model file (a run's checkpoint.pt, or model.pt)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

@@ -483,6 +483,9 @@ class DrawnSamples:
     def load(cls, path: str | Path) -> "DrawnSamples":
         """Read a file ``save`` wrote; anything else is refused in one line that names it."""
         try:
+            with open(path, "rb") as head:
+                if head.read(4) != b"PK\x03\x04":  # an .npz is a zip archive; numpy would guess at anything else
+                    raise ValueError("not an .npz archive")
             with np.load(path, allow_pickle=False) as file:
                 meta = json.loads(str(file["meta"]))
                 drawn = cls(meta["name"], [float(t) for t in meta["targets"]], int(meta["seed"]),

@@ -234,6 +234,8 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert "--sampler/--steps/--eta:" in capsys.readouterr().err
     assert main(["control", "--checkpoint", str(data.DATA_ROOT / "pretrained" / "model.pt")]) == 2
     assert "trained without a condition" in capsys.readouterr().err
+    assert main(["control", "--checkpoint", str(conditional), "--plot", str(tmp_path / "c.txt")]) == 2
+    assert "--plot " + str(tmp_path / "c.txt") + ": expected a picture file" in capsys.readouterr().err
     for targets, message in ((["95"], "--targets 95: outside the training range of grains"),
                              (["12.5"], "--targets 12.5: grains counts whole things; expected a whole number")):
         assert main(["control", "--checkpoint", str(conditional), "--targets", *targets]) == 2
@@ -288,7 +290,9 @@ def test_sample_keeps_only_images_that_measure_as_asked_and_refuses_what_it_cann
             (["--within", "grains=1"], "--within grains=1: expected NAME=TOLERANCE with NAME a condition given with "
                                        "--condition (given: none)"),
             (["--condition", "grains=20", "--within", "grains=1", "--within", "grains=2"],
-             "--within grains=2: grains is given twice")):
+             "--within grains=2: grains is given twice"),
+            (["--condition", "grains=20.5", "--within", "grains=0.4"],
+             "--within grains=0.4: no whole number of grains lies within 0.4 of 20.5, so no image could be kept")):
         assert main(["sample", "--checkpoint", str(conditional), "--out", str(tmp_path / "no"), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and not (tmp_path / "no").exists()
@@ -375,11 +379,12 @@ def test_samples_drawn_elsewhere_measure_as_if_control_had_drawn_them(conditiona
     for extra, message in ((["--measure", str(tmp_path / "control.npz"), "--n", "8", "--seed", "0"],
                             "come from the file; expected no --n, --seed"),
                            (["--measure", str(tmp_path / "other.npz")], "drawn by the model with weights 000000000000"),
-                           (["--measure", str(tmp_path / "text.npz")], "not a file of drawn control samples"),
+                           (["--measure", str(tmp_path / "text.npz")], "not a file of drawn control samples "
+                                                                        "(ValueError: not an .npz archive)"),
                            (["--measure", str(tmp_path / "cut.npz")], "not a file of drawn control samples")):
         assert main(["control", "--checkpoint", str(conditional), *extra]) == 2
         err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1
+        assert message in err and err.count("\n") == 1 and "allow_pickle" not in err
 
 
 def test_a_fast_sampler_falls_behind_the_recommended_one_only_beyond_its_tolerances():
@@ -472,10 +477,18 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
                           f"expected control's default targets ({', '.join(f'{t:g}' for t in targets)}; more may"),
                          (["--json", str(tmp_path / "absent" / "rows.json")], "rows.json: its folder does not exist"),
                          (["--samplers", "ddim:3:1"], "ddim:3:1 is the model's recommended sampler"),
-                         (["--model", str(data.DATA_ROOT / "pretrained" / "model.pt")], "an unconditional model")):
+                         (["--model", str(data.DATA_ROOT / "pretrained" / "model.pt")], "an unconditional model"),
+                         (["--model", str(tmp_path)], f"--model {tmp_path} is a folder; expected a model file"),
+                         (["--json", str(tmp_path)], f"--json {tmp_path}: a folder; expected a file"),
+                         (["--json", str(tmp_path / "notes.json")], "notes.json: not readable as JSON"),
+                         (["--targets", "30", "500"], "--targets 500: outside the training range of grains"),
+                         (["--targets", "30.5"], "--targets 30.5: grains counts whole things")):
+        (tmp_path / "notes.json").write_text("a user's notes, not rows")
         with pytest.raises(SystemExit) as stopped:
             run(*refused)
-        assert stopped.value.code == 2 and why in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and why in err and "Traceback" not in err
+    assert (tmp_path / "notes.json").read_text() == "a user's notes, not rows"
 
 
 def test_control_of_a_model_conditioned_on_two_descriptors_holds_the_other_at_real_images_median(

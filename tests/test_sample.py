@@ -206,10 +206,18 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
                          (["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
                          (["--store-fast", "--model", str(weights.parent / "checkpoint.pt")], "not a weights file"),
                          (["--store-fast", "--model", str(conditional)], "measure its fast sampler with "
-                                                                          "tools/control_fast.py")):
+                                                                          "tools/control_fast.py"),
+                         (["--n", "0"], "--n 0 --seed 0: expected a positive --n"),
+                         (["--model", str(tmp_path)], f"--model {tmp_path} is a folder; expected a model file"),
+                         (["--json", str(tmp_path / "absent" / "rows.json")], "rows.json: its folder does not exist"),
+                         (["--json", str(tmp_path / "list.json")], "list.json: holds a list; expected the rows")):
+        (tmp_path / "list.json").write_text("[1, 2]")
         with pytest.raises(SystemExit) as stopped:
             run(*refused)
         assert stopped.value.code == 2 and why in capsys.readouterr().err
+    monkeypatch.setattr(device, "cpu_flags", lambda: set())  # --precision auto on a processor without bf16: fp32
+    assert run("--precision", "auto", "--seed", "3") == 0
+    assert json.loads(table.read_text())["dpm++2m:2:1:fp32:seed3"]["precision"] == "fp32"
 
 
 def test_sampler_settings_are_checked_and_described():

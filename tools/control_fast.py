@@ -38,10 +38,11 @@ import torch  # noqa: E402
 from helpers import ROOT  # noqa: E402
 from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_sampler, weights_digest  # noqa: E402
 from helpers.device import AUTO_SAMPLING_PICKS  # noqa: E402
-from helpers.control import (COUNTS, FAST_VETTING_N, controllability, default_targets,  # noqa: E402
+from helpers.conditions import ConditionError, check_range  # noqa: E402
+from helpers.control import (COUNTS, FAST_VETTING_N, check_target, controllability, default_targets,  # noqa: E402
                             falls_behind)
 from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
-from pretrained_report import parse_sampler, spec  # noqa: E402
+from pretrained_report import json_rows, model_file, parse_sampler, spec  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "data" / "pretrained_conditional" / "model.pt"
 RECOMMENDED_PRECISION = "fp32"  # what the model's published control numbers were measured with
@@ -108,6 +109,12 @@ def refusal(payload: dict, args: argparse.Namespace, targets: list[float], sched
     if len(stats["names"]) > 1 or stats["names"][0] not in COUNTS:
         return (f"--model {args.model}: conditioned on {', '.join(stats['names'])}; the tolerances are for one "
                 f"count ({', '.join(COUNTS)}), in its units")
+    for target in targets:  # each inside the range and a whole count, as control takes them
+        try:
+            check_range(stats, stats["names"][0], target, f"--targets {target:g}")
+            check_target(stats["names"][0], target, f"--targets {target:g}")
+        except ConditionError as exc:
+            return str(exc)
     if any(spec(s) == spec(recommended) for s in args.samplers):
         return f"--samplers: {spec(recommended)} is the model's recommended sampler, the one compared with"
     if not args.store_fast:
@@ -140,9 +147,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.n < 1 or args.seed < 0:
         parser.error(f"--n {args.n} --seed {args.seed}: expected a positive --n and a seed of 0 or more")
-    if not args.json.parent.is_dir():
-        parser.error(f"--json {args.json}: its folder does not exist")
-    _, schedule, payload = load_model(args.model, torch.device("cpu"))
+    rows = json_rows(parser, args.json)
+    _, schedule, payload = model_file(parser, args.model)
     stats = payload.get("condition")
     targets = args.targets or (default_targets(stats) if stats else [])
     why = refusal(payload, args, targets, schedule)
@@ -150,7 +156,6 @@ def main() -> int:
         parser.error(why)
     recommended, digest = recommended_sampler(payload), weights_digest(payload)
     samplers = [recommended.replace(kind=s.kind, steps=s.steps, eta=s.eta, spacing=s.spacing) for s in args.samplers]
-    rows = json.loads(args.json.read_text()) if args.json.exists() else {}
     print(f"{args.model} (step {payload['step']}), {len(targets)} targets x {args.n}, seed {args.seed}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     base_key = key(digest, recommended, RECOMMENDED_PRECISION, args, targets)

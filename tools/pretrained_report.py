@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from helpers import data, metrics, sample, train, viz  # noqa: E402
-from helpers.checkpoint import (export_weights, fast_sampler_refusal, load_checkpoint, load_model,  # noqa: E402
-                               store_fast_sampler)
+from helpers.checkpoint import (CheckpointError, export_weights, fast_sampler_refusal, load_checkpoint,  # noqa: E402
+                               load_model, store_fast_sampler)
 from helpers.diffusion import SPACINGS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
@@ -108,6 +108,32 @@ def parse_sampler(spec: str) -> Sampler:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{spec!r}: {exc}; expected ddim:STEPS:ETA (e.g. ddim:100:1), "
                                          "dpm++2m:STEPS:ETA, either with :quadratic, or ddpm") from None
+
+
+def json_rows(parser: argparse.ArgumentParser, path: Path | None) -> dict:
+    """The rows a sweep's --json file holds ({} for a new file), checked before any work: its
+    folder exists, and the file, if there, is a JSON object; otherwise the parser's one-line error."""
+    if path is None:
+        return {}
+    if path.is_dir() or not path.parent.is_dir():
+        parser.error(f"--json {path}: " + ("a folder; expected a file" if path.is_dir() else
+                                            "its folder does not exist"))
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parser.error(f"--json {path}: not readable as JSON ({exc}); expected the rows an earlier run wrote")
+    if not isinstance(rows, dict):
+        parser.error(f"--json {path}: holds a {type(rows).__name__}; expected the rows (an object) an earlier "
+                     "run wrote")
+    return rows
+
+
+def model_file(parser: argparse.ArgumentParser, path: Path, precision: str = "fp32"):
+    """``checkpoint.load_model(path)`` on the CPU, or the parser's one-line error naming the file."""
+    try:
+        return load_model(path, torch.device("cpu"), precision)
+    except CheckpointError as exc:
+        parser.error(f"--model {exc}")
 
 
 def spec(sampler: Sampler) -> str:
@@ -214,8 +240,8 @@ def main() -> int:
                              "(written to OUT/samplers.json and the README)")
     parser.add_argument("--fast", type=parse_sampler, metavar="SAMPLER", help="a sampler with fewer network "
                         "calls, as --also takes it: measured with the others and stored in model.pt as its fast "
-                        "sampler (sample --fast) if its samples meet the bar with fp32 and, drawn again, with bf16 weights "
-                        "(needs --n of at least "
+                        "sampler (sample --fast) if its samples meet the bar with fp32 and, drawn again, with "
+                        "bf16 weights (needs --n of at least "
                         f"{train.TrainConfig.bar_samples})")
     args = parser.parse_args()
     if args.fast and args.n < train.TrainConfig.bar_samples:

@@ -38,12 +38,11 @@ import torch  # noqa: E402
 from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics, sample  # noqa: E402
 from helpers.train import TrainConfig  # noqa: E402
-from helpers.checkpoint import (fast_sampler_refusal, load_model, store_fast_sampler,  # noqa: E402
-                               weights_digest)
-from helpers.device import AUTO_SAMPLING_PICKS, SAMPLING_PRECISIONS  # noqa: E402
+from helpers.checkpoint import fast_sampler_refusal, store_fast_sampler, weights_digest  # noqa: E402
+from helpers.device import AUTO_SAMPLING_PICKS, SAMPLING_PRECISIONS, resolve_precision  # noqa: E402
 from helpers.sample import Sampler, fast_sampler_evidence  # noqa: E402
-from pretrained_report import (measure, measured_cells, measured_header, median_seconds,  # noqa: E402
-                               parse_sampler, spec)
+from pretrained_report import (json_rows, measure, measured_cells, measured_header, median_seconds,  # noqa: E402
+                               model_file, parse_sampler, spec)
 
 
 
@@ -66,16 +65,19 @@ def main() -> int:
     parser.add_argument("--store-fast", action="store_true", help="store the one sampler measured in --model "
                         "as its fast sampler (sample --fast) if its samples met the fidelity bar")
     args = parser.parse_args()
+    if args.n < 1 or args.seed < 0:
+        parser.error(f"--n {args.n} --seed {args.seed}: expected a positive --n and a seed of 0 or more")
     if args.store_fast and (len(args.samplers) != 1 or args.timing_only or args.n < TrainConfig.bar_samples):
         parser.error(f"--store-fast: expected one sampler in --samplers, measured (not --timing-only) on at least "
                      f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is")
     cpu = torch.device("cpu")
-    model, schedule, payload = load_model(args.model, cpu, args.precision)
+    args.precision = resolve_precision(args.precision, cpu)  # rows say what was measured: fp32 or bf16, not auto
+    rows = json_rows(parser, args.json)
+    model, schedule, payload = model_file(parser, args.model, args.precision)
     refusal = fast_sampler_refusal(payload, by_bar=True) if args.store_fast else None
     if refusal:
         parser.error(f"--store-fast: {args.model} is {refusal}")
     reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
-    rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     digest = weights_digest(payload)  # which model a row measured: --json may hold several models' rows
     print(f"{args.model} (step {payload['step']}), on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print(f"| sampler | {measured_header()} | 16 images (s) |")
