@@ -589,8 +589,8 @@ def _add_sample(commands) -> None:
                         "DPM-Solver++(2M), good in 10-25 steps)")
     sample.add_argument("--steps", type=_positive_int, help="DDIM or DPM-Solver steps (ignored by ddpm); default: "
                         "the model's, else 50")
-    sample.add_argument("--eta", type=_fraction, help="fresh noise per step for ddim and dpm++2m, 0 "
-                        "(deterministic) to 1; default: the model's, else 0")
+    sample.add_argument("--eta", type=_fraction, help="fresh noise per step for ddim and dpm++2m, 0 (deterministic) "
+                        "to 1 (in between, the two weigh it differently); default: the model's, else 0")
     sample.add_argument("--spacing", choices=SPACINGS, help="timesteps of ddim and dpm++2m: uniform (evenly "
                         "spread) or quadratic (crowded near the data, DDIM's other choice); default: the model's, "
                         "else uniform")

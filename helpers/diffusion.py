@@ -231,23 +231,30 @@ def ddpm_sample(model, schedule: Schedule, shape: tuple[int, ...], *, device: to
 
 
 def ddim_timesteps(total: int, steps: int) -> list[int]:
-    """``steps`` timesteps spread evenly over 0..total-1, descending, always ending at 0."""
+    """``steps`` timesteps spread evenly over 0..total-1, descending from T-1 to 0. One step is
+    T-1 alone: the samplers' last step returns its x0 estimate, so one step is the network's
+    one-jump estimate of the image from pure noise (a step at t = 0 would read the noise as an image)."""
     if not 1 <= steps <= total:
         raise ValueError(f"DDIM steps must lie in 1..{total}, got {steps}")
-    return sorted({round(i * (total - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
+    if steps == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (steps - 1)) for i in range(steps)}, reverse=True)
 
 
 def quadratic_timesteps(total: int, steps: int) -> list[int]:
     """``steps`` timesteps crowded towards t = 0: t_i = (i / (steps - 1))^2 (T - 1), descending.
 
-    The "quadratic" selection Song et al. (2021) used for DDIM on CIFAR-10 (theirs ends near 0.8 T;
-    ours spans the whole schedule): the gaps grow linearly with t, so the steps near the data,
-    where the last details (here: the last pixels of a boundary) are decided, are the shortest.
-    Rounded to whole steps and pushed apart where rounding makes two equal, so there are always
-    exactly ``steps`` of them, from T-1 to 0 (one step: t = 0 alone, as DDIM's).
+    The "quadratic" selection Song et al. (2021) used for DDIM on CIFAR-10 (their released code
+    ends near 0.8 T; ours spans the whole schedule): the gaps grow linearly with the step index,
+    as sqrt(t), so the steps near the data, where the last details (here: the last pixels of a
+    boundary) are decided, are the shortest. Rounded to whole steps and pushed apart where
+    rounding makes two equal, so there are always exactly ``steps`` of them, from T-1 to 0 (one
+    step: T-1 alone, as DDIM's).
     """
     if not 1 <= steps <= total:
         raise ValueError(f"sampler steps must lie in 1..{total}, got {steps}")
+    if steps == 1:
+        return [total - 1]
     ascending = [round((i / max(steps - 1, 1)) ** 2 * (total - 1)) for i in range(steps)]
     for i in range(1, steps):  # at least one step apart, going up ...
         ascending[i] = max(ascending[i], ascending[i - 1] + 1)
@@ -333,11 +340,14 @@ def dpm_solver_sample(model, schedule: Schedule, shape: tuple[int, ...], *, step
         x_next = (sigma_next / sigma_t) e^{-eta h} x_t + alpha_next (1 - e^{-(1 + eta) h}) D
                  + sigma_next sqrt(1 - e^{-2 eta h}) z.
     eta = 0 is the ODE solver (the paper's Algorithm 2: the exact solution for D held fixed over
-    the step); eta = 1 its SDE variant, fresh noise at every step (with D = x0_hat it is then
-    DDIM with eta 1; in between the two etas weigh the noise differently). First order (D =
-    x0_hat) at the first step, which has no history, and into t = 0, whose step in lambda is, with
-    uniform spacing, four times the one before (extrapolating over it overshoots; diffusers'
-    ``lower_order_final``). The timesteps are DDIM's (``spacing``: SPACINGS); the last one, t = 0,
+    the step); eta = 1 its SDE variant, SDE-DPM-Solver++(2M), fresh noise at every step (with D =
+    x0_hat it is then DDIM with eta 1). In between, this is the interpolation of k-diffusion's
+    ``sample_dpmpp_2m_sde``, not the paper's: its noise variance sigma_next^2 (1 - e^{-2 eta h})
+    is not DDIM's eta^2 sigma^2, so only eta = 0 and eta = 1 mean the same in both samplers. First
+    order (D = x0_hat) at the first step, which has no history, and into t = 0, whose step in
+    lambda is, with uniform spacing of the linear schedule, 3.4 to 4.7 times the one before (50 to
+    10 steps; ``log_snr``), so extrapolating over it overshoots (diffusers' ``lower_order_final``).
+    The timesteps are DDIM's (``spacing``: SPACINGS); the last one (t = 0; T-1 for one step)
     returns its x0_hat, as DDIM's last step does. ``steps`` network calls in all.
     """
     if not 0 <= eta <= 1:

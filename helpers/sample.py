@@ -17,7 +17,8 @@ from .diffusion import SPACINGS, VARIANCES, Schedule, ddim_sample, ddpm_sample, 
 from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
 # ddpm: every step (steps ignored); ddim: any steps, eta 0..1; dpm++2m: DPM-Solver++(2M), any
-# steps (10-25 is its range), eta 0 (the ODE) to 1 (its SDE variant, fresh noise every step)
+# steps (10-25 is its range), eta 0 (the ODE) to 1 (its SDE variant, fresh noise every step); an
+# eta between 0 and 1 weighs the noise differently in ddim and dpm++2m (diffusion.dpm_solver_sample)
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm++2m": dpm_solver_sample}
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)"}
 STORED_KEYS = ("sampler", "steps", "eta")  # what a model file keeps of a sampler it names
@@ -28,7 +29,8 @@ class Sampler:
     """How samples are drawn: the algorithm and its settings, checked when the value is made.
 
     ``kind`` is a SAMPLERS name; ``steps`` the network calls of ddim and dpm++2m (ddpm takes every
-    step of the schedule); ``eta`` their fresh noise per step, 0 (deterministic) to 1;
+    step of the schedule); ``eta`` their fresh noise per step, 0 (deterministic) to 1 (in between,
+    the two samplers weigh it differently);
     ``variance`` DDPM's step variance (diffusion.VARIANCES); ``clip`` clips each step's estimate
     of the clean image to [-1, 1]; ``guidance`` is classifier-free guidance's w for a conditional
     model (0: the conditional prediction alone; see ``guided``); ``spacing`` how ddim and dpm++2m

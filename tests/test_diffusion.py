@@ -203,6 +203,7 @@ def test_schedule_config_round_trips_the_prediction():
 def test_ddim_timesteps():
     assert diffusion.ddim_timesteps(1000, 5) == [999, 749, 500, 250, 0]
     assert diffusion.ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+    assert diffusion.ddim_timesteps(1000, 1) == [999]  # one step: from pure noise, not from t = 0
     with pytest.raises(ValueError, match="DDIM steps must lie in 1..1000, got 0"):
         diffusion.ddim_timesteps(1000, 0)
 
@@ -217,7 +218,7 @@ def test_quadratic_timesteps_crowd_towards_the_data():
     for total in (10, 50):  # every step count gives that many distinct steps, T-1 down to 0
         for steps in range(1, total + 1):
             path = diffusion.quadratic_timesteps(total, steps)
-            assert len(path) == steps and path[0] == (total - 1 if steps > 1 else 0) and path[-1] == 0
+            assert len(path) == steps and path[0] == total - 1 and path[-1] == (0 if steps > 1 else total - 1)
             assert all(a > b for a, b in zip(path[:-1], path[1:]))
     assert diffusion.sampling_timesteps(1000, 5, "uniform") == diffusion.ddim_timesteps(1000, 5)
     with pytest.raises(ValueError, match="sampler steps must lie in 1..10, got 11"):
@@ -288,6 +289,29 @@ def gaussian_oracle(schedule, s2):
         return (1 - a).sqrt() * x / (a * s2 + 1 - a)
 
     return network
+
+
+def test_the_last_step_into_t0_is_long_in_log_snr():
+    """Why DPM-Solver++(2M) takes its last step at first order: with uniform spacing of the
+    linear schedule, the step in lambda into t = 0 is 3.4 to 4.7 times the one before it."""
+    lam = diffusion.log_snr(Schedule.linear())
+    ratios = []
+    for steps in (10, 15, 20, 25, 30, 50):
+        *_, a, b, c = diffusion.ddim_timesteps(1000, steps)
+        ratios.append((lam[c] - lam[b]) / (lam[b] - lam[a]))
+    assert ratios == sorted(ratios, reverse=True) and 3.3 < ratios[-1] < 3.4 and 4.7 < ratios[0] < 4.8
+
+
+@pytest.mark.parametrize("sampler", [diffusion.ddim_sample, diffusion.dpm_solver_sample])
+def test_one_step_is_the_clean_image_estimate_from_pure_noise(sampler):
+    """One step starts at T-1 and returns the network's x0 estimate there, E[x0 | x_T] for
+    Gaussian data: abar^(1/2) s2 / v_T x_T, close to 0 (not the noise read as an image at t = 0)."""
+    schedule, s2 = Schedule.linear(), 0.25
+    x_T = torch.randn(2, 1, 8, 8, generator=generator(3), dtype=torch.float64)
+    x = sampler(gaussian_oracle(schedule, s2), schedule, x_T.shape, steps=1, eta=1.0, generator=generator(9), x_T=x_T)
+    abar = schedule.alpha_bars[-1].double()
+    assert torch.allclose(x, abar.sqrt() * s2 / (abar * s2 + 1 - abar) * x_T, atol=1e-9, rtol=1e-6)
+    assert x.abs().max() < 0.01
 
 
 def test_dpm_solver_2m_follows_the_probability_flow_closer_than_ddim_in_few_steps():
