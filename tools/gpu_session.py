@@ -164,7 +164,8 @@ class Session:
         self.log(f"phase {name}: {record['status']} in {record['seconds']:.0f} s")
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """The command line, with the defaults that depend on --condition filled in."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
@@ -205,72 +206,104 @@ def main() -> None:
         args.after = 150.0 if args.condition else 45.0
     if args.phases is None:
         args.phases = CONDITIONAL_PHASES if args.condition else DEFAULT_PHASES
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
-    device = pick_device()
-    s = Session(args.out, args.deadline, sys.argv[1:])
-    smoke = args.smoke
-    batches = (8,) if smoke else tuple(args.batches)
-    base_batch = batches[0]
-    steps, warmup, repeats = (2, 1, 2) if smoke else (5, 2, 3)
-    images = data.load_images("voronoi_gb_64")
+    return args
 
-    def env(until, record):
-        record.update(device=device_name(device), torch=torch.__version__, cuda=torch.version.cuda,
-                      cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None)
-        if device.type == "cuda":
-            props = torch.cuda.get_device_properties(device)
+
+# seconds of each measuring phase on a GPU, and in a dry run (--smoke): the smoke budgets leave
+# about three times what a quiet 2-core CPU needs (eager: 51 s for its five rows), so that a dry
+# run on a busy machine still runs every row it is asked for
+MEASURING_BUDGETS = {"env": (30, 30), "eager": (75, 150), "compiled": (170, 200), "sampling": (90, 200)}
+
+
+class Phases:
+    """The session's phases, one method each, named as in PHASES and called as ``run(until,
+    record)`` by ``Session.phase``: they share the arguments, the device, the session that times
+    and records them, and the measuring phases' settings."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, session: Session):
+        self.args, self.device, self.session, self.smoke = args, device, session, args.smoke
+        self.batches = (8,) if self.smoke else tuple(args.batches)
+        self.base_batch = self.batches[0]  # the compiled phase's and training's batch
+        self.steps, self.warmup, self.repeats = (2, 1, 2) if self.smoke else (5, 2, 3)
+        self.images = data.load_images("voronoi_gb_64")
+        self.run_dir = args.out / "run" if self.smoke else Path("/tmp/mddpm_gpu_run")
+
+    def budget(self, name: str) -> float:
+        """Seconds phase ``name`` may take, decided when it starts: fixed for the measuring phases;
+        for the others what is left, less what the phases after training keep (--after)."""
+        if name in MEASURING_BUDGETS:
+            return MEASURING_BUDGETS[name][self.smoke]
+        if name == "train":
+            return max(30.0, self.session.left() - self.args.after)
+        kept = self.args.after / 2 if name == "samples" and self.args.condition else 0.0
+        return max(10.0, self.session.left() - kept)
+
+    def env(self, until, record):
+        """The card, torch, CUDA and cuDNN."""
+        s = self.session
+        record.update(device=device_name(self.device), torch=torch.__version__, cuda=torch.version.cuda,
+                      cudnn=torch.backends.cudnn.version() if self.device.type == "cuda" else None)
+        if self.device.type == "cuda":
+            props = torch.cuda.get_device_properties(self.device)
             record.update(memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count)
         s.log(f"{record}")
 
-    def eager(until, record):
+    def eager(self, until, record):
+        """The original recipe, then train's own step for each network, batch, memory format and padding."""
+        s, args = self.session, self.args
         rows = record.setdefault("rows", [])
-        rows.append(bench.original_recipe(device, 3 if smoke else 30, 1, repeats))
+        rows.append(bench.original_recipe(self.device, 3 if self.smoke else 30, 1, self.repeats))
         s.log(f"original recipe: {rows[-1]['images_per_second']:.0f} img/s")
         for model in args.models:
-            for batch in batches:
+            for batch in self.batches:
                 for fmt in ("contiguous", "channels_last"):
-                    for pad in paddings(model):
+                    for pad in self.paddings(model):
                         if s.elapsed() > until:
                             s.log(f"skipped {model} {batch} {fmt} {pad}: phase out of time")
                             continue
-                        profile = model == "unet" and batch == base_batch
+                        profile = model == "unet" and batch == self.base_batch
                         s.attempt(f"eager {model} {batch} {fmt} {pad}", rows, lambda: bench.training_row(
-                            model, device, batch, fmt, "none", "auto", steps, warmup, repeats, profile, images, pad))
+                            model, self.device, batch, fmt, "none", "auto", self.steps, self.warmup, self.repeats,
+                            profile, self.images, pad))
                         row = rows[-1]
                         if "error" not in row:
                             s.log(f"eager {model} batch {batch} {fmt} padding {pad}: "
                                   f"{row['images_per_second']:.0f} img/s, {row['tflops']:.1f} TFLOP/s" +
                                   (f"; {bench._profile_line(row['profile'])}" if profile else ""))
 
-    def paddings(model: str) -> list[str]:
-        return args.paddings if model == "unet" else ["wrap"]  # SeedUNet pads with zeros
+    def paddings(self, model: str) -> list[str]:
+        """The circular paddings measured for ``model``: --paddings for the default UNet."""
+        return self.args.paddings if model == "unet" else ["wrap"]  # SeedUNet pads with zeros
 
-    def best_format(model: str) -> str:
+    def best_format(self, model: str) -> str:
+        """--memory-format, else the memory format the eager phase found fastest for ``model``."""
+        s, args = self.session, self.args
         if args.memory_format:
             return args.memory_format
         rows = [r for r in s.report["phases"].get("eager", {}).get("rows", [])
-                if "error" not in r and r["name"] == model and r["batch_size"] == base_batch
+                if "error" not in r and r["name"] == model and r["batch_size"] == self.base_batch
                 and r.get("padding", "wrap") == "wrap"]
         return max(rows, key=lambda r: r["images_per_second"])["memory_format"] if rows else "contiguous"
 
-    def compiled(until, record):
+    def compiled(self, until, record):
+        """torch.compile in each mode and memory format at the first batch; compile time apart."""
+        s, args = self.session, self.args
         rows = record.setdefault("rows", [])
         models = args.models
         # F.pad rows first: leaving F.pad clears torch.compile's caches (bench.padding), and the train
         # phase reuses what the last wrap_pad rows compiled
-        settings = [(model, base_batch, mode, fmt, pad) for model in models for pad in sorted(
-                    paddings(model), key=lambda p: p == "wrap") for mode in args.compile_modes
-                    for fmt in (args.compile_formats or [best_format(model)])]
-        if not smoke and not args.no_512 and "unet" in models and "reduce-overhead" in args.compile_modes:
-            settings.append(("unet", 512, "reduce-overhead", best_format("unet"), "wrap"))  # if time is left
+        settings = [(model, self.base_batch, mode, fmt, pad) for model in models for pad in sorted(
+                    self.paddings(model), key=lambda p: p == "wrap") for mode in args.compile_modes
+                    for fmt in (args.compile_formats or [self.best_format(model)])]
+        if not self.smoke and not args.no_512 and "unet" in models and "reduce-overhead" in args.compile_modes:
+            settings.append(("unet", 512, "reduce-overhead", self.best_format("unet"), "wrap"))  # if time is left
         for model, batch, mode, fmt, pad in settings:
             if s.elapsed() > until:
                 s.log(f"skipped {model} {batch} {mode} {fmt} {pad}: phase out of time")
                 continue
             s.attempt(f"compiled {model} {batch} {mode} {fmt} {pad}", rows, lambda: bench.training_row(
-                model, device, batch, fmt, mode, "auto", steps, warmup, repeats,
-                model == "unet" and batch == base_batch, images, pad))
+                model, self.device, batch, fmt, mode, "auto", self.steps, self.warmup, self.repeats,
+                model == "unet" and batch == self.base_batch, self.images, pad))
             row = rows[-1]
             if "error" not in row:
                 s.log(f"{row['compile']} {model} batch {batch} {row['memory_format']} padding {pad}: "
@@ -278,36 +311,38 @@ def main() -> None:
                       f"compile {row['compile_seconds']:.0f} s" +
                       (f"; {bench._profile_line(row['profile'])}" if "profile" in row else ""))
 
-    def sampling(until, record):
+    def sampling(self, until, record):
+        """1000 images with DDIM-50 eta 1 from the shipped model: today's path, bf16 NHWC, compiled."""
+        s = self.session
         rows = record.setdefault("rows", [])
-        model, schedule, _ = load_model(DEFAULT_MODEL, device)
-        n = 8 if smoke else 1000
+        model, schedule, _ = load_model(DEFAULT_MODEL, self.device)
+        n = 8 if self.smoke else 1000
         ways = [("fp32", "contiguous", "none", min(n, 256)), ("bf16", "channels_last", "none", n),
-                ("bf16", "channels_last", "default" if smoke else "reduce-overhead", n)]
+                ("bf16", "channels_last", "default" if self.smoke else "reduce-overhead", n)]
         for precision, fmt, mode, batch in ways:
             if s.elapsed() > until:
                 s.log(f"skipped sampling {precision} {fmt} {mode}: phase out of time")
                 continue
             s.attempt(f"sampling {precision} {fmt} {mode}", rows, lambda: bench.sampling_row(
-                model, schedule, device, n, batch, precision, fmt, mode, 5 if smoke else 50, 1.0,
-                2 if smoke else 3, profile=mode == "none" and precision == "bf16"))
+                model, schedule, self.device, n, batch, precision, fmt, mode, 5 if self.smoke else 50, 1.0,
+                2 if self.smoke else 3, profile=mode == "none" and precision == "bf16"))
             row = rows[-1]
             if "error" not in row:
                 s.log(f"sampling {n} {row['sampler']}, {precision} {fmt} {row['compile']} batch {batch}: "
                       f"{row['seconds']:.2f} s (compile {row['compile_seconds']:.0f} s)")
 
-    run_dir = Path("/tmp/mddpm_gpu_run") if not smoke else args.out / "run"
-
-    def train_phase(until, record):
+    def train(self, until, record):
+        """The fastest measured setting trained for the time left, then its EMA weights exported."""
+        s, args = self.session, self.args
         rows = [r for phase in ("eager", "compiled") for r in s.report["phases"].get(phase, {}).get("rows", [])]
-        plan = plan_training(rows, base_batch, until - s.elapsed(), compile_mode=args.train_compile,
+        plan = plan_training(rows, self.base_batch, until - s.elapsed(), compile_mode=args.train_compile,
                              memory_format=args.memory_format, rate=args.train_rate,
                              conditional=bool(args.condition), bar_every=args.bar_every)
         seconds, compile_seconds = plan["planned_seconds"], plan["compile_reserved"]
         overrides = dict(steps=plan["steps"], lr_decay_steps=plan["lr_decay_steps"], bar_every=args.bar_every,
                          compile=plan["compile"], memory_format=plan["memory_format"])
         profile = "gpu"
-        if smoke:
+        if self.smoke:
             profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
         overrides.update(data=args.data, condition=list(args.condition),
                          init_from=str(args.init_from) if args.init_from else "")
@@ -318,8 +353,8 @@ def main() -> None:
         s.log(f"training {cfg.steps} steps of {cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
               f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s after "
               f"{compile_seconds:.0f} s kept for compiling")
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
         saved = [time.perf_counter()]
 
         def progress(history: list[dict]) -> None:  # the latest loss row, saved at most every 10 s
@@ -330,29 +365,31 @@ def main() -> None:
 
         wall = time.perf_counter()
         # the phase's end holds, set-up and compiling included, if compiling took longer than kept
-        result = train.train(cfg, run_dir, device, progress=False, max_seconds=seconds, on_log=progress,
+        result = train.train(cfg, self.run_dir, self.device, progress=False, max_seconds=seconds, on_log=progress,
                              ends_by=s.start + until)
         record.update(step=result.step, final_loss=result.final_loss, training_seconds=result.seconds,
                       wall_seconds=time.perf_counter() - wall, images_per_second=result.images_per_second,
-                      bar=train.read_bar_history(run_dir))
+                      bar=train.read_bar_history(self.run_dir))
         met = [row for row in record["bar"] if row["met"]]
         record["first_met"] = met[0] if met else None
         loss = "none logged" if result.final_loss is None else f"{result.final_loss:.4f}"
         s.log(f"trained to step {result.step}: loss {loss}, {result.images_per_second:.0f} img/s, "
               f"{result.seconds:.0f} s of training; bar first met: {record['first_met']}")
-        checkpoint = load_checkpoint(run_dir / train.CHECKPOINT)
+        checkpoint = load_checkpoint(self.run_dir / train.CHECKPOINT)
         sampler = train.TrainConfig(**checkpoint["train_config"]).sampler()
         if args.condition:
             sampler = sampler.replace(guidance=args.guidance)
         export_weights(checkpoint, s.out / "model.pt", sampler=sampler)
         for name in (train.LOSS_CSV, train.BAR_CSV):
-            shutil.copy(run_dir / name, s.out / name)
+            shutil.copy(self.run_dir / name, s.out / name)
         s.log(f"exported {s.out / 'model.pt'} recommending {sampler.describe()}")
 
-    def samples(until, record):
+    def samples(self, until, record):
+        """200 samples of the exported model with each of several samplers, packed."""
+        s = self.session
         pack = s.out / "pack"
-        model, schedule, _ = load_model(s.out / "model.pt", device)
-        n = 8 if smoke else 200
+        model, schedule, _ = load_model(s.out / "model.pt", self.device)
+        n = 8 if self.smoke else 200
         samplers = [("samples", 50, 1.0, 0), ("samples_seed1", 50, 1.0, 1), ("samples_eta0", 50, 0.0, 0),
                     ("samples_ddim25", 25, 1.0, 0), ("samples_ddim100", 100, 1.0, 0)]
         for folder, sampler_steps, eta, seed in samplers:
@@ -360,32 +397,33 @@ def main() -> None:
                 s.log(f"skipped {folder}: phase out of time")
                 continue
             start = time.perf_counter()
-            images = generate(model, schedule, n, Sampler("ddim", sampler_steps, eta), seed=seed, device=device)
+            images = generate(model, schedule, n, Sampler("ddim", sampler_steps, eta), seed=seed, device=self.device)
             write_pngs(images, pack / folder)
             record[folder] = {"steps": sampler_steps, "eta": eta, "seed": seed, "seconds": time.perf_counter() - start}
             s.log(f"{folder}: {n} images, DDIM-{sampler_steps} eta {eta:g} seed {seed}")
-        if (run_dir / train.SAMPLES).exists():
-            shutil.copytree(run_dir / train.SAMPLES, pack / "grids")
-        if (run_dir / train.LOSS_PNG).exists():
-            shutil.copy(run_dir / train.LOSS_PNG, pack / train.LOSS_PNG)
+        if (self.run_dir / train.SAMPLES).exists():
+            shutil.copytree(self.run_dir / train.SAMPLES, pack / "grids")
+        if (self.run_dir / train.LOSS_PNG).exists():
+            shutil.copy(self.run_dir / train.LOSS_PNG, pack / train.LOSS_PNG)
         with tarfile.open(s.out / "samples.tar.gz", "w:gz") as tar:
             tar.add(pack, arcname=".")
         shutil.rmtree(pack)
 
-    def control_phase(until, record):
+    def control(self, until, record):
         """A conditional model's samples at 8 targets x 64 and guidance 0, 1, 2, 4 (the recommended
         first), saved to control.npz after each scale. Measuring them (R^2, MAE, ratios at each
         target) is CPU work, minutes of drawing and measuring real images: ``python -m helpers
         control --checkpoint model.pt --measure control.npz`` does it off the GPU machine, and
         --measure-control here, for as long as the phase has time."""
-        model, schedule, payload = load_model(s.out / "model.pt", device)
+        s, args = self.session, self.args
+        model, schedule, payload = load_model(s.out / "model.pt", self.device)
         if "condition" not in payload:
             s.log("control: the model is unconditional; skipped")
             return
         stats = payload["condition"]
         name = measured_condition(stats)
-        targets = default_targets(stats)[:2] if smoke else default_targets(stats)
-        n, scales = (2, [0.0, 1.0]) if smoke else (64, [0.0, 1.0, 2.0, 4.0])
+        targets = default_targets(stats)[:2] if self.smoke else default_targets(stats)
+        n, scales = (2, [0.0, 1.0]) if self.smoke else (64, [0.0, 1.0, 2.0, 4.0])
         scales.sort(key=lambda w: w != args.guidance)
         sampler, size = recommended_sampler(payload), model.config()["size"]
         drawn = DrawnSamples(name, targets, 0, held_values(stats, name, targets, size), weights_digest(payload))
@@ -397,7 +435,7 @@ def main() -> None:
                 continue
             started, guided = time.perf_counter(), sampler.replace(guidance=w)
             drawn.add(guided.describe(), control_masks(model, schedule, stats, targets, n, guided, name=name,
-                                                       held=drawn.held, seed=drawn.seed, device=device))
+                                                       held=drawn.held, seed=drawn.seed, device=self.device))
             drawn.save(s.out / "control.npz")
             last = time.perf_counter() - started
             record["drawn"].append({"sampler": drawn.samplers[-1], "seconds": last})
@@ -409,7 +447,7 @@ def main() -> None:
         if s.elapsed() > until:
             s.log("control: not measured, out of time (control --measure does it)")
             return
-        for report in measure(drawn, stats, splits=2 if smoke else 20):
+        for report in measure(drawn, stats, splits=2 if self.smoke else 20):
             summary = report.summary()
             record["reports"].append(summary)
             s.save()
@@ -419,8 +457,10 @@ def main() -> None:
                 s.log("control: the other samplers not measured, out of time (control --measure does it)")
                 break
 
-    def ddp_phase(until, record):
-        settings = (["--profile", "smoke", "--batch-size", "8", "--stop-after", "10", "--repeats", "1"] if smoke
+    def ddp(self, until, record):
+        """What data parallelism costs: one NCCL rank under torchrun against the plain loop."""
+        s = self.session
+        settings = (["--profile", "smoke", "--batch-size", "8", "--stop-after", "10", "--repeats", "1"] if self.smoke
                     else ["--profile", "gpu", "--batch-size", "128", "--stop-after", "150", "--repeats", "2"])
         with tempfile.TemporaryDirectory() as scratch:
             report = Path(scratch) / "ddp.json"
@@ -432,21 +472,16 @@ def main() -> None:
                 raise RuntimeError(done.stderr[-300:])
             record.update(json.loads(report.read_text()))
 
-    # smoke budgets leave about three times what a quiet 2-core CPU needs (eager: 51 s for its
-    # five rows), so that a dry run on a busy machine still runs every row it is asked for
-    budgets = {"env": (30, env), "eager": (150 if smoke else 75, eager),
-               "compiled": (200 if smoke else 170, compiled), "sampling": (200 if smoke else 90, sampling)}
-    for name in ("env", "eager", "compiled", "sampling"):
-        if name in args.phases:
-            s.phase(name, budgets[name][0], budgets[name][1])
-    if "train" in args.phases:
-        s.phase("train", max(30.0, s.left() - args.after), train_phase)
-    if "samples" in args.phases:
-        s.phase("samples", max(10.0, s.left() - (args.after / 2 if args.condition else 0)), samples)
-    if "control" in args.phases and args.condition:
-        s.phase("control", max(10.0, s.left()), control_phase)
-    if "ddp" in args.phases:
-        s.phase("ddp", max(10.0, s.left()), ddp_phase)
+
+def main() -> None:
+    args = arguments()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
+    s = Session(args.out, args.deadline, sys.argv[1:])
+    phases = Phases(args, pick_device(), s)
+    for name in PHASES:  # in this order, each asked for; control only for a conditional model
+        if name in args.phases and (name != "control" or args.condition):
+            s.phase(name, phases.budget(name), getattr(phases, name))
     s.report["total_seconds"] = s.elapsed()
     s.save()
     s.log("done")
