@@ -479,14 +479,16 @@ def null_ratios(real_sets: Sequence[SetDescriptors], reference: SetDescriptors, 
     """The ratios that sets of real images score, per descriptor: the null distribution.
 
     Each set in ``real_sets`` (images the reference never held, as many as the generated set) is
-    scored exactly like a generated set. A generator that differs from the data by nothing
-    detectable scores like one of them.
+    scored exactly like a generated set, with the same ``seed`` (the same reference halves and
+    splits) as the generated set's ``compare_sets``: every ratio is then the same function of its
+    set's images, so a generator that differs from the data by nothing detectable scores like one
+    of them, and ``p_value``'s rank is exact.
     """
     if len(real_sets) < 2:
         raise ValueError(f"a null distribution needs at least 2 real sets, got {len(real_sets)}")
     ratios = {name: [] for name in SET_DISTANCES}
-    for i, real in enumerate(real_sets):
-        comparison = compare_sets(real, reference, splits, seed + i)
+    for real in real_sets:
+        comparison = compare_sets(real, reference, splits, seed)
         for name in SET_DISTANCES:
             ratios[name].append(comparison.ratio(name))
     return {name: np.array(values) for name, values in ratios.items()}

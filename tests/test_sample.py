@@ -323,7 +323,8 @@ def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_p
                                                "samplers.json"}
     readme = (out / "README.md").read_text()
     assert "| machine | the test machine |" in readme and "predicts the velocity v" in readme
-    assert "| optimiser | AdamW, lr 0.0002, warm-up 5 steps, clip 1, EMA 0.9 |" in readme  # no decay
+    assert ("| optimiser | AdamW, lr 0.0002, warm-up 5 steps, clip 1, EMA 0.9 (warming up as (1 + s) / (10 + s) at "
+            "step s: 0.3077 at the last step) |") in readme  # no decay; the EMA's last update, at step 3: 4 / 13
     assert "Fidelity bar not met" in readme  # four steps of a tiny network: noise
     assert "recommended sampler (DDIM-5, eta 1, quadratic spacing, x0 clipped" in readme
     assert "--steps 5 --eta 1 --spacing quadratic --machine" in readme  # the rebuild command keeps the spacing
