@@ -94,6 +94,9 @@ def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replac
         return
     if Path(path).is_dir():
         raise DataError(f"{flag} {path} is a folder; expected the path of a new file")
+    above = next(parent for parent in Path(path).absolute().parents if parent.exists())  # the folder it goes in
+    if not above.is_dir():
+        raise DataError(f"{flag} {path}: {above} is a file, not a folder; expected a path inside a folder")
     if Path(path).exists() and not replace:
         hint = " or pass --force to replace it" if flag == "--gif" else ""
         raise DataError(f"{path} exists; choose another {flag} path{hint} ({unchanged})")

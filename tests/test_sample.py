@@ -298,6 +298,10 @@ def test_an_existing_gif_is_not_replaced_silently(weights, tmp_path, capsys):
                  "--gif", str(model), "--force", "--quiet"]) == 2  # a slip of the tab key: --force replaces GIFs only
     assert model.read_bytes() == weights.read_bytes() and not (tmp_path / "t").exists()
     assert f"--gif {model} exists and is not a GIF; --force replaces only a GIF" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out", str(tmp_path / "t"),
+                 "--gif", str(model / "runs" / "a.gif"), "--quiet"]) == 2  # under a file: said before sampling
+    assert f"--gif {model / 'runs' / 'a.gif'}: {model} is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
     gif.write_bytes(b"GIF89a and the rest of an earlier run's GIF")
     assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out", str(tmp_path / "u"),
                  "--gif", str(gif), "--force", "--quiet"]) == 0
