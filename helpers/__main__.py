@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -17,8 +16,8 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .bench import format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
-from .conditions import ConditionError, check_range, parse_targets, target_vector
-from .control import (COUNTS, DrawnSamples, Keeping, check_target, default_targets, format_control, guidance_sweep,
+from .conditions import ConditionError, parse_targets, target_vector
+from .control import (COUNTS, DrawnSamples, Keeping, check_targets, default_targets, format_control, guidance_sweep,
                       measure, measured_condition)
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, manifest_values,
                    prepare_output_dir, read_images, write_failure)
@@ -92,15 +91,24 @@ def _new_file(path: Path | None, flag: str, unchanged: str = "nothing was replac
     must not cost a model or a data set): every file the CLI writes follows this one rule."""
     if path is None:
         return
-    if Path(path).is_dir():
+    try:
+        _check_new_file(Path(path), flag, unchanged, replace)
+    except OSError as exc:  # a folder on the way that cannot be entered, a file that cannot be read
+        raise DataError(f"{flag} {path}: cannot be checked ({exc.strerror}: {exc.filename}); expected a "
+                        f"path this user can write ({unchanged})") from None
+
+
+def _check_new_file(path: Path, flag: str, unchanged: str, replace: bool) -> None:
+    """``_new_file``'s rules, which may raise OSError where the path cannot be looked at."""
+    if path.is_dir():
         raise DataError(f"{flag} {path} is a folder; expected the path of a new file")
-    above = next(parent for parent in Path(path).absolute().parents if parent.exists())  # the folder it goes in
+    above = next(parent for parent in path.absolute().parents if parent.exists())  # the folder it goes in
     if not above.is_dir():
         raise DataError(f"{flag} {path}: {above} is a file, not a folder; expected a path inside a folder")
-    if Path(path).exists() and not replace:
+    if path.exists() and not replace:
         hint = " or pass --force to replace it" if flag == "--gif" else ""
         raise DataError(f"{path} exists; choose another {flag} path{hint} ({unchanged})")
-    if Path(path).exists():
+    if path.exists():
         with open(path, "rb") as existing:
             if existing.read(4) != b"GIF8":  # what every GIF begins with
                 raise DataError(f"{flag} {path} exists and is not a GIF; --force replaces only a GIF ({unchanged})")
@@ -160,12 +168,12 @@ def _train_config(args: argparse.Namespace, device: torch.device) -> tuple[Train
                          bar_samples=args.bar_samples, sample_eta=args.eta,
                          lr_decay_steps=args.lr_decay, condition=args.condition,
                          init_from=str(args.init_from) if args.init_from else None)
+    size = image_size(cfg.data)  # a missing --data is said as such, before the condition's columns
     if cfg.condition:  # a column the manifest lacks, or not a number, refused before the run is announced
         try:
             manifest_values(cfg.data, cfg.condition, limit=cfg.limit)
         except DataError as exc:
             raise DataError(f"--condition: {exc}") from None
-    size = image_size(cfg.data)
     return cfg, (f"training {describe_model(cfg, size)} on {device}, profile {profile}: "
                  f"{cfg.steps} steps of {cfg.batch_size} images from {cfg.data}"
                  + (f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""))
@@ -320,11 +328,7 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
 
 def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, side: int, world: World) -> Wanted:
     """What --closed and --within ask of every image kept, checked against the rest of the command."""
-    wanted = Wanted(closed=args.closed, within=parse_within(args.within or [], targets))
-    for name, (target, tolerance) in wanted.within.items():
-        if name in COUNTS and math.floor(target + tolerance) < math.ceil(target - tolerance):
-            raise DataError(f"--within {name}={tolerance:g}: no whole number of {name} lies within {tolerance:g} "
-                            f"of {target:g}, so no image could be kept; ask for a whole number or widen it")
+    wanted = Wanted(closed=args.closed, within=parse_within(args.within or [], targets, COUNTS))
     args.max_draws = _max_draws(args, bool(wanted))
     if not wanted:
         return wanted
@@ -406,9 +410,7 @@ def _control(args: argparse.Namespace) -> None:
     stats = payload.get("condition")
     name = measured_condition(stats, str(args.checkpoint), args.vary)
     targets = args.targets or default_targets(stats, name=name)
-    for target in targets:  # each inside the range, and a whole number of a count
-        check_range(stats, name, target, f"--targets {target:g}")
-        check_target(name, target, f"--targets {target:g}")
+    check_targets(stats, name, targets)  # each inside the range, and a whole number of a count
     try:
         sampler = recommended_sampler(payload).replace(kind=args.sampler, steps=args.steps, eta=args.eta,
                                                        spacing=args.spacing)

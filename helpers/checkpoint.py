@@ -216,12 +216,12 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     file is kept as it was.
 
     ``measured``: at least one row per set of samples the sampler was judged on, every one vetting
-    it: for an unconditional model, rows of ``tools/sampler_sweep.py`` or
+    it, and rows in each precision ``sample --fast`` may pick (``device.AUTO_SAMPLING_PICKS``):
+    for an unconditional model, rows of ``tools/sampler_sweep.py`` or
     ``tools/pretrained_report.py`` with ``bar_met`` true; for a conditional one, rows of
-    ``tools/control_fast.py`` with ``as_good`` true, in each precision ``sample --fast`` may pick
-    (``device.AUTO_SAMPLING_PICKS``). The ``fast_evidence_keys`` entries of each are stored, so
-    the file says which precisions and seeds it was measured with. Returns the file's
-    contents as saved (``sample.fast_sampler_evidence`` words them).
+    ``tools/control_fast.py`` with ``as_good`` true. The ``fast_evidence_keys`` entries of each
+    are stored, so the file says which precisions and seeds it was measured with. Returns the
+    file's contents as saved (``sample.fast_sampler_evidence`` words them).
     """
     payload = load_checkpoint(path)
     refusal = fast_sampler_refusal(payload)

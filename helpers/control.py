@@ -37,7 +37,7 @@ import torch
 
 from . import data as data_module
 from . import metrics
-from .conditions import ConditionError, target_vector
+from .conditions import ConditionError, check_range, target_vector
 from .keep import DRAWS_PER_IMAGE, Tally, Wanted, as_written, kept_batches
 from .sample import BATCH_SIZE, Sampler, derived_seed, draw_batch, generate
 
@@ -84,6 +84,14 @@ def check_target(name: str, value: float, label: str) -> None:
     """Refuse a target real images cannot hold: a count that is not a whole number."""
     if name in COUNTS and value != round(value):
         raise ConditionError(f"{label}: {name} counts whole things; expected a whole number, e.g. {round(value)}")
+
+
+def check_targets(stats: dict, name: str, targets: Sequence[float], label: str = "--targets") -> None:
+    """Refuse, in one line naming ``label`` and the value, a target of ``name`` that control cannot
+    judge: outside the training range, or a count that is not a whole number."""
+    for target in targets:
+        check_range(stats, name, target, f"{label} {target:g}")
+        check_target(name, target, f"{label} {target:g}")
 
 
 def target_seed(seed: int, index: int) -> int:

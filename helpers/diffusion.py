@@ -255,7 +255,7 @@ def quadratic_timesteps(total: int, steps: int) -> list[int]:
         raise ValueError(f"sampler steps must lie in 1..{total}, got {steps}")
     if steps == 1:
         return [total - 1]
-    ascending = [round((i / max(steps - 1, 1)) ** 2 * (total - 1)) for i in range(steps)]
+    ascending = [round((i / (steps - 1)) ** 2 * (total - 1)) for i in range(steps)]
     for i in range(1, steps):  # at least one step apart, going up ...
         ascending[i] = max(ascending[i], ascending[i - 1] + 1)
     ascending[-1] = min(ascending[-1], total - 1)

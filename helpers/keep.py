@@ -67,9 +67,12 @@ def as_written(images: torch.Tensor) -> np.ndarray:
     return metrics.boundary_masks(data_module.to_uint8(images.detach().cpu().numpy()[:, 0]))
 
 
-def parse_within(items: Sequence[str], targets: dict[str, float]) -> dict[str, tuple[float, float]]:
+def parse_within(items: Sequence[str], targets: dict[str, float],
+                 counts: Sequence[str] = ()) -> dict[str, tuple[float, float]]:
     """``["grains=1", ...]`` as {name: (target, tolerance)}: each NAME one of the ``targets`` asked
-    for (``--condition``) and a descriptor ``metrics.measure`` knows, each tolerance a number >= 0."""
+    for (``--condition``) and a descriptor ``metrics.measure`` knows, each tolerance a number >= 0,
+    and for a descriptor in ``counts`` (whole numbers) a whole number within the tolerance, as
+    ``Wanted`` compares, so that an image can be kept at all."""
     within = {}
     for item in items:
         name, _, text = item.partition("=")
@@ -88,7 +91,12 @@ def parse_within(items: Sequence[str], targets: dict[str, float]) -> dict[str, t
             tolerance = float("nan")
         if not 0 <= tolerance < float("inf"):
             raise KeepError(f"--within {item}: expected NAME=TOLERANCE with a finite number >= 0, e.g. {name}=1")
-        within[name] = (targets[name], tolerance)
+        target = targets[name]
+        whole = range(math.floor(target - tolerance), math.ceil(target + tolerance) + 1)
+        if name in counts and not any(abs(k - target) <= tolerance for k in whole):
+            raise KeepError(f"--within {item}: no whole number of {name} lies within {tolerance:g} of {target:g}, "
+                            f"so no image could be kept; ask for a whole number or widen it")
+        within[name] = (target, tolerance)
     return within
 
 

@@ -439,8 +439,8 @@ def ratios_by_size(generated: SetDescriptors, reference: SetDescriptors, sizes: 
     """Each descriptor's ratio to the floor, measured with the first m generated images, per m.
 
     A ratio is a test statistic: a real difference between the sets grows it with m (the floor
-    shrinks like 1/sqrt(m), a true distance does not), while a generator no test can tell from
-    real data stays near 1 at every m. So compare ratios only at equal m.
+    shrinks like 1/sqrt(m), a true distance does not), while one too small to detect at the sizes
+    tried stays near 1 over them. So compare ratios only at equal m.
     """
     ratios: dict[str, list[float]] = {name: [] for name in SET_DISTANCES}
     for m in sizes:

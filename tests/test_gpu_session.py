@@ -1,4 +1,5 @@
 """tools/gpu_session.py: its dry run on a CPU writes every phase's record and the files it promises."""
+import argparse
 import json
 import os
 import shutil
@@ -54,6 +55,29 @@ def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_c
     eager = plan_training([], 128, 400.0)
     assert (eager["compile"], eager["memory_format"], eager["compile_reserved"]) == ("none", "contiguous", 0.0)
     assert plan_training(rows, 128, 100.0, conditional=True)["planned_seconds"] == 30.0  # never under 30 s
+
+
+def test_each_phase_gets_its_budget_when_it_starts(tool):
+    """Fixed seconds for the measuring phases (GPU or dry run); the rest of the session for the
+    others, less what --after keeps for the phases after training (half of it for samples, with a
+    condition, so that control has time)."""
+    gpu_session = tool("gpu_session")
+
+    class Clock:  # Session.left(), stopped at 400 s
+        def left(self) -> float:
+            return 400.0
+
+    def budgets(smoke: bool, condition: list, after: float = 100.0) -> dict:
+        phases = gpu_session.Phases.__new__(gpu_session.Phases)  # no images loaded: only budget() is used
+        phases.args, phases.session, phases.smoke = argparse.Namespace(after=after, condition=condition), Clock(), smoke
+        return {name: phases.budget(name) for name in gpu_session.PHASES}
+
+    assert budgets(False, []) == {"env": 30, "eager": 75, "compiled": 170, "sampling": 90, "train": 300.0,
+                                  "samples": 400.0, "control": 400.0, "ddp": 400.0}
+    assert budgets(True, ["grains"]) == {"env": 30, "eager": 150, "compiled": 200, "sampling": 200, "train": 300.0,
+                                         "samples": 350.0, "control": 400.0, "ddp": 400.0}
+    assert budgets(False, [], after=390.0)["train"] == 30.0  # never less than half a minute
+    assert budgets(False, ["grains"], after=800.0)["samples"] == 10.0
 
 
 def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_path):

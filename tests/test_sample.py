@@ -12,6 +12,7 @@ from helpers.checkpoint import (CheckpointError, export_weights, load_checkpoint
                                 weights_digest)
 from helpers.diffusion import Schedule
 from helpers.sample import Sampler
+import helpers.__main__ as cli
 from helpers.__main__ import DEFAULT_MODEL, main
 
 CPU = torch.device("cpu")
@@ -180,18 +181,36 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
     words, ours = "DPM-Solver++(2M)-2, eta 1", weights_digest(load_checkpoint(model))
     other_model = {"sampler_words": words, "weights": "0" * 12, "bar_met": True, "precision": "bf16", "seed": 5,
                    "samples": 200, "dangling_ends": 0.01}
+
+    def refused(*extra: str) -> str:  # before anything is drawn: exit 2, and the parser's line
+        with pytest.raises(SystemExit) as stopped:
+            run(*extra)
+        assert stopped.value.code == 2
+        return capsys.readouterr().err
+
     table.write_text(json.dumps({"dpm++2m:2:1:bf16": {"sampler_words": words, "weights": ours, "bar_met": False},
                                  "other": other_model}))
-    assert run("--store-fast") == 1  # this run met the bar, the bf16 row of the same sampler and model did not
-    assert "(dpm++2m:2:1:bf16): not stored" in capsys.readouterr().out and "fast_sampler" not in load_checkpoint(model)
+    assert (f"--store-fast: {table} holds no row of DPM-Solver++(2M)-2, eta 1 on this model that met the bar in bf16 "
+            f"(sample --fast may use fp32 or bf16); measure it first with --precision bf16 --json {table}, without "
+            "--store-fast") in refused("--store-fast")  # its bf16 row failed; another model's does not vouch
     table.write_text(json.dumps({"other": {**other_model, "bar_met": False}}))
-    assert run("--store-fast") == 1  # another model's failed row does not block, but fp32 alone does not vouch
-    assert ("DPM-Solver++(2M)-2, eta 1 is not yet measured as meeting the bar in bf16 (sample --fast may use fp32 or "
-            "bf16; run --precision bf16 first): not stored") in capsys.readouterr().out
+    assert "holds no row of" in refused("--store-fast")  # nor does fp32 alone
+    monkeypatch.setattr(sys, "argv", ["sampler_sweep.py", "--model", str(model), "--samplers", "dpm++2m:2:1",
+                                      "--store-fast"])
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main()
+    assert stopped.value.code == 2 and "and --json with its rows" in capsys.readouterr().err  # nowhere to vet it
+    passed_bf16 = {"sampler_words": words, "weights": ours, "bar_met": True, "precision": "bf16", "samples": 200,
+                   "dangling_ends": 0.05}
+    table.write_text(json.dumps({"dpm++2m:2:1:bf16": passed_bf16, "dpm++2m:2:1:fp32:seed1": {
+        "sampler_words": words, "weights": ours, "bar_met": False, "precision": "fp32", "samples": 200}}))
+    assert run("--store-fast") == 1  # this run met the bar and so did bf16, but the fp32 seed-1 row did not
+    assert "(dpm++2m:2:1:fp32:seed1): not stored" in capsys.readouterr().out
+    assert "fast_sampler" not in load_checkpoint(model)
     table.write_text(json.dumps({"other": other_model}))
-    assert run("--store-fast") == 1  # nor does another model's bf16 row that met the bar
-    assert "in bf16" in capsys.readouterr().out and "fast_sampler" not in load_checkpoint(model)
-    assert run("--store-fast", "--precision", "bf16") == 0
+    assert run("--precision", "bf16") == 0  # the other precision measured first, without --store-fast
+    assert "fast_sampler" not in load_checkpoint(model)
+    assert run("--store-fast") == 0
     assert load_checkpoint(model)["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["samples"] == 200
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32"]["images_per_call"] == 8  # the CPU's calls, 64x64
@@ -201,7 +220,7 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
     torch.save(dict(load_checkpoint(model), condition={"names": ["grains"]}), conditional)
     assert run("--store-fast", "--seed", "1", "--precision", "bf16") == 0  # every row of the sampler that met the bar
     assert [(row["precision"], row["seed"]) for row in load_checkpoint(model)["fast_sampler_measured"]] == [
-        ("fp32", 0), ("bf16", 0), ("bf16", 1)]
+        ("bf16", 0), ("fp32", 0), ("bf16", 1)]
     for refused, why in ((["--store-fast", "--n", "2"], "on at least 200 samples (--n)"),
                          (["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
                          (["--store-fast", "--model", str(weights.parent / "checkpoint.pt")], "not a weights file"),
@@ -210,8 +229,10 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
                          (["--n", "0"], "--n 0 --seed 0: expected a positive --n"),
                          (["--model", str(tmp_path)], f"--model {tmp_path} is a folder; expected a model file"),
                          (["--json", str(tmp_path / "absent" / "rows.json")], "rows.json: its folder does not exist"),
-                         (["--json", str(tmp_path / "list.json")], "list.json: holds a list; expected the rows")):
+                         (["--json", str(tmp_path / "list.json")], "list.json: holds a list; expected the rows"),
+                         (["--json", str(tmp_path / "flat.json")], "flat.json: holds a value that is not a row")):
         (tmp_path / "list.json").write_text("[1, 2]")
+        (tmp_path / "flat.json").write_text('{"dpm++2m:2:1:fp32": 3}')
         with pytest.raises(SystemExit) as stopped:
             run(*refused)
         assert stopped.value.code == 2 and why in capsys.readouterr().err
@@ -307,6 +328,20 @@ def test_an_existing_gif_is_not_replaced_silently(weights, tmp_path, capsys):
                  "--gif", str(gif), "--force", "--quiet"]) == 0
     with Image.open(gif) as image:
         assert image.n_frames == 2  # replaced by this run's
+
+
+def test_a_gif_that_cannot_be_read_is_refused_in_one_line(weights, tmp_path, capsys, monkeypatch):
+    gif = tmp_path / "locked.gif"
+    gif.write_bytes(b"GIF89a")
+
+    def locked(path, *args, **kwargs):  # what open() does to a file without read permission (root reads all)
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(cli, "open", locked, raising=False)
+    assert main(["sample", "--checkpoint", str(weights), "--n", "1", "--steps", "2", "--out", str(tmp_path / "s"),
+                 "--gif", str(gif), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--gif {gif}: cannot be checked (Permission denied: {gif})" in err and err.count("\n") == 1
+    assert gif.read_bytes() == b"GIF89a" and not (tmp_path / "s").exists()
 
 
 def test_pretrained_report_writes_the_model_readme_and_comparison(weights, tmp_path):

@@ -17,7 +17,8 @@ count (grains) is measured: the tolerances are in its units.
 recommended one, as the model's fast sampler (``sample --fast``) if, on control's default targets
 (or more) with ``FAST_VETTING_N`` samples each or more, it was as good in a row of each precision
 ``sample --fast`` may pick (fp32 and bf16) and fell behind in none (other seeds included; each row
-judged again with today's tolerances): measure the other precision first. The file then keeps every
+judged again with today's tolerances): measure the other precision first (checked before
+anything is measured). The file then keeps every
 such row (precision, seed, samples, R^2, MAE and dangling ends beside the recommended sampler's),
 which ``sample --fast`` prints. An unconditional model's fast sampler is vetted by the fidelity bar
 instead (``tools/sampler_sweep.py``).
@@ -38,8 +39,8 @@ import torch  # noqa: E402
 from helpers import ROOT  # noqa: E402
 from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_sampler, weights_digest  # noqa: E402
 from helpers.device import AUTO_SAMPLING_PICKS  # noqa: E402
-from helpers.conditions import ConditionError, check_range  # noqa: E402
-from helpers.control import (COUNTS, FAST_VETTING_N, check_target, controllability, default_targets,  # noqa: E402
+from helpers.conditions import ConditionError  # noqa: E402
+from helpers.control import (COUNTS, FAST_VETTING_N, check_targets, controllability, default_targets,  # noqa: E402
                             falls_behind)
 from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
 from pretrained_report import json_rows, model_file, parse_sampler, spec  # noqa: E402
@@ -109,12 +110,10 @@ def refusal(payload: dict, args: argparse.Namespace, targets: list[float], sched
     if len(stats["names"]) > 1 or stats["names"][0] not in COUNTS:
         return (f"--model {args.model}: conditioned on {', '.join(stats['names'])}; the tolerances are for one "
                 f"count ({', '.join(COUNTS)}), in its units")
-    for target in targets:  # each inside the range and a whole count, as control takes them
-        try:
-            check_range(stats, stats["names"][0], target, f"--targets {target:g}")
-            check_target(stats["names"][0], target, f"--targets {target:g}")
-        except ConditionError as exc:
-            return str(exc)
+    try:  # each inside the range and a whole count, as control takes them
+        check_targets(stats, stats["names"][0], targets)
+    except ConditionError as exc:
+        return str(exc)
     if any(spec(s) == spec(recommended) for s in args.samplers):
         return f"--samplers: {spec(recommended)} is the model's recommended sampler, the one compared with"
     if not args.store_fast:
@@ -156,6 +155,13 @@ def main() -> int:
         parser.error(why)
     recommended, digest = recommended_sampler(payload), weights_digest(payload)
     samplers = [recommended.replace(kind=s.kind, steps=s.steps, eta=s.eta, spacing=s.spacing) for s in args.samplers]
+    if args.store_fast:  # sample --fast may pick either precision: the other one is measured first
+        vetted = stored_rows(rows, samplers[0].describe(), recommended.describe(), digest, stats)[0]
+        other = [p for p in AUTO_SAMPLING_PICKS if p != args.precision and p not in {r["precision"] for r in vetted}]
+        if other:
+            parser.error(f"--store-fast: {args.json} holds no row of {samplers[0].describe()} on this model as good "
+                         f"as the recommended sampler in {other[0]}; measure it first with --precision {other[0]}, "
+                         "without --store-fast")
     print(f"{args.model} (step {payload['step']}), {len(targets)} targets x {args.n}, seed {args.seed}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     base_key = key(digest, recommended, RECOMMENDED_PRECISION, args, targets)
@@ -177,15 +183,11 @@ def main() -> int:
 
 def store(args: argparse.Namespace, sampler: Sampler, recommended: Sampler, digest: str, rows: dict,
           stats: dict) -> int:
-    """--store-fast: keep ``sampler`` in --model if no row of it fell behind and rows in both
-    precisions were as good; say why not otherwise (exit status 1)."""
+    """--store-fast: keep ``sampler`` in --model if no row of it fell behind (``main`` checked before
+    measuring that the other precision has a row as good); say why not otherwise (exit status 1)."""
     vetted, behind = stored_rows(rows, sampler.describe(), recommended.describe(), digest, stats)
-    missing = [p for p in AUTO_SAMPLING_PICKS if p not in {row["precision"] for row in vetted}]
-    if behind or missing:
-        why = (f"fell behind the recommended sampler ({', '.join(behind)})" if behind else
-               f"is not yet measured as good in {', '.join(missing)} (sample --fast may use either; run --precision "
-               f"{missing[0]} first)")
-        print(f"{sampler.describe()} {why}: not stored")
+    if behind:
+        print(f"{sampler.describe()} fell behind the recommended sampler ({', '.join(behind)}): not stored")
         return 1
     stored = store_fast_sampler(args.model, sampler, vetted)
     print(f"stored {sampler.describe()} in {args.model} as its fast sampler (sample --fast); it "

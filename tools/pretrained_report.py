@@ -122,9 +122,9 @@ def json_rows(parser: argparse.ArgumentParser, path: Path | None) -> dict:
         rows = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         parser.error(f"--json {path}: not readable as JSON ({exc}); expected the rows an earlier run wrote")
-    if not isinstance(rows, dict):
-        parser.error(f"--json {path}: holds a {type(rows).__name__}; expected the rows (an object) an earlier "
-                     "run wrote")
+    if not isinstance(rows, dict) or not all(isinstance(row, dict) for row in rows.values()):
+        held = f"a {type(rows).__name__}" if not isinstance(rows, dict) else "a value that is not a row"
+        parser.error(f"--json {path}: holds {held}; expected the rows (an object of objects) an earlier run wrote")
     return rows
 
 

@@ -10,12 +10,14 @@ rate; --timing adds the median wall time of 16 images over 3 runs after a warm-u
 nothing else on the machine). Rows are printed as a Markdown table and written to --json
 (merged into what the file already holds, one row per sampler).
 
-    python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision bf16 --store-fast
+    python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision fp32 --json ROWS.json
+    python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision bf16 --json ROWS.json --store-fast
 
 --store-fast keeps the one sampler measured in --model as its fast sampler (``sample --fast``) if
 no row of --json for the same sampler and model (this run, other seeds, the other precision)
 failed the bar and rows of at least the bar's 200 samples met it in fp32 and in bf16, the
-precisions ``sample --fast`` may pick: measure the other precision first.
+precisions ``sample --fast`` may pick: the other precision is measured first (checked before
+this run draws anything).
 Rows name their model by ``checkpoint.weights_digest``, so one --json can hold several models'.
 The file keeps, beside the sampler, every row of it on this model that met the bar with at least
 200 samples (precision, seed, samples, dangling ends), which ``sample --fast`` prints. Only an
@@ -63,13 +65,15 @@ def main() -> int:
     parser.add_argument("--timing-only", action="store_true", help="only time 16 images")
     parser.add_argument("--json", type=Path, help="rows are merged into this file")
     parser.add_argument("--store-fast", action="store_true", help="store the one sampler measured in --model "
-                        "as its fast sampler (sample --fast) if its samples met the fidelity bar")
+                        "as its fast sampler (sample --fast) if its samples met the fidelity bar, and rows of it "
+                        "in --json met it in the other precision too")
     args = parser.parse_args()
     if args.n < 1 or args.seed < 0:
         parser.error(f"--n {args.n} --seed {args.seed}: expected a positive --n and a seed of 0 or more")
-    if args.store_fast and (len(args.samplers) != 1 or args.timing_only or args.n < TrainConfig.bar_samples):
+    if args.store_fast and (len(args.samplers) != 1 or args.timing_only or args.n < TrainConfig.bar_samples
+                            or args.json is None):
         parser.error(f"--store-fast: expected one sampler in --samplers, measured (not --timing-only) on at least "
-                     f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is")
+                     f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is, and --json with its rows")
     cpu = torch.device("cpu")
     args.precision = resolve_precision(args.precision, cpu)  # rows say what was measured: fp32 or bf16, not auto
     rows = json_rows(parser, args.json)
@@ -77,8 +81,15 @@ def main() -> int:
     refusal = fast_sampler_refusal(payload, by_bar=True) if args.store_fast else None
     if refusal:
         parser.error(f"--store-fast: {args.model} is {refusal}")
-    reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     digest = weights_digest(payload)  # which model a row measured: --json may hold several models' rows
+    if args.store_fast:  # sample --fast may pick either precision: the other one is measured first
+        measured = {row["precision"] for row in judged_rows(rows, args.samplers[0], digest)[1]}
+        other = [p for p in AUTO_SAMPLING_PICKS if p != args.precision and p not in measured]
+        if other:
+            parser.error(f"--store-fast: {args.json} holds no row of {args.samplers[0].describe()} on this model "
+                         f"that met the bar in {other[0]} (sample --fast may use {' or '.join(AUTO_SAMPLING_PICKS)}); "
+                         f"measure it first with --precision {other[0]} --json {args.json}, without --store-fast")
+    reference = metrics.describe_set(metrics.boundary_masks(data.load_images(payload["train_config"]["data"])))
     print(f"{args.model} (step {payload['step']}), on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print(f"| sampler | {measured_header()} | 16 images (s) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -102,21 +113,25 @@ def main() -> int:
     return store(args.model, settings, digest, rows) if args.store_fast else 0
 
 
-def store(model: Path, sampler: Sampler, digest: str, rows: dict) -> int:
-    """--store-fast: keep ``sampler`` in ``model`` if every row of it on this model met the bar and
-    rows of at least 200 samples met it in each precision ``sample --fast`` may pick; say why not
-    otherwise (exit status 1)."""
+def judged_rows(rows: dict, sampler: Sampler, digest: str) -> tuple[list[str], list[dict]]:
+    """The rows of --json that measured ``sampler`` on the model ``digest``: the keys of those that
+    failed the bar, and those that met it on at least the bar's 200 samples (seed 0 where the key
+    names none)."""
     same = {name: other for name, other in rows.items()
             if other.get("sampler_words") == sampler.describe() and other.get("weights") == digest}
     failed = [name for name, other in same.items() if other.get("bar_met") is False]
     vetted = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
               if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
-    missing = [p for p in AUTO_SAMPLING_PICKS if p not in {row["precision"] for row in vetted}]
-    if failed or missing:
-        why = (f"did not meet the bar on {model} ({', '.join(failed)})" if failed else
-               f"is not yet measured as meeting the bar in {', '.join(missing)} (sample --fast may use "
-               f"{' or '.join(AUTO_SAMPLING_PICKS)}; run --precision {missing[0]} first)")
-        print(f"{sampler.describe()} {why}: not stored")
+    return failed, vetted
+
+
+def store(model: Path, sampler: Sampler, digest: str, rows: dict) -> int:
+    """--store-fast: keep ``sampler`` in ``model`` if every row of it on this model met the bar
+    (``main`` checked before drawing that the other precision has a row that met it); say why not
+    otherwise (exit status 1)."""
+    failed, vetted = judged_rows(rows, sampler, digest)
+    if failed:
+        print(f"{sampler.describe()} did not meet the bar on {model} ({', '.join(failed)}): not stored")
         return 1
     stored = store_fast_sampler(model, sampler, vetted)
     print(f"stored {sampler.describe()} in {model} as its fast sampler (sample --fast); it "
