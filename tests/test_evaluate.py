@@ -25,7 +25,26 @@ def test_real_against_real_gives_ratios_near_one(reference):
         assert 0.2 < ratios[name] < 3.0, (name, ratios[name])
     assert ratios["dangling_ends"] == 1.0  # no defects on either side
     assert report["defect_rate"] == {"generated": 0.0, "reference": 0.0}
+    assert report["torus_dangling_ends"] == {"generated": 0.0, "reference": 0.0}  # the images tile: no seam open
     assert report["memorisation"]["flagged"] == []
+
+
+def test_a_boundary_left_open_at_the_seam_is_seen_only_on_the_torus():
+    """A band that runs to the left edge with no partner at the right edge: cut out of a larger
+    image it runs on (no end); tiled, it stops at the seam (one end). Across the whole width it
+    closes on itself either way."""
+    open_band = np.zeros((64, 64), bool)
+    open_band[:, 50:52] = True  # a vertical boundary, closed through the top and bottom edges
+    open_band[30:32, :52] = True  # from it to the left edge, where nothing meets it on the right
+    closed_band = open_band.copy()
+    closed_band[30:32, :] = True
+    assert metrics.skeleton_features(open_band).dangling_ends == 0  # skipped at the border
+    assert metrics.torus_dangling_ends(open_band) == 1
+    assert metrics.torus_dangling_ends(closed_band) == metrics.skeleton_features(closed_band).dangling_ends == 0
+    report = metrics.evaluation_report(np.stack([open_band, closed_band]), fresh_voronoi(8), splits=2)
+    assert report["torus_dangling_ends"] == {"generated": 0.5, "reference": 0.0}
+    assert "if the images tile (counted on the torus, the border too): generated 0.500, reference 0.000" in \
+        metrics.format_report(report)
 
 
 def test_thirty_grains_per_image_is_far_from_real(reference):
