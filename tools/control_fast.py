@@ -38,10 +38,10 @@ import torch  # noqa: E402
 
 from helpers import ROOT  # noqa: E402
 from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_sampler, weights_digest  # noqa: E402
-from helpers.device import AUTO_SAMPLING_PICKS  # noqa: E402
 from helpers.conditions import ConditionError  # noqa: E402
 from helpers.control import (COUNTS, FAST_VETTING_N, check_targets, controllability, default_targets,  # noqa: E402
                             falls_behind)
+from helpers.device import AUTO_SAMPLING_PICKS  # noqa: E402
 from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
 from pretrained_report import json_rows, model_file, parse_sampler, spec  # noqa: E402
 

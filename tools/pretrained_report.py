@@ -112,7 +112,8 @@ def parse_sampler(spec: str) -> Sampler:
 
 def json_rows(parser: argparse.ArgumentParser, path: Path | None) -> dict:
     """The rows a sweep's --json file holds ({} for a new file), checked before any work: its
-    folder exists, and the file, if there, is a JSON object; otherwise the parser's one-line error."""
+    folder exists, and the file, if there, is a JSON object of rows (objects); otherwise the
+    parser's one-line error."""
     if path is None:
         return {}
     if path.is_dir() or not path.parent.is_dir():

@@ -83,7 +83,7 @@ def main() -> int:
         parser.error(f"--store-fast: {args.model} is {refusal}")
     digest = weights_digest(payload)  # which model a row measured: --json may hold several models' rows
     if args.store_fast:  # sample --fast may pick either precision: the other one is measured first
-        measured = {row["precision"] for row in judged_rows(rows, args.samplers[0], digest)[1]}
+        measured = {row.get("precision") for row in judged_rows(rows, args.samplers[0], digest)[1]}
         other = [p for p in AUTO_SAMPLING_PICKS if p != args.precision and p not in measured]
         if other:
             parser.error(f"--store-fast: {args.json} holds no row of {args.samplers[0].describe()} on this model "
