@@ -752,10 +752,9 @@ def format_report(report: dict) -> str:
     defects, memo = report["defect_rate"], report["memorisation"]
     lines.append(f"images with a dangling end: generated {defects['generated']:.1%}, "
                  f"reference {defects['reference']:.1%}")
-    if "torus_dangling_ends" in report:
-        torus = report["torus_dangling_ends"]
-        lines.append(f"dangling ends per image if the images tile (counted on the torus, the border too): "
-                     f"generated {torus['generated']:.3f}, reference {torus['reference']:.3f}")
+    torus = report["torus_dangling_ends"]
+    lines.append(f"dangling ends per image if the images tile (counted on the torus, the border too): "
+                 f"generated {torus['generated']:.3f}, reference {torus['reference']:.3f}")
     copies = "not checked (see the warning)" if memo["threshold"] is None else \
         f"(IoU > {memo['threshold']:.3f}): {len(memo['flagged'])}"
     lines.append(f"nearest training image (IoU of boundary pixels): generated median "
