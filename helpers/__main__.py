@@ -21,7 +21,8 @@ from .control import (COUNTS, DrawnSamples, Keeping, check_targets, default_targ
                       measure, measured_condition)
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, manifest_values,
                    prepare_output_dir, read_images, write_failure)
-from .device import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision
+from .device import (COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision,
+                     sampling_layout)
 from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
@@ -202,9 +203,10 @@ def _sample(args: argparse.Namespace) -> None:
     asked += f", {args.size}x{args.size}{' in windows' if args.windows else ''}" if args.size else ""
     shared = f", {world.size} processes" if world.size > 1 else ""
     kept = f"; kept: {wanted.describe()}, {tally.describe()}" if tally else ""
+    layout = " in NHWC" if args.memory_format == "channels_last" else ""
     if world.main:
         print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, "
-              f"{resolve_precision(args.precision, device)} weights, "
+              f"{resolve_precision(args.precision, device)} weights{layout}, "
               f"{seconds:.1f} s on {device}{shared}, model from step {payload['step']}){kept}")
 
 
@@ -275,7 +277,8 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
         raise DataError("--gif follows one process's images; sample with python -m helpers, not torchrun")
     _new_file(args.gif, "--gif", replace=args.force)
     args.precision = args.precision or ("auto" if args.fast else "fp32")
-    model, schedule, payload = load_model(args.checkpoint, device, args.precision)
+    args.memory_format = args.memory_format or sampling_layout(args.precision, device, fast=args.fast)
+    model, schedule, payload = load_model(args.checkpoint, device, args.precision, args.memory_format)
     try:
         trained, side = model.config()["size"], canvas_size(model, args.size)
     except ValueError as exc:
@@ -626,13 +629,9 @@ def _add_sample(commands) -> None:
                         "windows of the training size, blended at every step (MultiDiffusion; 4x the arithmetic)")
     sample.add_argument("--fast", action="store_true", help="the model's fast sampler (fewer network calls than "
                         "its recommended one, measured to meet the fidelity bar on it, or for a conditional model to be "
-                        "no worse under control beyond set margins; the shipped models' READMEs name it) and "
-                        "--precision auto; the sampler and precision flags given still win")
-    sample.add_argument("--precision", choices=SAMPLING_PRECISIONS,
-                        help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
-                        "float32 (faster on processors with bf16 arithmetic; measured in the README); "
-                        "auto picks bf16 where the processor computes it natively, else fp32; "
-                        "default: fp32, auto with --fast")
+                        "no worse under control beyond set margins; the shipped models' READMEs name it), "
+                        "--precision auto and, on a CPU, --memory-format channels_last; the flags given still win")
+    _add_weights(sample)
     sample.add_argument("--out", required=True, type=Path, help="folder for the PNGs (new or empty)")
     sample.add_argument("--force", action="store_true",
                         help="write into a non-empty folder (replacing its images and manifest.csv of the same "
@@ -640,6 +639,19 @@ def _add_sample(commands) -> None:
     sample.add_argument("--gif", type=Path, help="also write a GIF of the reverse process here")
     sample.add_argument("--quiet", action="store_true")
     sample.set_defaults(run=_sample)
+
+
+def _add_weights(sample) -> None:
+    """sample's options for the network's weights: their precision and memory layout."""
+    sample.add_argument("--precision", choices=SAMPLING_PRECISIONS,
+                        help="weights of the network: bf16 runs it in bfloat16, the sampler stays "
+                        "float32 (faster on processors with bf16 arithmetic; measured in the README); "
+                        "auto picks bf16 where the processor computes it natively, else fp32; "
+                        "default: fp32, auto with --fast")
+    sample.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of the weights and images: "
+                        "channels_last (NHWC) is faster on a CPU; contiguous (NCHW) draws each image bit for bit "
+                        "the same in any batch in fp32; default: channels_last on a CPU with bf16 or --fast, "
+                        "else contiguous")
 
 
 def _add_evaluate(commands) -> None:

@@ -302,11 +302,13 @@ def start_from_weights(network: torch.nn.Module, state: dict) -> None:
         network.silence_condition()
 
 
-def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32"):
+def load_model(path: str | Path, device: Optional[torch.device] = None, precision: str = "fp32",
+               layout: Optional[str] = None):
     """The EMA network of a checkpoint or weights file, in eval mode, its schedule and the file's dict.
 
-    ``precision`` bf16 (or ``auto`` where bf16 is native) keeps the weights in bfloat16
-    (``device.at_precision``).
+    ``precision`` bf16 (or ``auto`` where bf16 is native) keeps the weights in bfloat16, and
+    ``layout`` (channels_last or contiguous; default: ``device.sampling_layout``'s) is their memory
+    layout (``device.at_precision``).
     """
     device = device or pick_device()
     resolve_precision(precision, device)  # a clear error before the file is read
@@ -315,7 +317,7 @@ def load_model(path: str | Path, device: Optional[torch.device] = None, precisio
     load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()},
                  path)
     schedule = Schedule.create(**payload["schedule"])
-    return at_precision(model, precision, device), schedule, payload
+    return at_precision(model, precision, device, layout), schedule, payload
 
 
 def rng_states(generators: dict[str, torch.Generator]) -> dict:

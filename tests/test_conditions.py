@@ -470,12 +470,12 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
                  "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     said = capsys.readouterr().out
     assert "the model's fast sampler, DPM-Solver++(2M)-2, eta 1, guidance 1, was no worse than its recommended" in said
-    assert "(DPM-Solver++(2M)-2, eta 1, guidance 1, grains=20, fp32 weights," in said
+    assert "(DPM-Solver++(2M)-2, eta 1, guidance 1, grains=20, fp32 weights in NHWC," in said
     assert main(["sample", "--checkpoint", str(model), "--fast", "--precision", "fp32", "--n", "1",
                  "--out", str(tmp_path / "u"), "--quiet"]) == 0  # no condition: no guidance, and it says so
     said = capsys.readouterr().out
     assert "; drawing it without guidance, as no --condition was given (it was measured with one)\n" in said
-    assert "(DPM-Solver++(2M)-2, eta 1, fp32 weights," in said
+    assert "(DPM-Solver++(2M)-2, eta 1, fp32 weights in NHWC," in said
     for refused, why in ((["--store-fast", "--samplers", "dpm++2m:2:1", "ddim:2:1"], "expected one sampler"),
                          (["--store-fast", "--samplers", "ddim:4:1"], "with fewer network calls than the recommended"),
                          (["--store-fast", "--n", "63"], "and --n 64 or more, what the tolerances are sized for"),

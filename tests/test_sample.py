@@ -131,16 +131,19 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
     with Image.open(gif) as image:
         assert image.n_frames == 2  # the fast sampler's 2 steps
     said = capsys.readouterr().out
-    assert "(DPM-Solver++(2M)-2, eta 1, bf16 weights," in said  # --fast: precision auto
+    assert "(DPM-Solver++(2M)-2, eta 1, bf16 weights in NHWC," in said  # --fast: precision auto
     assert ("the model's fast sampler, DPM-Solver++(2M)-2, eta 1, met the fidelity bar on this model in 2 sets of "
             "200 samples: bf16 seed 1 (0.07 dangling ends per image), fp32 seed 0 (0.09)") in said
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--steps", "3", "--precision", "fp32",
                  "--out", str(tmp_path / "b"), "--quiet"]) == 0
     said = capsys.readouterr().out
-    assert "(DPM-Solver++(2M)-3, eta 1, fp32 weights," in said  # what the command names wins
+    assert "(DPM-Solver++(2M)-3, eta 1, fp32 weights in NHWC," in said  # what the command names wins; NHWC: --fast
     assert "(0.09); drawing DPM-Solver++(2M)-3, eta 1 instead, as the flags ask" in said
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert "(DDIM-3, eta 1, fp32 weights," in capsys.readouterr().out  # without --fast: as before
+    assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--memory-format", "contiguous",
+                 "--precision", "fp32", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert "(DPM-Solver++(2M)-2, eta 1, fp32 weights," in capsys.readouterr().out  # the layout asked for wins
     with pytest.raises(CheckpointError, match="checkpoint.pt is a file of kind 'training', not a weights file"):
         store_fast_sampler(weights.parent / "checkpoint.pt", Sampler("dpm++2m", 2, 1), [MET])
     assert main(["sample", "--checkpoint", str(weights.parent / "checkpoint.pt"), "--n", "1", "--fast",
@@ -239,6 +242,11 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
     monkeypatch.setattr(device, "cpu_flags", lambda: set())  # --precision auto on a processor without bf16: fp32
     assert run("--precision", "auto", "--seed", "3") == 0
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32:seed3"]["precision"] == "fp32"
+    assert run("--seed", "3", "--memory-format", "channels_last") == 0  # sample --fast's fp32 layout: a row of its own
+    saved = json.loads(table.read_text())
+    assert [saved[name]["memory_format"] for name in ("dpm++2m:2:1:fp32:seed3", "dpm++2m:2:1:fp32:channels_last:seed3",
+                                                      "dpm++2m:2:1:bf16")] == ["contiguous", "channels_last", "channels_last"]
+    assert "| DPM-Solver++(2M)-2, eta 1, fp32, channels_last |" in capsys.readouterr().out
 
 
 def test_sampler_settings_are_checked_and_described():
@@ -519,6 +527,32 @@ def test_at_precision_copies_into_bf16_and_leaves_the_fp32_network_alone(weights
     plain = sample.generate(model, schedule, 2, Sampler("ddim", 4), seed=0)
     rounded = sample.generate(fast, schedule, 2, Sampler("ddim", 4), seed=0)
     assert 0 < (plain - rounded).abs().max() < 0.2  # the same network, rounded weights
+
+
+@pytest.mark.parametrize("precision, kind, fast, expected", [
+    ("fp32", "cpu", False, "contiguous"), ("fp32", "cpu", True, "channels_last"), ("bf16", "cpu", False, "channels_last"),
+    ("fp32", "cuda", True, "contiguous"), ("bf16", "cuda", False, "contiguous")])
+def test_sampling_layout_is_nhwc_on_a_cpu_for_bf16_or_speed_and_nchw_otherwise(precision, kind, fast, expected):
+    assert device.sampling_layout(precision, torch.device(kind), fast=fast) == expected
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512f", "avx512_bf16"}, "avx512_bf16"),
+                                              ({"avx2", "avx512f"}, "avx512f"), ({"sse4_2", "avx2"}, "avx2"),
+                                              (set(), "older")])
+def test_cpu_isa_names_the_widest_vector_instructions(flags, expected, monkeypatch):
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+    assert device.cpu_isa() == expected
+
+
+def test_fp32_weights_in_nhwc_draw_the_same_images_up_to_rounding(weights):
+    model, schedule, _ = load_model(weights, CPU)
+    nhwc = device.at_precision(model, "fp32", CPU, "channels_last")
+    kernels = [(p, q) for p, q in zip(model.parameters(), nhwc.parameters()) if p.dim() == 4 and min(p.shape[1:]) > 1]
+    assert kernels and all(q.is_contiguous(memory_format=torch.channels_last) and not q.is_contiguous()
+                           and p.is_contiguous() for p, q in kernels)  # a copy: the network is left as it was
+    plain = sample.generate(model, schedule, 2, Sampler("dpm++2m", 4, 1.0), seed=0)
+    fast = sample.generate(nhwc, schedule, 2, Sampler("dpm++2m", 4, 1.0), seed=0)
+    assert plain.dtype == fast.dtype == torch.float32 and (plain - fast).abs().max() < 1e-3
 
 
 def test_gif_frames_show_the_x0_estimate_beside_the_images(weights, tmp_path):

@@ -129,10 +129,10 @@ def json_rows(parser: argparse.ArgumentParser, path: Path | None) -> dict:
     return rows
 
 
-def model_file(parser: argparse.ArgumentParser, path: Path, precision: str = "fp32"):
+def model_file(parser: argparse.ArgumentParser, path: Path, precision: str = "fp32", layout: str | None = None):
     """``checkpoint.load_model(path)`` on the CPU, or the parser's one-line error naming the file."""
     try:
-        return load_model(path, torch.device("cpu"), precision)
+        return load_model(path, torch.device("cpu"), precision, layout)
     except CheckpointError as exc:
         parser.error(f"--model {exc}")
 

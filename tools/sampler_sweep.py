@@ -11,6 +11,7 @@ nothing else on the machine). Rows are printed as a Markdown table and written t
 (merged into what the file already holds, one row per sampler).
 
     python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision fp32 --json ROWS.json
+    python tools/sampler_sweep.py --samplers dpm++2m:30:1 --memory-format channels_last --json ROWS.json
     python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision bf16 --json ROWS.json --store-fast
 
 --store-fast keeps the one sampler measured in --model as its fast sampler (``sample --fast``) if
@@ -18,6 +19,9 @@ no row of --json for the same sampler and model (this run, other seeds, the othe
 failed the bar and rows of at least the bar's 200 samples met it in fp32 and in bf16, the
 precisions ``sample --fast`` may pick: the other precision is measured first (checked before
 this run draws anything).
+--memory-format is the layout of the network's weights and images (default: ``sample``'s without
+--fast: NCHW in fp32, NHWC in bf16); ``sample --fast`` runs fp32 in NHWC too, whose rounding differs
+from NCHW's in the last bits, so a row in another layout than the default says so in its key.
 Rows name their model by ``checkpoint.weights_digest``, so one --json can hold several models'.
 The file keeps, beside the sampler, every row of it on this model that met the bar with at least
 200 samples (precision, seed, samples, dangling ends), which ``sample --fast`` prints. Only an
@@ -41,15 +45,18 @@ from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
 from helpers import data, metrics, sample  # noqa: E402
 from helpers.train import TrainConfig  # noqa: E402
 from helpers.checkpoint import fast_sampler_refusal, store_fast_sampler, weights_digest  # noqa: E402
-from helpers.device import AUTO_SAMPLING_PICKS, SAMPLING_PRECISIONS, resolve_precision  # noqa: E402
+from helpers.device import (AUTO_SAMPLING_PICKS, MEMORY_FORMATS, SAMPLING_PRECISIONS, cpu_isa,  # noqa: E402
+                            resolve_precision, sampling_layout)
 from helpers.sample import Sampler, fast_sampler_evidence  # noqa: E402
 from pretrained_report import (json_rows, measure, measured_cells, measured_header, median_seconds,  # noqa: E402
                                model_file, parse_sampler, spec)
 
 
 
-def key(sampler: Sampler, precision: str, seed: int) -> str:
-    return f"{spec(sampler)}:{precision}" + (f":seed{seed}" if seed else "")
+def key(sampler: Sampler, precision: str, seed: int, layout: str) -> str:
+    """A row's name in --json: sampler, precision, a layout other than the precision's default, seed."""
+    other = f":{layout}" if layout != sampling_layout(precision, torch.device("cpu")) else ""
+    return f"{spec(sampler)}:{precision}{other}" + (f":seed{seed}" if seed else "")
 
 
 def main() -> int:
@@ -61,6 +68,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fidelity-bar samples")
     parser.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32", help="network weights")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of weights and images "
+                        "(default: contiguous in fp32, channels_last in bf16)")
     parser.add_argument("--timing", action="store_true", help="also time 16 images (median of 3)")
     parser.add_argument("--timing-only", action="store_true", help="only time 16 images")
     parser.add_argument("--json", type=Path, help="rows are merged into this file")
@@ -76,8 +85,9 @@ def main() -> int:
                      f"{TrainConfig.bar_samples} samples (--n), as the fidelity bar is, and --json with its rows")
     cpu = torch.device("cpu")
     args.precision = resolve_precision(args.precision, cpu)  # rows say what was measured: fp32 or bf16, not auto
+    args.memory_format = args.memory_format or sampling_layout(args.precision, cpu)
     rows = json_rows(parser, args.json)
-    model, schedule, payload = model_file(parser, args.model, args.precision)
+    model, schedule, payload = model_file(parser, args.model, args.precision, args.memory_format)
     refusal = fast_sampler_refusal(payload, by_bar=True) if args.store_fast else None
     if refusal:
         parser.error(f"--store-fast: {args.model} is {refusal}")
@@ -94,8 +104,10 @@ def main() -> int:
     print(f"| sampler | {measured_header()} | 16 images (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for settings in args.samplers:
-        row = dict(rows.get(key(settings, args.precision, args.seed), {}))
-        row.update(sampler_words=settings.describe(), precision=args.precision, weights=digest, **settings.stored())
+        name = key(settings, args.precision, args.seed, args.memory_format)
+        row = dict(rows.get(name, {}))
+        row.update(sampler_words=settings.describe(), precision=args.precision, memory_format=args.memory_format,
+                   weights=digest, **settings.stored())
         if not args.timing_only:
             start = time.perf_counter()
             images = sample.generate(model, schedule, args.n, settings, seed=args.seed, device=cpu)
@@ -104,10 +116,11 @@ def main() -> int:
                        images_per_call=sample.call_size(cpu, model.config()["size"], batch=args.n))
         if args.timing or args.timing_only:
             row["seconds_16"] = median_seconds(model, schedule, settings)
-            row["threads"] = torch.get_num_threads()
-        rows[key(settings, args.precision, args.seed)] = row
+            row.update(threads=torch.get_num_threads(), cpu=cpu_isa())  # the timings depend on both
+        rows[name] = row
         cells = measured_cells(row) if "dangling_ends" in row else "| | | | | "
-        print(f"| {row['sampler_words']}, {args.precision} | {cells} | {row.get('seconds_16', float('nan')):.1f} |", flush=True)
+        seconds = row.get("seconds_16", float("nan"))
+        print(f"| {row['sampler_words']}, {args.precision}, {args.memory_format} | {cells} | {seconds:.1f} |", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return store(args.model, settings, digest, rows) if args.store_fast else 0
