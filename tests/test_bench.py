@@ -59,7 +59,10 @@ def test_the_padding_lever_pads_with_f_pad_inside_its_block_only():
     from helpers.unet import PeriodicConv2d
 
     torch.manual_seed(0)
-    conv = PeriodicConv2d(4, 4, 3, padding=1, padding_mode="circular")
+    # weights and input in NHWC, as at_precision lays out a network for bf16 or --fast on a CPU: the
+    # convolution then runs NHWC after either padding (NCHW weights would run it NCHW after F.pad,
+    # whose rounding differs on some CPUs, e.g. an EPYC with AVX2 only)
+    conv = PeriodicConv2d(4, 4, 3, padding=1, padding_mode="circular").to(memory_format=torch.channels_last)
     x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
 
     def operators(padding_name):
