@@ -87,10 +87,12 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_isa() -> str:
-    """The widest vector instructions this CPU lists, which decide how fast each precision runs on
-    it (``native_bf16``): "amx_bf16", "avx512_bf16", "avx512f", "avx2", else "older" (also where
-    the flags cannot be read: not Linux)."""
+    """The widest x86 vector or matrix instructions this CPU lists, which decide how fast each
+    precision runs on it (``native_bf16``): "amx_bf16", "avx512_bf16", "avx512f", "avx2", else
+    "older"; "unknown" where Linux's flags cannot be read (macOS, Windows)."""
     flags = cpu_flags()
+    if not flags:
+        return "unknown"
     return next((isa for isa in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if isa in flags), "older")
 
 
@@ -126,8 +128,8 @@ def sampling_layout(precision: str, device: torch.device, fast: bool = False) ->
     """The memory layout (MEMORY_FORMATS) a sampler runs the network in, unless asked for another.
 
     On a CPU: channels_last in bf16 (1.8x faster than fp32 NCHW where bf16 is native), and in fp32
-    when speed comes first (``sample --fast``): with fp32 weights, 16 images took 1.2x less time in
-    NHWC than in NCHW on the 2-core EPYC with AVX-512 and 1.05x-1.13x less on one with AVX2 only
+    when speed comes first (``sample --fast``): with fp32 weights, 16 images were drawn 1.2x faster
+    in NHWC than in NCHW on the 2-core EPYC with AVX-512, 1.02x to 1.16x on one with AVX2 only
     (README, Performance). Otherwise NCHW: in fp32 an image then does not depend on the batch it
     was drawn in, bit for bit (NHWC kernels differ by ~1e-5 between batch sizes), and GPUs train NCHW.
     """

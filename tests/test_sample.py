@@ -131,13 +131,14 @@ def test_a_stored_fast_sampler_is_what_sample_fast_draws_with(weights, tmp_path,
     with Image.open(gif) as image:
         assert image.n_frames == 2  # the fast sampler's 2 steps
     said = capsys.readouterr().out
-    assert "(DPM-Solver++(2M)-2, eta 1, bf16 weights in NHWC," in said  # --fast: precision auto
+    nhwc = " in NHWC" if device.pick_device().type == "cpu" else ""  # --fast's layout on a CPU (sampling_layout)
+    assert f"(DPM-Solver++(2M)-2, eta 1, bf16 weights{nhwc}," in said  # --fast: precision auto
     assert ("the model's fast sampler, DPM-Solver++(2M)-2, eta 1, met the fidelity bar on this model in 2 sets of "
             "200 samples: bf16 seed 1 (0.07 dangling ends per image), fp32 seed 0 (0.09)") in said
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--fast", "--steps", "3", "--precision", "fp32",
                  "--out", str(tmp_path / "b"), "--quiet"]) == 0
     said = capsys.readouterr().out
-    assert "(DPM-Solver++(2M)-3, eta 1, fp32 weights in NHWC," in said  # what the command names wins; NHWC: --fast
+    assert f"(DPM-Solver++(2M)-3, eta 1, fp32 weights{nhwc}," in said  # what the command names wins
     assert "(0.09); drawing DPM-Solver++(2M)-3, eta 1 instead, as the flags ask" in said
     assert main(["sample", "--checkpoint", str(stored), "--n", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert "(DDIM-3, eta 1, fp32 weights," in capsys.readouterr().out  # without --fast: as before
@@ -244,9 +245,20 @@ def test_sampler_sweep_stores_a_fast_sampler_only_where_every_measurement_met_th
     assert json.loads(table.read_text())["dpm++2m:2:1:fp32:seed3"]["precision"] == "fp32"
     assert run("--seed", "3", "--memory-format", "channels_last") == 0  # sample --fast's fp32 layout: a row of its own
     saved = json.loads(table.read_text())
-    assert [saved[name]["memory_format"] for name in ("dpm++2m:2:1:fp32:seed3", "dpm++2m:2:1:fp32:channels_last:seed3",
-                                                      "dpm++2m:2:1:bf16")] == ["contiguous", "channels_last", "channels_last"]
+    names = ("dpm++2m:2:1:fp32:seed3", "dpm++2m:2:1:fp32:channels_last:seed3", "dpm++2m:2:1:bf16")
+    assert [saved[name]["memory_format"] for name in names] == ["contiguous", "channels_last", "channels_last"]
     assert "| DPM-Solver++(2M)-2, eta 1, fp32, channels_last |" in capsys.readouterr().out
+    saved["dpm++2m:2:1:fp32:seed3"]["dangling_ends"] = 0.09  # the same noise drawn in NCHW, measured apart
+    table.write_text(json.dumps(saved))
+    assert run("--store-fast", "--seed", "3", "--memory-format", "channels_last") == 0
+    fp32_seed3 = [row["dangling_ends"] for row in load_checkpoint(model)["fast_sampler_measured"]
+                  if (row["precision"], row["seed"]) == ("fp32", 3)]
+    assert fp32_seed3 == [0.05]  # one set, counted once, in the layout --fast uses on a CPU
+    for _ in range(2):  # timed twice: both runs kept, with the processor they ran on
+        assert run("--timing-only") == 0
+    timed = json.loads(table.read_text())["dpm++2m:2:1:fp32"]
+    assert len(timed["runs_16"]) == 2 and timed["seconds_16"] == timed["runs_16"][-1] > 0
+    assert timed["cpu"] == device.cpu_isa() and timed["threads"] == torch.get_num_threads()
 
 
 def test_sampler_settings_are_checked_and_described():
@@ -530,15 +542,15 @@ def test_at_precision_copies_into_bf16_and_leaves_the_fp32_network_alone(weights
 
 
 @pytest.mark.parametrize("precision, kind, fast, expected", [
-    ("fp32", "cpu", False, "contiguous"), ("fp32", "cpu", True, "channels_last"), ("bf16", "cpu", False, "channels_last"),
-    ("fp32", "cuda", True, "contiguous"), ("bf16", "cuda", False, "contiguous")])
+    ("fp32", "cpu", False, "contiguous"), ("fp32", "cpu", True, "channels_last"),
+    ("bf16", "cpu", False, "channels_last"), ("fp32", "cuda", True, "contiguous"), ("bf16", "cuda", False, "contiguous")])
 def test_sampling_layout_is_nhwc_on_a_cpu_for_bf16_or_speed_and_nchw_otherwise(precision, kind, fast, expected):
     assert device.sampling_layout(precision, torch.device(kind), fast=fast) == expected
 
 
 @pytest.mark.parametrize("flags, expected", [({"avx2", "avx512f", "avx512_bf16"}, "avx512_bf16"),
                                               ({"avx2", "avx512f"}, "avx512f"), ({"sse4_2", "avx2"}, "avx2"),
-                                              (set(), "older")])
+                                              ({"sse4_2"}, "older"), (set(), "unknown")])
 def test_cpu_isa_names_the_widest_vector_instructions(flags, expected, monkeypatch):
     monkeypatch.setattr(device, "cpu_flags", lambda: flags)
     assert device.cpu_isa() == expected

@@ -7,8 +7,9 @@ Each sampler draws --n samples (--seed, default 0) from --model on the CPU and i
 training set with the fidelity bar (boundary fraction within 0.01, grains within 2, dangling
 ends at most 0.1 per image above the training set's), the open-end rate and the gray-background
 rate; --timing adds the median wall time of 16 images over 3 runs after a warm-up (run it with
-nothing else on the machine). Rows are printed as a Markdown table and written to --json
-(merged into what the file already holds, one row per sampler).
+nothing else on the machine; a row timed again keeps every run's median in ``runs_16``). Rows are
+printed as a Markdown table and written to --json (merged into what the file already holds, one
+row per sampler, precision, layout and seed).
 
     python tools/sampler_sweep.py --samplers dpm++2m:30:1 --precision fp32 --json ROWS.json
     python tools/sampler_sweep.py --samplers dpm++2m:30:1 --memory-format channels_last --json ROWS.json
@@ -117,6 +118,7 @@ def main() -> int:
         if args.timing or args.timing_only:
             row["seconds_16"] = median_seconds(model, schedule, settings)
             row.update(threads=torch.get_num_threads(), cpu=cpu_isa())  # the timings depend on both
+            row["runs_16"] = [*row.get("runs_16", []), row["seconds_16"]]  # each timing run of this row, in turn
         rows[name] = row
         cells = measured_cells(row) if "dangling_ends" in row else "| | | | | "
         seconds = row.get("seconds_16", float("nan"))
@@ -128,14 +130,22 @@ def main() -> int:
 
 def judged_rows(rows: dict, sampler: Sampler, digest: str) -> tuple[list[str], list[dict]]:
     """The rows of --json that measured ``sampler`` on the model ``digest``: the keys of those that
-    failed the bar, and those that met it on at least the bar's 200 samples (seed 0 where the key
-    names none)."""
+    failed the bar (in any layout), and those that met it on at least the bar's 200 samples (seed 0
+    where the key names none), one per precision and seed: a seed drawn in two layouts is one set
+    of noise, so it counts once, in the layout ``sample --fast`` uses on a CPU where it was drawn so."""
     same = {name: other for name, other in rows.items()
             if other.get("sampler_words") == sampler.describe() and other.get("weights") == digest}
     failed = [name for name, other in same.items() if other.get("bar_met") is False]
-    vetted = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
-              if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
-    return failed, vetted
+    cpu, vetted = torch.device("cpu"), {}
+    met = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
+           if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
+    for row in met:
+        precision = row.get("precision")  # a row without one is refused by store_fast_sampler, by name
+        fast = precision in AUTO_SAMPLING_PICKS and row.get("memory_format", sampling_layout(
+            precision, cpu)) == sampling_layout(precision, cpu, fast=True)
+        if fast or (precision, row["seed"]) not in vetted:  # --fast's layout replaces another, in its place
+            vetted[precision, row["seed"]] = row
+    return failed, list(vetted.values())
 
 
 def store(model: Path, sampler: Sampler, digest: str, rows: dict) -> int:
