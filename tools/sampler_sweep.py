@@ -121,8 +121,8 @@ def main() -> int:
             row["runs_16"] = [*row.get("runs_16", []), row["seconds_16"]]  # each timing run of this row, in turn
         rows[name] = row
         cells = measured_cells(row) if "dangling_ends" in row else "| | | | | "
-        seconds = row.get("seconds_16", float("nan"))
-        print(f"| {row['sampler_words']}, {args.precision}, {args.memory_format} | {cells} | {seconds:.1f} |", flush=True)
+        seconds, words = row.get("seconds_16", float("nan")), f"{row['sampler_words']}, {args.precision}"
+        print(f"| {words}, {args.memory_format} | {cells} | {seconds:.1f} |", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return store(args.model, settings, digest, rows) if args.store_fast else 0
