@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, metrics
-from .bench import format_bench, run_bench
+from .bench import NETWORKS, format_bench, run_bench
 from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
 from .conditions import ConditionError, parse_targets, target_vector
 from .control import (COUNTS, DrawnSamples, Keeping, check_targets, default_targets, format_control, guidance_sweep,
@@ -677,8 +677,8 @@ def _add_bench(commands) -> None:
                                 description="Measure the original recipe against our fast path, "
                                             "in one process, on the current device.")
     bench.add_argument("--quick", action="store_true", help="small settings (under a minute on a CPU)")
-    bench.add_argument("--model", nargs="+", choices=MODELS, default=list(MODELS),
-                       help="networks to time (default: both)")
+    bench.add_argument("--model", nargs="+", choices=NETWORKS, default=list(MODELS),
+                       help="networks to time (default: unet and seed-unet; compact: the cpu profile's UNet)")
     bench.add_argument("--batch-size", nargs="+", type=_positive_int, metavar="N",
                        help="training batch sizes (default: 128 on CUDA, 32 on a CPU, 8 with --quick)")
     bench.add_argument("--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["contiguous"],

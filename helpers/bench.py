@@ -5,7 +5,7 @@ precision) as an option, so one run gives every ratio on one machine.
 (a) The original tutorial's recipe: SeedUNet, batch 9, a DataLoader that opens every PNG with
 PIL and converts it per item, fp32, Adam 1e-3. Every other training row times ``Trainer.step``,
 the step ``python -m helpers train`` runs (data on the device, bf16 autocast and fused AdamW on
-CUDA, gradient clipping, EMA), for either network and any combination of the levers. Sampling
+CUDA, gradient clipping, EMA), for any network of NETWORKS and any combination of the levers. Sampling
 rows time whole DDIM runs of ``n`` images. Warm-up calls (compilation among them) are excluded
 and timed apart, the device is synchronised before each clock read, and each figure is the
 median of several repeats. A profile summary (``profile=True``) adds the kernel launches per
@@ -27,11 +27,15 @@ from . import data as data_module
 from .device import at_precision, compile_network, configure_backends, device_name, pick_device, resolve_precision
 from .diffusion import Schedule, q_sample
 from .sample import Sampler, call_size, generate
-from .train import Trainer, TrainConfig
+from .train import PROFILE_MODELS, Trainer, TrainConfig
 from .unet import MODELS, PeriodicConv2d, SeedUNet, UNet, build_model, count_parameters, gflops_per_image
 # A training step costs about three forward passes (forward, and backward through activations
 # and weights): the achieved TFLOP/s below use that, with the forward counted by PyTorch.
 TRAINING_FLOP_FACTOR = 3
+# The networks a training row can time, by name: the two of MODELS as train builds them, and the
+# cpu profile's compact UNet, the network for sampling on a CPU (trained on a GPU, it is timed there)
+NETWORKS = {**{name: {"model": name} for name in MODELS},
+            "compact": {"model": "unet", "model_options": PROFILE_MODELS["cpu"]}}
 
 
 def _sync(device: torch.device) -> None:
@@ -185,12 +189,12 @@ def training_row(model: str, device: torch.device, batch_size: int, memory_forma
                  compile_mode: str = "none", precision: str = "auto", steps: int = 10, warmup: int = 3,
                  repeats: int = 5, profile: bool = False, images: Optional[torch.Tensor] = None,
                  padding_name: str = "wrap") -> dict:
-    """Images per second of ``Trainer.step`` (train's own step) for one network and one setting
-    (``padding_name``: PADDINGS, the default UNet's circular padding; SeedUNet pads with zeros)."""
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    """Images per second of ``Trainer.step`` (train's own step) for one network of NETWORKS and one
+    setting (``padding_name``: PADDINGS, the UNets' circular padding; SeedUNet pads with zeros)."""
+    if model not in NETWORKS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(NETWORKS)}")
     images = data_module.load_images("voronoi_gb_64") if images is None else images
-    cfg = TrainConfig(model=model, batch_size=batch_size, precision=precision, compile=compile_mode,
+    cfg = TrainConfig(**NETWORKS[model], batch_size=batch_size, precision=precision, compile=compile_mode,
                       memory_format=memory_format_name, prediction="v", lr=2e-4, warmup=10)
     with padding(padding_name):
         trainer = Trainer(cfg, images, device)
@@ -204,7 +208,7 @@ def training_row(model: str, device: torch.device, batch_size: int, memory_forma
         profiled = _try_profile(lambda: trainer.step(next(counter)), device, 3, seconds / steps) if profile else None
     gflop = gflops_per_image(build_model(trainer.model.config()), trainer.size)
     per_second = steps * batch_size / seconds
-    row = {"name": model, "model": model, "batch_size": batch_size,
+    row = {"name": model, "model": cfg.model, "batch_size": batch_size,
            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.dtype],
            "memory_format": "channels_last" if trainer.memory_format == torch.channels_last else "contiguous",
            "compile": trainer.compile_mode, "compile_seconds": trainer.compile_seconds,

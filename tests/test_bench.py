@@ -93,3 +93,11 @@ def test_alternated_seconds_takes_turns_and_gives_each_candidates_median():
     times, medians = bench.alternated_seconds({"a": lambda: run("a"), "b": lambda: run("b")}, 3)
     assert calls == ["a", "b", "a", "b", "a", "b"]  # in turn, not all of a then all of b
     assert times == {"a": [3.0, 1.0, 2.0], "b": [10.0, 30.0, 20.0]} and medians == {"a": 2.0, "b": 20.0}
+
+
+def test_a_training_row_times_the_compact_unet_the_cpu_profile_trains():
+    row = bench.training_row("compact", torch.device("cpu"), 2, steps=1, warmup=0, repeats=1)
+    assert (row["name"], row["model"], row["parameters"], row["batch_size"]) == ("compact", "unet", 686_769, 2)
+    assert row["images_per_second"] > 0 and 0.5 < row["gflop_per_image"] < 1.0  # the default UNet's: 4.5
+    with pytest.raises(ValueError, match="unknown model 'tiny'; expected one of unet, seed-unet, compact"):
+        bench.training_row("tiny", torch.device("cpu"), 2)

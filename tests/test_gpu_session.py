@@ -32,6 +32,8 @@ def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_c
             _row("unet", "compiled (reduce-overhead)", "channels_last", 5200.0, 90.0, padding="torch"),  # F.pad
             _row("unet", "compiled (reduce-overhead)", "channels_last", 6000.0, 90.0, batch=512),
             _row("seed-unet", "compiled (reduce-overhead)", "channels_last", 9000.0, 60.0),
+            _row("compact", "compiled (reduce-overhead)", "channels_last", 12000.0, 40.0),
+            _row("compact", "eager", "contiguous", 4000.0),
             _row("unet", "eager (torch.compile failed: RuntimeError)", "channels_last", 9999.0),
             {"name": "unet", "batch_size": 128, "error": "OutOfMemoryError"}]
     # measured in this process: compiled again from its caches, so at most 20 s are kept
@@ -55,6 +57,16 @@ def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_c
     eager = plan_training([], 128, 400.0)
     assert (eager["compile"], eager["memory_format"], eager["compile_reserved"]) == ("none", "contiguous", 0.0)
     assert plan_training(rows, 128, 100.0, conditional=True)["planned_seconds"] == 30.0  # never under 30 s
+    # the compact UNet's own rows, never the default UNet's
+    compact = plan_training(rows, 128, 400.0, network="compact")
+    assert (compact["compile"], compact["chosen_from"]["images_per_second"], compact["compile_reserved"]) == \
+        ("reduce-overhead", 12000.0, 20.0)
+    # 93.75 steps/s for 380 s, 71 bar checks of ~2 s, 90% of it: 20,081 steps, in hundreds
+    assert (compact["steps"], compact["lr_decay_steps"]) == (20000, 6000)
+    compact_eager = plan_training(rows, 128, 400.0, compile_mode="none", memory_format="contiguous",
+                                  network="compact")
+    # eager: 31.25 steps/s for all 400 s
+    assert (compact_eager["chosen_from"]["images_per_second"], compact_eager["steps"]) == (4000.0, 9800)
 
 
 def test_each_phase_gets_its_budget_when_it_starts(tool):
@@ -183,3 +195,17 @@ def test_the_ddp_phase_times_torchrun_against_the_plain_loop(tmp_path):
     plain, ranks = record["median"]["plain"], record["median"]["torchrun x1"]
     assert plain > 0 and ranks > 0 and record["ratio_to_plain"] == ranks / plain
     assert record["settings"]["nproc"] == "1" and record["machine"]["cpu_count"] == os.cpu_count()
+
+
+def test_the_train_phase_trains_the_compact_unet_when_asked(tmp_path):
+    """--train-network compact: the network CPU users sample with, in the gpu profile's recipe."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
+                           "--phases", "train", "--train-network", "compact", "--deadline", "600"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((out / "session.json").read_text())["phases"]["train"]
+    assert record["status"] == "done" and record["step"] == 20
+    assert "686,769 parameters" in record["network"] and "'widths': [16, 32, 64]" in record["network"]
+    exported = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert exported["model_config"]["widths"] == [16, 32, 64]

@@ -4,8 +4,8 @@ Runs in one process, in phases, each with its own time limit; session.json is re
 every phase, so a session cut short still brings back what it measured.
 
   env       the card, torch, CUDA
-  eager     the original recipe, then train's own step for each network of --models (both),
-            each batch of --batches (128 and 512), NCHW and channels_last (bf16 autocast), with
+  eager     the original recipe, then train's own step for each network of --models (unet and
+            seed-unet; compact: the cpu profile's UNet, bench.NETWORKS), each batch of --batches (128 and 512), NCHW and channels_last (bf16 autocast), with
             a profiler summary of the default UNet
   compiled  torch.compile in each of --compile-modes (default and reduce-overhead) for each
             network at the first batch, in each of --compile-formats (default: the eager
@@ -14,12 +14,13 @@ every phase, so a session cut short still brings back what it measured.
             beside our wrap_pad, side by side (training always uses wrap_pad)
   sampling  1000 images with DDIM-50 eta 1 from the shipped model three ways: today's path (fp32,
             NCHW, batches of 256), bf16 channels_last in one batch, and that compiled
-  train     the default UNet with the fastest measured batch-128 setting (this process has
-            compiled it already, unless the network is conditional; --train-compile and
-            --train-rate when nothing was measured), for the time left, set-up included: the gpu
-            profile's recipe with its steps sized to the measured throughput, the last 30%
-            decaying; the fidelity bar checked every --bar-every steps on 200 EMA samples (with
-            --init-from MODEL: fine-tuned from that model file's weights)
+  train     the network of --train-network (the default UNet, or the compact one that samples
+            about 4x faster on a CPU) with its fastest setting measured at the first batch (this
+            process has compiled it already, unless the network is conditional; --train-compile
+            and --train-rate when nothing was measured), for the time left, set-up included: the
+            gpu profile's recipe at that batch with its steps sized to the measured throughput,
+            the last 30% decaying; the fidelity bar checked every --bar-every steps on 200 EMA
+            samples (with --init-from MODEL: fine-tuned from that model file's weights)
   samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
             several samplers, packed for evaluation off the GPU machine
   control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains; the phases are
@@ -35,6 +36,8 @@ and control.npz with --condition.
 
   OUT=/tmp/x python3 tools/gpu_session.py                  # on the GPU machine (~9 minutes)
   python3 tools/gpu_session.py --out /tmp/x --smoke        # dry run on a CPU (small settings)
+  OUT=/tmp/x python3 tools/gpu_session.py --phases env eager compiled train samples --models compact \
+      --batches 128 --compile-modes reduce-overhead --train-network compact   # the UNet for CPUs
 """
 from __future__ import annotations
 
@@ -73,10 +76,11 @@ DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by na
 CONDITIONAL_PHASES = ["env", "train", "samples", "control"]
 
 
-def fastest_row(rows: list[dict], batch: int, compile_mode: str = "", memory_format: str = "") -> dict:
-    """The fastest default-UNet training row with wrap_pad at this batch (of that compile, e.g.
-    "compiled (reduce-overhead)", and memory format if given); {} when none was measured."""
-    rows = [r for r in rows if "error" not in r and r["name"] == "unet" and not r["compile"].startswith("eager (")
+def fastest_row(rows: list[dict], batch: int, compile_mode: str = "", memory_format: str = "",
+                network: str = "unet") -> dict:
+    """The fastest training row of ``network`` (bench.NETWORKS) with wrap_pad at this batch (of that
+    compile, e.g. "compiled (reduce-overhead)", and memory format if given); {} when none was measured."""
+    rows = [r for r in rows if "error" not in r and r["name"] == network and not r["compile"].startswith("eager (")
             and r["batch_size"] == batch and r.get("padding", "wrap") == "wrap"
             and compile_mode in ("", r["compile"]) and memory_format in ("", r["memory_format"])]
     return max(rows, key=lambda r: r["images_per_second"]) if rows else {}
@@ -84,15 +88,16 @@ def fastest_row(rows: list[dict], batch: int, compile_mode: str = "", memory_for
 
 def plan_training(rows: list[dict], batch: int, seconds_left: float, *, compile_mode: str | None = None,
                   memory_format: str | None = None, rate: float | None = None, conditional: bool = False,
-                  bar_every: int = 500) -> dict:
-    """The train phase's setting and length: the fastest setting the measuring phases found (rows)
-    unless compile_mode/memory_format say otherwise, planned at rate if given, else that setting's
-    measured throughput, else 1000 img/s, in the time left less what compiling will take."""
-    best = fastest_row(rows, batch)
+                  bar_every: int = 500, network: str = "unet") -> dict:
+    """The train phase's setting and length for ``network``: the fastest setting the measuring
+    phases found for it (rows) unless compile_mode/memory_format say otherwise, planned at rate if
+    given, else that setting's measured throughput, else 1000 img/s, in the time left less what
+    compiling will take."""
+    best = fastest_row(rows, batch, network=network)
     measured = best.get("compile", "eager")
     mode = compile_mode or (measured.split("(")[1].rstrip(")") if measured.startswith("compiled (") else "none")
     fmt = memory_format or best.get("memory_format", "contiguous")
-    chosen = fastest_row(rows, batch, "eager" if mode == "none" else f"compiled ({mode})", fmt)  # {}: not measured
+    chosen = fastest_row(rows, batch, "eager" if mode == "none" else f"compiled ({mode})", fmt, network)  # {}: none
     per_second = (rate or chosen.get("images_per_second", 1000.0)) / batch  # steps per second
     # the run's clock starts after its set-up, which compiles the network: again, from this
     # process's caches, a few seconds where the first compile took minutes (3 s after 112 s on an
@@ -176,13 +181,17 @@ def arguments() -> argparse.Namespace:
                         "--condition: " + " ".join(CONDITIONAL_PHASES) + ")")
     parser.add_argument("--compile-modes", nargs="+", default=["default", "reduce-overhead"])
     parser.add_argument("--no-512", action="store_true", help="no compiled batch-512 row")
-    parser.add_argument("--models", nargs="+", default=["unet", "seed-unet"], help="networks of the eager and compiled phases")
+    parser.add_argument("--models", nargs="+", choices=bench.NETWORKS, default=["unet", "seed-unet"],
+                        help="networks of the eager and compiled phases (compact: the cpu profile's UNet)")
     parser.add_argument("--batches", nargs="+", type=int, default=[128, 512],
                         help="batches of the eager phase; the first is the compiled phase's and training's")
     parser.add_argument("--compile-formats", nargs="+", choices=MEMORY_FORMATS,
                         help="memory formats of the compiled phase (default: --memory-format, else the eager phase's fastest)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
                         "eager phase's fastest, else auto)")
+    parser.add_argument("--train-network", choices=["unet", "compact"], default="unet", help="the network the "
+                        "train phase trains with the gpu profile's recipe: unet (the default UNet) or compact "
+                        "(the cpu profile's UNet, which samples about 4x faster on a CPU)")
     parser.add_argument("--train-compile", choices=COMPILE_MODES, help="torch.compile mode of the train phase (default: "
                         "the fastest the measuring phases found, none when they did not run)")
     parser.add_argument("--measure-control", action="store_true", help="the control phase also measures its "
@@ -337,20 +346,23 @@ class Phases:
         rows = [r for phase in ("eager", "compiled") for r in s.report["phases"].get(phase, {}).get("rows", [])]
         plan = plan_training(rows, self.base_batch, until - s.elapsed(), compile_mode=args.train_compile,
                              memory_format=args.memory_format, rate=args.train_rate,
-                             conditional=bool(args.condition), bar_every=args.bar_every)
+                             conditional=bool(args.condition), bar_every=args.bar_every,
+                             network=args.train_network)
         seconds, compile_seconds = plan["planned_seconds"], plan["compile_reserved"]
         overrides = dict(steps=plan["steps"], lr_decay_steps=plan["lr_decay_steps"], bar_every=args.bar_every,
-                         compile=plan["compile"], memory_format=plan["memory_format"])
+                         compile=plan["compile"], memory_format=plan["memory_format"], batch_size=self.base_batch)
         profile = "gpu"
-        if self.smoke:
+        if self.smoke:  # a few steps; the smoke profile's tiny network stands in for the default UNet
             profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
-        overrides.update(data=args.data, condition=list(args.condition),
+        overrides.update(bench.NETWORKS[args.train_network], data=args.data, condition=list(args.condition),
                          init_from=str(args.init_from) if args.init_from else "")
         cfg = train.profile_config(profile, **overrides)
         record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
+                      network=train.describe_model(cfg, self.images.shape[-1]),
                       chosen_from=plan["chosen_from"], planned_seconds=seconds, compile_reserved=compile_seconds)
         s.save()  # the plan comes back even if the job is killed while training
-        s.log(f"training {cfg.steps} steps of {cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
+        s.log(f"training {record['network']}: {cfg.steps} steps of "
+              f"{cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
               f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s after "
               f"{compile_seconds:.0f} s kept for compiling")
         if self.run_dir.exists():
