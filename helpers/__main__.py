@@ -395,8 +395,8 @@ def _bench(args: argparse.Namespace) -> None:
     _write_json(args.json, report)
 
 
-CONTROL_SAMPLING = ("vary", "targets", "n", "guidance", "sampler", "steps", "eta", "spacing", "precision", "seed",
-                    "within", "closed", "max_draws")
+CONTROL_SAMPLING = ("vary", "targets", "n", "guidance", "sampler", "steps", "eta", "spacing", "precision",
+                    "memory_format", "seed", "within", "closed", "max_draws")
 
 
 def _control(args: argparse.Namespace) -> None:
@@ -409,7 +409,9 @@ def _control(args: argparse.Namespace) -> None:
         return _control_measured(args)
     args.n, args.guidance, args.seed = args.n or 64, args.guidance or [0.0, 1.0, 2.0, 4.0], args.seed or 0
     device = pick_device()
-    model, schedule, payload = load_model(args.checkpoint, device, args.precision or "fp32")
+    args.precision = args.precision or "fp32"
+    args.memory_format = args.memory_format or sampling_layout(args.precision, device)
+    model, schedule, payload = load_model(args.checkpoint, device, args.precision, args.memory_format)
     stats = payload.get("condition")
     name = measured_condition(stats, str(args.checkpoint), args.vary)
     targets = args.targets or default_targets(stats, name=name)
@@ -429,9 +431,11 @@ def _control(args: argparse.Namespace) -> None:
     reports = guidance_sweep(model, schedule, stats, targets, args.n, sampler, scales=args.guidance,
                              name=name, seed=args.seed, device=device, splits=args.splits, keeping=keeping)
     print(format_control(reports))
+    precision, layout = resolve_precision(args.precision, device), args.memory_format
     print(f"({len(targets)} targets x {args.n} samples x {len(reports)} guidance scales in "
-          f"{time.perf_counter() - start:.0f} s on {device})")
-    _control_outputs(args, payload, reports)
+          f"{time.perf_counter() - start:.0f} s on {device}, {precision} weights"
+          f"{' in NHWC' if layout == 'channels_last' else ''})")
+    _control_outputs(args, payload, reports, precision=precision, memory_format=layout)
 
 
 def _control_measured(args: argparse.Namespace) -> None:
@@ -723,6 +727,8 @@ def _add_control(commands) -> None:
     control.add_argument("--eta", type=_fraction, help="fresh noise per step, 0 to 1 (default: the model's)")
     control.add_argument("--spacing", choices=SPACINGS, help="uniform or quadratic timesteps (default: the model's)")
     control.add_argument("--precision", choices=SAMPLING_PRECISIONS, help="default: fp32")
+    control.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of the weights and images, as "
+                         "for sample (default: channels_last on a CPU with bf16, else contiguous)")
     control.add_argument("--seed", type=_non_negative_int, help="default: 0")
     control.add_argument("--within", type=_non_negative_float, metavar="TOLERANCE", help="judge only samples whose "
                          "measured descriptor (the one --targets are values of) lies within TOLERANCE of the target, "

@@ -229,8 +229,12 @@ def test_sample_and_control_commands_on_a_conditional_model(conditional, tmp_pat
     assert all(set(ratios) == {"boundary_fraction", "lineal_intercept"} for r in reports for ratios in r["ratios"])
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert main(["control", "--checkpoint", str(conditional), "--targets", "10", "--n", "2", "--guidance", "1",
-                 "--sampler", "dpm++2m", "--steps", "3", "--eta", "0.5", "--splits", "2"]) == 0
-    assert "DPM-Solver++(2M)-3, eta 0.5, guidance 1" in capsys.readouterr().out
+                 "--sampler", "dpm++2m", "--steps", "3", "--eta", "0.5", "--splits", "2", "--memory-format",
+                 "channels_last", "--json", str(tmp_path / "nhwc.json")]) == 0
+    said = capsys.readouterr().out
+    assert "DPM-Solver++(2M)-3, eta 0.5, guidance 1" in said and ", fp32 weights in NHWC)" in said
+    assert json.loads((tmp_path / "nhwc.json").read_text())["memory_format"] == "channels_last"
+    assert json.loads((tmp_path / "c.json").read_text())["memory_format"] == "contiguous"  # fp32's default
     assert main(["control", "--checkpoint", str(conditional), "--steps", "5000"]) == 2
     assert "--sampler/--steps/--eta:" in capsys.readouterr().err
     assert main(["control", "--checkpoint", str(data.DATA_ROOT / "pretrained" / "model.pt")]) == 2
@@ -379,8 +383,8 @@ def test_samples_drawn_elsewhere_measure_as_if_control_had_drawn_them(conditiona
     (tmp_path / "text.npz").write_text("not an archive")
     whole = (tmp_path / "control.npz").read_bytes()  # a copy cut short: a zip archive without its end
     (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
-    for extra, message in ((["--measure", str(tmp_path / "control.npz"), "--n", "8", "--seed", "0"],
-                            "come from the file; expected no --n, --seed"),
+    for extra, message in ((["--measure", str(tmp_path / "control.npz"), "--n", "8", "--seed", "0", "--memory-format",
+                             "contiguous"], "come from the file; expected no --n, --memory-format, --seed"),
                            (["--measure", str(tmp_path / "other.npz")], "drawn by the model with weights 000000000000"),
                            (["--measure", str(tmp_path / "text.npz")], "not a file of drawn control samples "
                                                                         "(ValueError: not an .npz archive)"),
@@ -429,9 +433,14 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
     table.write_text(json.dumps({f"{digest}:ddim:3:1:guidance1:fp32:seed0:{size}": base}))  # not measured again
     measured = {("fp32", 0): (0.975, 2.1, 0.35), ("bf16", 0): (0.95, 2.1, 0.35), ("bf16", 1): (0.98, 2.0, 0.3),
                 ("fp32", 1): (0.98, 2.0, 0.3)}  # the last: the recommended sampler's own with seed 1
-    monkeypatch.setattr(fast, "measure", lambda path, sampler, precision, args, targets: {
-        **base, "sampler_words": sampler.describe(), "precision": precision, "seed": args.seed, **sampler.stored(),
-        **dict(zip(("r2", "mae", "dangling_ends"), measured[precision, args.seed]))})
+    measured["fp32", 0, "channels_last"] = (0.976, 2.1, 0.35)  # the same noise in NHWC: its last bits differ
+
+    def measure(path, sampler, precision, layout, args, targets):
+        return {**base, "sampler_words": sampler.describe(), "precision": precision, "memory_format": layout,
+                "seed": args.seed, **sampler.stored(), **dict(zip(("r2", "mae", "dangling_ends"), measured.get(
+                    (precision, args.seed, layout), measured[precision, args.seed])))}
+
+    monkeypatch.setattr(fast, "measure", measure)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:  # nothing in bf16 yet: refused before the 17-minute baseline
         run("--store-fast")
@@ -455,13 +464,17 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
     rows["another model's"] = {**rows[f"{digest}:dpm++2m:2:1:guidance1:fp32:seed0:{size}"], "weights": "0" * 12,
                                "as_good": False, "precision": "bf16"}  # neither blocks nor vouches
     table.write_text(json.dumps(rows))
+    assert run("--memory-format", "channels_last") == 0  # fp32 seed 0 again, in the layout --fast draws it in
+    assert "| DPM-Solver++(2M)-2, eta 1, guidance 1 | fp32 NHWC | 0.976 |" in capsys.readouterr().out
+    assert f"{digest}:dpm++2m:2:1:guidance1:fp32:channels_last:seed0:{size}" in json.loads(table.read_text())
     assert run("--store-fast", "--precision", "bf16", "--seed", "1") == 0
     stored = load_checkpoint(model)
     assert stored["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0, "guidance": 1.0}
+    # fp32 seed 0 counts once, in NHWC
     assert [(row["precision"], row["seed"], row["r2"]) for row in stored["fast_sampler_measured"]] == [
-        ("fp32", 0, 0.975), ("bf16", 1, 0.98)]
+        ("fp32", 0, 0.976), ("bf16", 1, 0.98)]
     assert stored["fast_sampler_measured"][0] == {
-        "precision": "fp32", "seed": 0, "samples": 512, "dangling_ends": 0.35, "targets": 8, "r2": 0.975, "mae": 2.1,
+        "precision": "fp32", "seed": 0, "samples": 512, "dangling_ends": 0.35, "targets": 8, "r2": 0.976, "mae": 2.1,
         "recommended_r2": 0.98, "recommended_mae": 2.0, "recommended_dangling_ends": 0.3}
     assert ("it was no worse than its recommended sampler under control, beyond set margins, in 2 sets of 8 targets "
             "x 64 samples: bf16 seed 1 (R^2 0.980, MAE 2.00, 0.30 dangling ends per image; recommended 0.980, 2.00, "

@@ -22,6 +22,12 @@ anything is measured). The file then keeps every
 such row (precision, seed, samples, R^2, MAE and dangling ends beside the recommended sampler's),
 which ``sample --fast`` prints. An unconditional model's fast sampler is vetted by the fidelity bar
 instead (``tools/sampler_sweep.py``).
+
+--memory-format is the layout of the candidates' weights and images (default: ``sample``'s without
+--fast: NCHW in fp32, NHWC in bf16); ``sample --fast`` runs fp32 in NHWC on a CPU, whose rounding
+differs from NCHW's in the last bits, so a row in another layout than the default says so in its
+key, and a seed measured in both layouts counts once, in --fast's. The recommended sampler is
+measured as its published numbers were: fp32, NCHW.
 """
 from __future__ import annotations
 
@@ -41,30 +47,34 @@ from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_samp
 from helpers.conditions import ConditionError  # noqa: E402
 from helpers.control import (COUNTS, FAST_VETTING_N, check_targets, controllability, default_targets,  # noqa: E402
                             falls_behind)
-from helpers.device import AUTO_SAMPLING_PICKS  # noqa: E402
+from helpers.device import AUTO_SAMPLING_PICKS, MEMORY_FORMATS, sampling_layout  # noqa: E402
 from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
-from pretrained_report import json_rows, model_file, parse_sampler, spec  # noqa: E402
+from pretrained_report import json_rows, layout_suffix, model_file, one_set_per_seed, parse_sampler, spec  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "data" / "pretrained_conditional" / "model.pt"
 RECOMMENDED_PRECISION = "fp32"  # what the model's published control numbers were measured with
 
 
-def key(digest: str, sampler: Sampler, precision: str, args: argparse.Namespace, targets: list[float]) -> str:
-    """A row's name in --json: the model, the sampler with its guidance, and how it was measured."""
-    return (f"{digest}:{spec(sampler)}:guidance{sampler.guidance:g}:{precision}:seed{args.seed}:n{args.n}:"
-            f"targets{','.join(f'{t:g}' for t in targets)}")
+def key(digest: str, sampler: Sampler, precision: str, layout: str, args: argparse.Namespace,
+        targets: list[float]) -> str:
+    """A row's name in --json: the model, the sampler with its guidance, and how it was measured
+    (the layout only where it is not the precision's default)."""
+    return (f"{digest}:{spec(sampler)}:guidance{sampler.guidance:g}:{precision}{layout_suffix(precision, layout)}:"
+            f"seed{args.seed}:n{args.n}:targets{','.join(f'{t:g}' for t in targets)}")
 
 
-def measure(path: Path, sampler: Sampler, precision: str, args: argparse.Namespace, targets: list[float]) -> dict:
-    """One sampler's control over --targets at ``precision``, as a row of --json."""
+def measure(path: Path, sampler: Sampler, precision: str, layout: str, args: argparse.Namespace,
+            targets: list[float]) -> dict:
+    """One sampler's control over --targets at ``precision`` in ``layout``, as a row of --json."""
     cpu = torch.device("cpu")
-    model, schedule, payload = load_model(path, cpu, precision)
+    model, schedule, payload = load_model(path, cpu, precision, layout)
     start = time.perf_counter()
     report = controllability(model, schedule, payload["condition"], targets, args.n, sampler, seed=args.seed,
                              device=cpu)
     summary = report.summary()  # every number control reports, per target too
     words = summary.pop("sampler")
-    return {"sampler_words": words, **summary, "precision": precision, "seed": args.seed, "n": args.n,
+    return {"sampler_words": words, **summary, "precision": precision, "memory_format": layout, "seed": args.seed,
+            "n": args.n,
             "samples": args.n * len(targets), "weights": weights_digest(payload), **sampler.stored(),
             "images_per_call": call_size(cpu, model.config()["size"], batch=args.n),
             "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -80,7 +90,8 @@ def judged(row: dict, recommended: dict) -> dict:
 
 def table_row(row: dict, label: str, verdict: str) -> str:
     """One row of the printed Markdown table: ``label``, then what ``row`` measured, then ``verdict``."""
-    return (f"| {label} | {row['precision']} | {row['r2']:.3f} | {row['mae']:.2f} | {row['dangling_ends']:.2f} | "
+    weights = row["precision"] + (" NHWC" if row.get("memory_format") == "channels_last" else "")
+    return (f"| {label} | {weights} | {row['r2']:.3f} | {row['mae']:.2f} | {row['dangling_ends']:.2f} | "
             f"{row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | {row['seconds']:.0f} | {verdict} |")
 
 
@@ -93,13 +104,15 @@ def stored_rows(rows: dict, words: str, recommended_words: str, digest: str,
                 stats: dict) -> tuple[list[dict], list[str]]:
     """The rows of --json that judged sampler ``words`` against ``recommended_words`` on the model
     ``digest``, large enough (``large_enough``), each judged again against the recommended numbers
-    it recorded: those as good, in the form the model file keeps, and the keys of those behind."""
+    it recorded: those as good, in the form the model file keeps (one per precision and seed,
+    ``one_set_per_seed``), and the keys of those behind (in any layout)."""
     same = {name: row for name, row in rows.items()
             if (row.get("sampler_words"), row.get("recommended_words"), row.get("weights"))
             == (words, recommended_words, digest) and large_enough(row["targets"], row["n"], stats)}
     behind = [name for name, row in same.items() if falls_behind(row, {
         "targets": row["targets"], **{name: row[f"recommended_{name}"] for name in ("r2", "mae", "dangling_ends")}})]
-    return [{**row, "targets": row["targets_count"]} for name, row in same.items() if name not in behind], behind
+    good = [{**row, "targets": row["targets_count"]} for name, row in same.items() if name not in behind]
+    return one_set_per_seed(good), behind
 
 
 def refusal(payload: dict, args: argparse.Namespace, targets: list[float], schedule) -> str:
@@ -137,6 +150,8 @@ def main() -> int:
                         "model's recommended guidance")
     parser.add_argument("--precision", choices=AUTO_SAMPLING_PICKS, default="fp32",
                         help="the candidates' network weights (the recommended sampler's are fp32)")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="layout of the candidates' weights and "
+                        "images (default: NCHW in fp32, NHWC in bf16; sample --fast runs fp32 in NHWC on a CPU)")
     parser.add_argument("--n", type=int, default=FAST_VETTING_N, help="samples per target (default 64)")
     parser.add_argument("--targets", type=float, nargs="+", metavar="V", help="default: control's eight")
     parser.add_argument("--seed", type=int, default=0)
@@ -146,6 +161,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.n < 1 or args.seed < 0:
         parser.error(f"--n {args.n} --seed {args.seed}: expected a positive --n and a seed of 0 or more")
+    cpu = torch.device("cpu")
+    args.memory_format = args.memory_format or sampling_layout(args.precision, cpu)
     rows = json_rows(parser, args.json)
     _, schedule, payload = model_file(parser, args.model)
     stats = payload.get("condition")
@@ -163,18 +180,20 @@ def main() -> int:
                          f"as the recommended sampler in {other[0]}; measure it first with --precision {other[0]}, "
                          "without --store-fast")
     print(f"{args.model} (step {payload['step']}), {len(targets)} targets x {args.n}, seed {args.seed}, "
-          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    base_key = key(digest, recommended, RECOMMENDED_PRECISION, args, targets)
+          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}; candidates in {args.precision}, "
+          f"{args.memory_format}")
+    base_layout = sampling_layout(RECOMMENDED_PRECISION, cpu)
+    base_key = key(digest, recommended, RECOMMENDED_PRECISION, base_layout, args, targets)
     if rows.get(base_key, {}).get("sampler_words") != recommended.describe():
-        rows[base_key] = measure(args.model, recommended, RECOMMENDED_PRECISION, args, targets)
+        rows[base_key] = measure(args.model, recommended, RECOMMENDED_PRECISION, base_layout, args, targets)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     base = rows[base_key]
     print("| sampler | weights | R^2 | MAE | dangling ends | worst ratio | matched | seconds | as good |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(table_row(base, f"{base['sampler_words']} (recommended)", ""))
     for sampler in samplers:
-        row = judged(measure(args.model, sampler, args.precision, args, targets), base)
-        rows[key(digest, sampler, args.precision, args, targets)] = row
+        row = judged(measure(args.model, sampler, args.precision, args.memory_format, args, targets), base)
+        rows[key(digest, sampler, args.precision, args.memory_format, args, targets)] = row
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
         verdict = "yes" if row["as_good"] else "no: " + "; ".join(row["falls_behind"])
         print(table_row(row, row["sampler_words"], verdict), flush=True)

@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from helpers import data, metrics, sample, train, viz  # noqa: E402
 from helpers.checkpoint import (CheckpointError, export_weights, fast_sampler_refusal, load_checkpoint,  # noqa: E402
                                load_model, store_fast_sampler)
+from helpers.device import AUTO_SAMPLING_PICKS, sampling_layout  # noqa: E402
 from helpers.diffusion import SPACINGS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
@@ -135,6 +136,25 @@ def model_file(parser: argparse.ArgumentParser, path: Path, precision: str = "fp
         return load_model(path, torch.device("cpu"), precision, layout)
     except CheckpointError as exc:
         parser.error(f"--model {exc}")
+
+
+def layout_suffix(precision: str, layout: str) -> str:
+    """What a row's key in --json adds for a layout other than ``sample``'s default at ``precision``
+    without --fast (``":channels_last"`` for fp32 in NHWC); '' for the default."""
+    return f":{layout}" if layout != sampling_layout(precision, torch.device("cpu")) else ""
+
+
+def one_set_per_seed(rows: list[dict]) -> list[dict]:
+    """One row per precision and seed: a seed drawn in two layouts is one set of noise, so it counts
+    once, in the layout ``sample --fast`` uses on a CPU where it was drawn so, else the first."""
+    cpu, kept = torch.device("cpu"), {}
+    for row in rows:
+        precision = row.get("precision")  # a row without one is refused by store_fast_sampler, by name
+        fast = precision in AUTO_SAMPLING_PICKS and row.get("memory_format", sampling_layout(
+            precision, cpu)) == sampling_layout(precision, cpu, fast=True)
+        if fast or (precision, row["seed"]) not in kept:  # --fast's layout replaces another, in its place
+            kept[precision, row["seed"]] = row
+    return list(kept.values())
 
 
 def spec(sampler: Sampler) -> str:

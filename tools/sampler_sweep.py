@@ -49,15 +49,14 @@ from helpers.checkpoint import fast_sampler_refusal, store_fast_sampler, weights
 from helpers.device import (AUTO_SAMPLING_PICKS, MEMORY_FORMATS, SAMPLING_PRECISIONS, cpu_isa,  # noqa: E402
                             resolve_precision, sampling_layout)
 from helpers.sample import Sampler, fast_sampler_evidence  # noqa: E402
-from pretrained_report import (json_rows, measure, measured_cells, measured_header, median_seconds,  # noqa: E402
-                               model_file, parse_sampler, spec)
+from pretrained_report import (json_rows, layout_suffix, measure, measured_cells, measured_header,  # noqa: E402
+                               median_seconds, model_file, one_set_per_seed, parse_sampler, spec)
 
 
 
 def key(sampler: Sampler, precision: str, seed: int, layout: str) -> str:
     """A row's name in --json: sampler, precision, a layout other than the precision's default, seed."""
-    other = f":{layout}" if layout != sampling_layout(precision, torch.device("cpu")) else ""
-    return f"{spec(sampler)}:{precision}{other}" + (f":seed{seed}" if seed else "")
+    return f"{spec(sampler)}:{precision}{layout_suffix(precision, layout)}" + (f":seed{seed}" if seed else "")
 
 
 def main() -> int:
@@ -136,16 +135,9 @@ def judged_rows(rows: dict, sampler: Sampler, digest: str) -> tuple[list[str], l
     same = {name: other for name, other in rows.items()
             if other.get("sampler_words") == sampler.describe() and other.get("weights") == digest}
     failed = [name for name, other in same.items() if other.get("bar_met") is False]
-    cpu, vetted = torch.device("cpu"), {}
     met = [{**other, "seed": other.get("seed") or 0} for other in same.values()  # a key without :seedN: seed 0
            if other.get("bar_met") and other.get("samples", 0) >= TrainConfig.bar_samples]
-    for row in met:
-        precision = row.get("precision")  # a row without one is refused by store_fast_sampler, by name
-        fast = precision in AUTO_SAMPLING_PICKS and row.get("memory_format", sampling_layout(
-            precision, cpu)) == sampling_layout(precision, cpu, fast=True)
-        if fast or (precision, row["seed"]) not in vetted:  # --fast's layout replaces another, in its place
-            vetted[precision, row["seed"]] = row
-    return failed, list(vetted.values())
+    return failed, one_set_per_seed(met)
 
 
 def store(model: Path, sampler: Sampler, digest: str, rows: dict) -> int:
