@@ -187,8 +187,10 @@ def torus_dangling_ends(mask: np.ndarray) -> int:
     if mask.all():  # as skeleton_features: no network to thin
         return 0
     n, m = mask.shape
-    counts = skeleton_neighbours(skeleton(np.tile(mask, (3, 3)), pad=0))
-    return int((counts[n:2 * n, m:2 * m] == 1).sum())
+    # a pixel's neighbours lie within one pixel of it: the middle tile and a one-pixel ring around
+    # it are all that its counts need (a ninth of the tiling's work)
+    middle = skeleton(np.tile(mask, (3, 3)), pad=0)[n - 1:2 * n + 1, m - 1:2 * m + 1]
+    return int((skeleton_neighbours(middle)[1:-1, 1:-1] == 1).sum())
 
 
 def two_point_correlation(mask: np.ndarray, r_max: int | None = None) -> np.ndarray:

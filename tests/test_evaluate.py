@@ -43,6 +43,13 @@ def test_a_boundary_left_open_at_the_seam_is_seen_only_on_the_torus():
     assert metrics.torus_dangling_ends(closed_band) == metrics.skeleton_features(closed_band).dangling_ends == 0
     report = metrics.evaluation_report(np.stack([open_band, closed_band]), fresh_voronoi(8), splits=2)
     assert report["torus_dangling_ends"] == {"generated": 0.5, "reference": 0.0}
+    # the count is the whole tiling's, read in its middle tile: random masks with many ends, and 1-pixel masks
+    rng = np.random.default_rng(0)
+    for mask in [*(rng.random((4, 64, 64)) < 0.3), *(rng.random((3, 5, 7)) < 0.5), open_band, np.ones((1, 1), bool)]:
+        counts = metrics.skeleton_neighbours(metrics.skeleton(np.tile(mask, (3, 3)), pad=0))
+        n, m = mask.shape
+        whole = 0 if mask.all() else int((counts[n:2 * n, m:2 * m] == 1).sum())
+        assert metrics.torus_dangling_ends(mask) == whole
     assert "if the images tile (counted on the torus, the border too): generated 0.500, reference 0.000" in \
         metrics.format_report(report)
 
