@@ -22,7 +22,7 @@ from .control import (COUNTS, DrawnSamples, Keeping, check_targets, default_targ
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, manifest_values,
                    prepare_output_dir, read_images, write_failure)
 from .device import (COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision,
-                     sampling_layout)
+                     sampling_layout, weights_words)
 from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
@@ -203,10 +203,9 @@ def _sample(args: argparse.Namespace) -> None:
     asked += f", {args.size}x{args.size}{' in windows' if args.windows else ''}" if args.size else ""
     shared = f", {world.size} processes" if world.size > 1 else ""
     kept = f"; kept: {wanted.describe()}, {tally.describe()}" if tally else ""
-    layout = " in NHWC" if args.memory_format == "channels_last" else ""
     if world.main:
         print(f"wrote {args.n} samples to {args.out} ({sampler.describe()}{asked}, "
-              f"{resolve_precision(args.precision, device)} weights{layout}, "
+              f"{weights_words(resolve_precision(args.precision, device), args.memory_format)}, "
               f"{seconds:.1f} s on {device}{shared}, model from step {payload['step']}){kept}")
 
 
@@ -433,8 +432,7 @@ def _control(args: argparse.Namespace) -> None:
     print(format_control(reports))
     precision, layout = resolve_precision(args.precision, device), args.memory_format
     print(f"({len(targets)} targets x {args.n} samples x {len(reports)} guidance scales in "
-          f"{time.perf_counter() - start:.0f} s on {device}, {precision} weights"
-          f"{' in NHWC' if layout == 'channels_last' else ''})")
+          f"{time.perf_counter() - start:.0f} s on {device}, {weights_words(precision, layout)})")
     _control_outputs(args, payload, reports, precision=precision, memory_format=layout)
 
 
@@ -682,7 +680,8 @@ def _add_bench(commands) -> None:
                                             "in one process, on the current device.")
     bench.add_argument("--quick", action="store_true", help="small settings (under a minute on a CPU)")
     bench.add_argument("--model", nargs="+", choices=NETWORKS, default=list(MODELS),
-                       help="networks to time (default: unet and seed-unet; compact: the cpu profile's UNet)")
+                       help="networks whose training step to time (default: unet and seed-unet; compact: the cpu "
+                            "profile's UNet); the sampling rows time the default UNet")
     bench.add_argument("--batch-size", nargs="+", type=_positive_int, metavar="N",
                        help="training batch sizes (default: 128 on CUDA, 32 on a CPU, 8 with --quick)")
     bench.add_argument("--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["contiguous"],

@@ -35,7 +35,7 @@ TRAINING_FLOP_FACTOR = 3
 # The networks a training row can time, by name: the two of MODELS as train builds them, and the
 # cpu profile's compact UNet, the network for sampling on a CPU (trained on a GPU, it is timed there)
 NETWORKS = {**{name: {"model": name} for name in MODELS},
-            "compact": {"model": "unet", "model_options": PROFILE_MODELS["cpu"]}}
+            "compact": {"model": "unet", "model_options": dict(PROFILE_MODELS["cpu"])}}
 
 
 def _sync(device: torch.device) -> None:

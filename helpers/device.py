@@ -137,6 +137,11 @@ def sampling_layout(precision: str, device: torch.device, fast: bool = False) ->
     return "channels_last" if device.type == "cpu" and (fast or precision != "fp32") else "contiguous"
 
 
+def weights_words(precision: str, layout: str) -> str:
+    """How a command's last line names the weights it sampled with: 'fp32 weights', 'bf16 weights in NHWC'."""
+    return f"{precision} weights" + (" in NHWC" if layout == "channels_last" else "")
+
+
 def at_precision(model: torch.nn.Module, precision: str, device: torch.device,
                  layout: Optional[str] = None) -> torch.nn.Module:
     """The network on ``device`` with its weights in a sampling ``precision``, in eval mode.

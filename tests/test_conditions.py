@@ -465,7 +465,7 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
                                "as_good": False, "precision": "bf16"}  # neither blocks nor vouches
     table.write_text(json.dumps(rows))
     assert run("--memory-format", "channels_last") == 0  # fp32 seed 0 again, in the layout --fast draws it in
-    assert "| DPM-Solver++(2M)-2, eta 1, guidance 1 | fp32 NHWC | 0.976 |" in capsys.readouterr().out
+    assert "| DPM-Solver++(2M)-2, eta 1, guidance 1 | fp32 weights in NHWC | 0.976 |" in capsys.readouterr().out
     assert f"{digest}:dpm++2m:2:1:guidance1:fp32:channels_last:seed0:{size}" in json.loads(table.read_text())
     assert run("--store-fast", "--precision", "bf16", "--seed", "1") == 0
     stored = load_checkpoint(model)

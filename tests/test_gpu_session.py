@@ -65,8 +65,39 @@ def test_the_train_phase_plans_the_fastest_measured_setting_and_keeps_time_for_c
     assert (compact["steps"], compact["lr_decay_steps"]) == (20000, 6000)
     compact_eager = plan_training(rows, 128, 400.0, compile_mode="none", memory_format="contiguous",
                                   network="compact")
-    # eager: 31.25 steps/s for all 400 s
+    # eager: 31.25 steps/s for all 400 s, 25 bar checks of ~2 s, 90% of it: 9,843 steps, in hundreds
     assert (compact_eager["chosen_from"]["images_per_second"], compact_eager["steps"]) == (4000.0, 9800)
+
+
+def test_the_train_phase_runs_the_gpu_recipe_on_the_network_and_batch_asked_for(tool):
+    gpu_session = tool("gpu_session")
+    plan = {"steps": 9800, "lr_decay_steps": 2940, "compile": "reduce-overhead", "memory_format": "channels_last"}
+
+    def config(network, batch=128, smoke=False):
+        args = argparse.Namespace(bar_every=2000, train_network=network, data="voronoi_gb_64", condition=[],
+                                  init_from=None)
+        return gpu_session.training_config(args, plan, batch, smoke)
+
+    default, compact = config("unet", 512), config("compact")
+    gpu = train.PROFILES["gpu"]
+    for cfg, batch in ((default, 512), (compact, 128)):  # the gpu recipe, the plan's length and setting
+        assert (cfg.lr, cfg.ema_decay, cfg.warmup, cfg.prediction) == (gpu["lr"], gpu["ema_decay"], gpu["warmup"], "v")
+        assert (cfg.steps, cfg.lr_decay_steps, cfg.batch_size, cfg.compile, cfg.memory_format, cfg.bar_every) == \
+            (9800, 2940, batch, "reduce-overhead", "channels_last", 2000)
+    assert (default.model, default.model_options) == ("unet", {})  # the default UNet
+    assert (compact.model, compact.model_options) == ("unet", train.COMPACT_UNET)
+    smoke_default, smoke_compact = config("unet", smoke=True), config("compact", smoke=True)
+    assert (smoke_default.steps, smoke_default.batch_size, smoke_default.model_options) == (20, 8, train.TINY_UNET)
+    assert (smoke_compact.steps, smoke_compact.model_options) == (20, train.COMPACT_UNET)
+
+
+def test_a_session_refuses_to_train_a_network_it_does_not_measure(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(tmp_path / "out"),
+                           "--smoke", "--phases", "eager", "train", "--models", "unet", "--train-network", "compact"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.splitlines()[-1].endswith("--train-network compact: the measuring phases (eager) time --models "
+                                                 "unet only; add compact to --models, or give --train-rate")
 
 
 def test_each_phase_gets_its_budget_when_it_starts(tool):

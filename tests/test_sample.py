@@ -692,3 +692,15 @@ def test_the_sample_command_draws_a_large_canvas(weights, tmp_path, capsys):
                  str(tmp_path / "d")]) == 2
     assert "--size 80 with --windows: expected a multiple of 32" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "bcd")
+
+
+def test_a_seed_drawn_in_two_layouts_counts_once_in_the_layout_sample_fast_uses(tool):
+    one_set_per_seed = tool("pretrained_report").one_set_per_seed
+    rows = [{"precision": "fp32", "seed": 0, "samples": 512, "name": "fp32 NCHW, written before layouts were"},
+            {"precision": "fp32", "seed": 0, "samples": 512, "memory_format": "channels_last", "name": "fp32 NHWC"},
+            {"precision": "fp32", "seed": 1, "samples": 512, "memory_format": "contiguous", "name": "fp32 seed 1"},
+            {"precision": "bf16", "seed": 0, "samples": 512, "name": "bf16, NHWC by default"},
+            {"precision": "bf16", "seed": 0, "samples": 512, "memory_format": "contiguous", "name": "bf16 NCHW"},
+            {"precision": "fp32", "seed": 0, "samples": 1024, "name": "fp32, twice the samples"}]
+    assert [row["name"] for row in one_set_per_seed(rows)] == [
+        "fp32 NHWC", "fp32 seed 1", "bf16, NHWC by default", "fp32, twice the samples"]

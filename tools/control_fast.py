@@ -10,7 +10,8 @@ dangling ends). It is compared with the model's recommended sampler measured the
 fp32 weights, on the same targets, samples per target and seed (measured first unless --json holds
 that row): ``helpers.control.falls_behind`` says where it falls behind by more than
 ``FAST_TOLERANCES``. Rows are printed and merged into --json, named by the model's weights, the
-sampler with its guidance, the precision, seed, --n and targets. Only a model conditioned on one
+sampler with its guidance, the precision (with the layout where it is not the precision's
+default), seed, --n and targets. Only a model conditioned on one
 count (grains) is measured: the tolerances are in its units.
 
 --store-fast keeps the one sampler measured, which must take fewer network calls than the
@@ -47,7 +48,7 @@ from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_samp
 from helpers.conditions import ConditionError  # noqa: E402
 from helpers.control import (COUNTS, FAST_VETTING_N, check_targets, controllability, default_targets,  # noqa: E402
                             falls_behind)
-from helpers.device import AUTO_SAMPLING_PICKS, MEMORY_FORMATS, sampling_layout  # noqa: E402
+from helpers.device import AUTO_SAMPLING_PICKS, MEMORY_FORMATS, sampling_layout, weights_words  # noqa: E402
 from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
 from pretrained_report import json_rows, layout_suffix, model_file, one_set_per_seed, parse_sampler, spec  # noqa: E402
 
@@ -90,8 +91,8 @@ def judged(row: dict, recommended: dict) -> dict:
 
 def table_row(row: dict, label: str, verdict: str) -> str:
     """One row of the printed Markdown table: ``label``, then what ``row`` measured, then ``verdict``."""
-    weights = row["precision"] + (" NHWC" if row.get("memory_format") == "channels_last" else "")
-    return (f"| {label} | {weights} | {row['r2']:.3f} | {row['mae']:.2f} | {row['dangling_ends']:.2f} | "
+    layout = row.get("memory_format", sampling_layout(row["precision"], torch.device("cpu")))  # older rows: default
+    return (f"| {label} | {weights_words(row['precision'], layout)} | {row['r2']:.3f} | {row['mae']:.2f} | {row['dangling_ends']:.2f} | "
             f"{row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | {row['seconds']:.0f} | {verdict} |")
 
 

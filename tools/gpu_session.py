@@ -5,8 +5,9 @@ every phase, so a session cut short still brings back what it measured.
 
   env       the card, torch, CUDA
   eager     the original recipe, then train's own step for each network of --models (unet and
-            seed-unet; compact: the cpu profile's UNet, bench.NETWORKS), each batch of --batches (128 and 512), NCHW and channels_last (bf16 autocast), with
-            a profiler summary of the default UNet
+            seed-unet; compact: the cpu profile's UNet, bench.NETWORKS), each batch of --batches
+            (128 and 512), NCHW and channels_last (bf16 autocast), with a profiler summary of the
+            default UNet
   compiled  torch.compile in each of --compile-modes (default and reduce-overhead) for each
             network at the first batch, in each of --compile-formats (default: the eager
             phase's fastest); compile time reported apart. --paddings wrap torch adds, in both
@@ -74,6 +75,8 @@ DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by na
 # a conditional session trains and draws: the measuring phases (measured in three sessions already)
 # would leave its training less time than its network takes to compile
 CONDITIONAL_PHASES = ["env", "train", "samples", "control"]
+# the networks the train phase can train (bench.NETWORKS' names; SeedUNet is the original tutorial's)
+TRAIN_NETWORKS = [name for name in bench.NETWORKS if name != "seed-unet"]
 
 
 def fastest_row(rows: list[dict], batch: int, compile_mode: str = "", memory_format: str = "",
@@ -114,6 +117,20 @@ def plan_training(rows: list[dict], batch: int, seconds_left: float, *, compile_
     steps = max(100, int(0.9 * per_second * (seconds - 2.0 * checks)) // 100 * 100)
     return dict(compile=mode, memory_format=fmt, chosen_from=chosen, compile_reserved=compile_seconds,
                 planned_seconds=seconds, steps=steps, lr_decay_steps=int(0.3 * steps))
+
+
+def training_config(args: argparse.Namespace, plan: dict, batch: int, smoke: bool = False) -> train.TrainConfig:
+    """The train phase's run: the gpu profile's recipe for --train-network at ``batch``, with the
+    plan's steps, decay, compile mode and memory format; in a dry run (``smoke``) the smoke
+    profile's few steps instead, on its tiny network for the default UNet, on the compact one as asked."""
+    overrides = dict(steps=plan["steps"], lr_decay_steps=plan["lr_decay_steps"], bar_every=args.bar_every,
+                     compile=plan["compile"], memory_format=plan["memory_format"], batch_size=batch)
+    profile = "gpu"
+    if smoke:
+        profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
+    overrides.update(bench.NETWORKS[args.train_network], data=args.data, condition=list(args.condition),
+                     init_from=str(args.init_from) if args.init_from else "")
+    return train.profile_config(profile, **overrides)
 
 
 class Session:
@@ -189,7 +206,7 @@ def arguments() -> argparse.Namespace:
                         help="memory formats of the compiled phase (default: --memory-format, else the eager phase's fastest)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
                         "eager phase's fastest, else auto)")
-    parser.add_argument("--train-network", choices=["unet", "compact"], default="unet", help="the network the "
+    parser.add_argument("--train-network", choices=TRAIN_NETWORKS, default="unet", help="the network the "
                         "train phase trains with the gpu profile's recipe: unet (the default UNet) or compact "
                         "(the cpu profile's UNet, which samples about 4x faster on a CPU)")
     parser.add_argument("--train-compile", choices=COMPILE_MODES, help="torch.compile mode of the train phase (default: "
@@ -211,10 +228,15 @@ def arguments() -> argparse.Namespace:
                         "instead of starting from random weights (train --init-from; e.g. data/pretrained/model.pt "
                         "with --condition grains: the unconditional model, given silent condition layers)")
     args = parser.parse_args()
-    if args.after is None:
-        args.after = 150.0 if args.condition else 45.0
     if args.phases is None:
         args.phases = CONDITIONAL_PHASES if args.condition else DEFAULT_PHASES
+    measuring = {"eager", "compiled"} & set(args.phases)
+    if "train" in args.phases and measuring and args.train_network not in args.models and args.train_rate is None:
+        parser.error(f"--train-network {args.train_network}: the measuring phases ({', '.join(sorted(measuring))}) "
+                     f"time --models {' '.join(args.models)} only; add {args.train_network} to --models, or give "
+                     "--train-rate")
+    if args.after is None:
+        args.after = 150.0 if args.condition else 45.0
     return args
 
 
@@ -349,14 +371,7 @@ class Phases:
                              conditional=bool(args.condition), bar_every=args.bar_every,
                              network=args.train_network)
         seconds, compile_seconds = plan["planned_seconds"], plan["compile_reserved"]
-        overrides = dict(steps=plan["steps"], lr_decay_steps=plan["lr_decay_steps"], bar_every=args.bar_every,
-                         compile=plan["compile"], memory_format=plan["memory_format"], batch_size=self.base_batch)
-        profile = "gpu"
-        if self.smoke:  # a few steps; the smoke profile's tiny network stands in for the default UNet
-            profile, overrides = "smoke", dict(steps=20, bar_every=10, bar_samples=8, compile="none")
-        overrides.update(bench.NETWORKS[args.train_network], data=args.data, condition=list(args.condition),
-                         init_from=str(args.init_from) if args.init_from else "")
-        cfg = train.profile_config(profile, **overrides)
+        cfg = training_config(args, plan, self.base_batch, self.smoke)
         record.update(config={k: v for k, v in vars(cfg).items() if k != "model_options"},
                       network=train.describe_model(cfg, self.images.shape[-1]),
                       chosen_from=plan["chosen_from"], planned_seconds=seconds, compile_reserved=compile_seconds)

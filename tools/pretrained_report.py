@@ -145,15 +145,17 @@ def layout_suffix(precision: str, layout: str) -> str:
 
 
 def one_set_per_seed(rows: list[dict]) -> list[dict]:
-    """One row per precision and seed: a seed drawn in two layouts is one set of noise, so it counts
-    once, in the layout ``sample --fast`` uses on a CPU where it was drawn so, else the first."""
+    """One row per precision, seed and number of samples: a seed drawn in two layouts is one set of
+    noise, so it counts once, in the layout ``sample --fast`` uses on a CPU where it was drawn so
+    (a row without a layout was drawn in its precision's default), else the first."""
     cpu, kept = torch.device("cpu"), {}
     for row in rows:
         precision = row.get("precision")  # a row without one is refused by store_fast_sampler, by name
         fast = precision in AUTO_SAMPLING_PICKS and row.get("memory_format", sampling_layout(
             precision, cpu)) == sampling_layout(precision, cpu, fast=True)
-        if fast or (precision, row["seed"]) not in kept:  # --fast's layout replaces another, in its place
-            kept[precision, row["seed"]] = row
+        same = (precision, row["seed"], row.get("samples"))
+        if fast or same not in kept:  # --fast's layout replaces another, in its place
+            kept[same] = row
     return list(kept.values())
 
 
