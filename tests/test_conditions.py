@@ -727,10 +727,11 @@ def test_the_shipped_conditional_models_fast_sampler_is_what_its_card_and_rows_s
         assert not fast or (row["as_good"] and row["recommended_mae"] == base["mae"]
                             and not control.falls_behind(row, base))
         words = row["sampler_words"].replace(", guidance 1", "") + (" (fast)" if fast else " (recommended)")
-        cells = [words, row["precision"], f"{row['r2']:.3f}", f"{row['mae']:.2f}", f"{row['dangling_ends']:.2f}",
+        weights = row["precision"] + (", NHWC" if row.get("memory_format") == "channels_last" else "")
+        cells = [words, weights, f"{row['r2']:.3f}", f"{row['mae']:.2f}", f"{row['dangling_ends']:.2f}",
                  f"{row['worst_ratio']:.2f}", f"{row['worst_matched_ratio']:.2f}"]
         assert f"| {' | '.join(cells)} |" in card
-    assert len(mine) == 3
+    assert len(mine) == 4  # the fast sampler in bf16, and in fp32 in both layouts
 
 
 def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():
