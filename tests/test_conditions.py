@@ -745,5 +745,6 @@ def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():
     quoted = ([f"{r['mae']:.2f}" for r in sweep[:2]] + [f"{r['r2']:.3f}" for r in sweep]
               + [f"{v:.2f}" for v in inside] + [f"{r['worst_ratio']:.1f}" for r in sweep]
               + [f"{r['dangling_ends']:.2f}" for r in sweep]
-              + [f"{r['achieved_mean'][0]:.1f}" for r in sweep] + [f"{sweep[0]['achieved_mean'][-1]:.1f}"])
+              + [f"{r['achieved_mean'][0]:.1f}" for r in sweep] + [f"{r['achieved_mean'][-1]:.1f}" for r in sweep]
+              + [f"{sweep[0]['achieved_mean'][i]:.1f}" for i in (4, 6)])  # w = 0 at 32 and 61 grains
     assert [q for q in quoted if q not in prose] == []
