@@ -75,8 +75,7 @@ def measure(path: Path, sampler: Sampler, precision: str, layout: str, args: arg
     summary = report.summary()  # every number control reports, per target too
     words = summary.pop("sampler")
     return {"sampler_words": words, **summary, "precision": precision, "memory_format": layout, "seed": args.seed,
-            "n": args.n,
-            "samples": args.n * len(targets), "weights": weights_digest(payload), **sampler.stored(),
+            "n": args.n, "samples": args.n * len(targets), "weights": weights_digest(payload), **sampler.stored(),
             "images_per_call": call_size(cpu, model.config()["size"], batch=args.n),
             "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
@@ -92,8 +91,9 @@ def judged(row: dict, recommended: dict) -> dict:
 def table_row(row: dict, label: str, verdict: str) -> str:
     """One row of the printed Markdown table: ``label``, then what ``row`` measured, then ``verdict``."""
     layout = row.get("memory_format", sampling_layout(row["precision"], torch.device("cpu")))  # older rows: default
-    return (f"| {label} | {weights_words(row['precision'], layout)} | {row['r2']:.3f} | {row['mae']:.2f} | {row['dangling_ends']:.2f} | "
-            f"{row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | {row['seconds']:.0f} | {verdict} |")
+    return (f"| {label} | {weights_words(row['precision'], layout)} | {row['r2']:.3f} | {row['mae']:.2f} | "
+            f"{row['dangling_ends']:.2f} | {row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | "
+            f"{row['seconds']:.0f} | {verdict} |")
 
 
 def large_enough(targets: list[float], n: int, stats: dict) -> bool:
