@@ -141,6 +141,7 @@ def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_pa
     with tarfile.open(out / "samples.tar.gz") as tar:
         names = tar.getnames()
     assert "./samples/00007.png" in names and "./samples_eta0/manifest.csv" in names
+    assert "./samples_dpm30/00007.png" in names  # the fast sampler's first look
 
 
 def test_the_measuring_phases_take_the_networks_and_memory_formats_asked_for(tmp_path):

@@ -23,7 +23,8 @@ every phase, so a session cut short still brings back what it measured.
             the last 30% decaying; the fidelity bar checked every --bar-every steps on 200 EMA
             samples (with --init-from MODEL: fine-tuned from that model file's weights)
   samples   its fp16 EMA weights exported (train --export's format), 200 samples with each of
-            several samplers, packed for evaluation off the GPU machine
+            several samplers (DDIM with 25, 50 and 100 steps, DPM-Solver++(2M)-30), packed for
+            evaluation off the GPU machine
   control   with --condition (e.g. --data voronoi_gb_range_64 --condition grains; the phases are
             then env train samples control unless --phases says otherwise): the conditional
             model's samples at 8 targets x 64 and guidance 0, 1, 2, 4, kept in control.npz for
@@ -417,17 +418,22 @@ class Phases:
         pack = s.out / "pack"
         model, schedule, _ = load_model(s.out / "model.pt", self.device)
         n = 8 if self.smoke else 200
-        samplers = [("samples", 50, 1.0, 0), ("samples_seed1", 50, 1.0, 1), ("samples_eta0", 50, 0.0, 0),
-                    ("samples_ddim25", 25, 1.0, 0), ("samples_ddim100", 100, 1.0, 0)]
-        for folder, sampler_steps, eta, seed in samplers:
+        # the recommended sampler with two seeds, then the others a model card compares; the last,
+        # DPM-Solver++(2M)-30, is the shipped model's fast sampler, a first look at whether it holds
+        samplers = [("samples", Sampler("ddim", 50, 1.0), 0), ("samples_seed1", Sampler("ddim", 50, 1.0), 1),
+                    ("samples_eta0", Sampler("ddim", 50, 0.0), 0), ("samples_ddim25", Sampler("ddim", 25, 1.0), 0),
+                    ("samples_ddim100", Sampler("ddim", 100, 1.0), 0),
+                    ("samples_dpm30", Sampler("dpm++2m", 30, 1.0), 0)]
+        for folder, sampler, seed in samplers:
             if s.elapsed() > until:
                 s.log(f"skipped {folder}: phase out of time")
                 continue
             start = time.perf_counter()
-            images = generate(model, schedule, n, Sampler("ddim", sampler_steps, eta), seed=seed, device=self.device)
+            images = generate(model, schedule, n, sampler, seed=seed, device=self.device)
             write_pngs(images, pack / folder)
-            record[folder] = {"steps": sampler_steps, "eta": eta, "seed": seed, "seconds": time.perf_counter() - start}
-            s.log(f"{folder}: {n} images, DDIM-{sampler_steps} eta {eta:g} seed {seed}")
+            record[folder] = {"sampler": sampler.describe(), "steps": sampler.steps, "eta": sampler.eta, "seed": seed,
+                              "seconds": time.perf_counter() - start}
+            s.log(f"{folder}: {n} images, {sampler.describe()}, seed {seed}")
         if (self.run_dir / train.SAMPLES).exists():
             shutil.copytree(self.run_dir / train.SAMPLES, pack / "grids")
         if (self.run_dir / train.LOSS_PNG).exists():
