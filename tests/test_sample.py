@@ -448,7 +448,10 @@ def test_pretrained_report_draws_the_fast_sampler_again_with_bf16_weights(tool, 
     assert drawn == [4, 4, 4]  # the recommended sampler once; the fast one with fp32, then with bf16 weights
     assert [row["precision"] for row in load_checkpoint(out / "model.pt")["fast_sampler_measured"]] == ["fp32", "bf16"]
     readme = (out / "README.md").read_text()
-    assert "| DPM-Solver++(2M)-2, eta 1, bf16 weights | 2 |" in readme and "| DPM-Solver++(2M)-2, eta 1 | 2 |" in readme
+    # the fast sampler as sample --fast draws it on a CPU: fp32 in NHWC, and bf16 (in NHWC too)
+    assert [row["memory_format"] for row in rows] == ["contiguous", "channels_last", "channels_last"]
+    assert "| DPM-Solver++(2M)-2, eta 1, bf16 weights in NHWC | 2 |" in readme
+    assert "| DPM-Solver++(2M)-2, eta 1, fp32 weights in NHWC | 2 |" in readme and "| DDIM-3, eta 0 | 3 |" in readme
 
 
 def test_pretrained_report_refuses_a_fast_sampler_for_a_conditional_model_before_sampling(tool, weights, tmp_path,

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from helpers import data, metrics, sample, train, viz  # noqa: E402
 from helpers.checkpoint import (CheckpointError, export_weights, fast_sampler_refusal, load_checkpoint,  # noqa: E402
                                load_model, store_fast_sampler)
-from helpers.device import AUTO_SAMPLING_PICKS, sampling_layout  # noqa: E402
+from helpers.device import AUTO_SAMPLING_PICKS, sampling_layout, weights_words  # noqa: E402
 from helpers.diffusion import SPACINGS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
@@ -181,8 +181,14 @@ def sampler_lines(rows: list[dict]) -> list[str]:
         "Other samplers, same model",
         f"`model.pt` sampled other ways (seed 0, {rows[0]['samples']} samples, threshold 0; `samplers.json`), "
         "beside its recommended sampler:", ["sampler", "network calls per image"],
-        [[row["sampler_words"] + (f", {row['precision']} weights" if row.get("precision", "fp32") != "fp32" else ""),
-          row["network_calls"], measured_cells(row)] for row in rows])
+        [[row["sampler_words"] + sampler_weights(row), row["network_calls"], measured_cells(row)] for row in rows])
+
+
+def sampler_weights(row: dict) -> str:
+    """What the samplers table adds to a row drawn otherwise than fp32 in NCHW: ', bf16 weights in NHWC'."""
+    precision = row.get("precision", "fp32")  # rows older than the precision column: fp32, NCHW
+    layout = row.get("memory_format", sampling_layout(precision, torch.device("cpu")))
+    return "" if (precision, layout) == ("fp32", "contiguous") else f", {weights_words(precision, layout)}"
 
 
 def store_fast(weights: Path, sampler: Sampler, rows: list[dict]) -> str:
@@ -262,9 +268,9 @@ def main() -> int:
                              "(either with :quadratic for quadratic spacing) or ddpm "
                              "(written to OUT/samplers.json and the README)")
     parser.add_argument("--fast", type=parse_sampler, metavar="SAMPLER", help="a sampler with fewer network "
-                        "calls, as --also takes it: measured with the others and stored in model.pt as its fast "
-                        "sampler (sample --fast) if its samples meet the bar with fp32 and, drawn again, with "
-                        "bf16 weights (needs --n of at least "
+                        "calls, as --also takes it: measured as sample --fast draws on a CPU (fp32 weights in NHWC, "
+                        "then bf16) and stored in model.pt as its fast sampler if its samples meet the bar both "
+                        "times (needs --n of at least "
                         f"{train.TrainConfig.bar_samples})")
     args = parser.parse_args()
     if args.fast and args.n < train.TrainConfig.bar_samples:
@@ -306,11 +312,14 @@ def main() -> int:
     others = []
     for other, precision in [(s, "fp32") for s in [settings, *also] if also] + (
             [(args.fast, "bf16")] if args.fast else []):  # sample --fast may pick either precision
-        network = model if precision == "fp32" else load_model(weights, cpu, precision)[0]
-        other_measured = measured if (other, precision) == (settings, "fp32") else measure(  # measured already
+        layout = sampling_layout(precision, cpu, fast=other == args.fast)  # the fast sampler as sample --fast draws
+        plain = (precision, layout) == ("fp32", "contiguous")  # as ``model`` was loaded
+        network = model if plain else load_model(weights, cpu, precision, layout)[0]
+        other_measured = measured if (other, plain) == (settings, True) else measure(  # measured already
             sample.generate(network, schedule, args.n, other, seed=0, device=cpu), reference)
         others.append({"sampler_words": other.describe(), **other.stored(), "precision": precision,
-                       "samples": args.n, "network_calls": len(other.timesteps(schedule)), **other_measured})
+                       "memory_format": layout, "samples": args.n, "network_calls": len(other.timesteps(schedule)),
+                       **other_measured})
     if others:
         (args.out / "samplers.json").write_text(json.dumps(others, indent=1) + "\n", encoding="utf-8")
     fast_words = ""
