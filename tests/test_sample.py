@@ -424,6 +424,12 @@ def test_pretrained_report_stores_a_fast_sampler_only_if_its_samples_met_the_bar
                            "--fast", "dpm++2m:30:1"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--fast with --n 4: expected at least 200 samples" in done.stderr
     assert not (tmp_path / "out").exists()  # refused before any work
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrained_report.py"), "--run", str(weights.parent),
+                           "--out", str(tmp_path / "out"), "--machine", "m", "--command", "c", "--sampler", "ddim",
+                           "--steps", "30", "--eta", "1", "--fast", "ddim:30:1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert "--fast ddim:30:1: the recommended sampler itself; expected one with fewer network calls" in done.stderr
 
 
 def test_pretrained_report_draws_the_fast_sampler_again_with_bf16_weights(tool, weights, tmp_path, monkeypatch):

@@ -281,6 +281,8 @@ def main() -> int:
     except ValueError as exc:
         parser.error(str(exc))
     sampler_words = settings.describe()
+    if args.fast == settings:  # sample --fast would draw as sample does: nothing faster to vet
+        parser.error(f"--fast {spec(args.fast)}: the recommended sampler itself; expected one with fewer network calls")
 
     checkpoint = load_run(args.run)
     refusal = fast_sampler_refusal({**checkpoint, "kind": "weights"}, by_bar=True) if args.fast else None  # what export writes
