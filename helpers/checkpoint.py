@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .data import write_failure
-from .device import AUTO_SAMPLING_PICKS, at_precision, pick_device, resolve_precision
+from .device import AUTO_SAMPLING_PICKS, MEMORY_FORMATS, at_precision, pick_device, resolve_precision
 from .diffusion import Schedule
 from .unet import build_model
 
@@ -180,6 +180,8 @@ def weights_digest(payload: dict) -> str:
 # what each measurement that vetted a fast sampler keeps in the weights file, and as what (the rows
 # sampler_sweep and pretrained_report write have these and more)
 FAST_EVIDENCE = {"precision": str, "seed": int, "samples": int, "dangling_ends": float}
+# kept too where a row says it: the layout the set was drawn in (files stored before it have none)
+FAST_EVIDENCE_LAYOUT = "memory_format"
 # and, for a conditional model, what control measured against its recommended sampler (the rows
 # of tools/control_fast.py; samples counts every target's)
 CONTROL_EVIDENCE = {"targets": int, "r2": float, "mae": float, "recommended_r2": float, "recommended_mae": float,
@@ -220,7 +222,8 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     for an unconditional model, rows of ``tools/sampler_sweep.py`` or
     ``tools/pretrained_report.py`` with ``bar_met`` true; for a conditional one, rows of
     ``tools/control_fast.py`` with ``as_good`` true. The ``fast_evidence_keys`` entries of each
-    are stored, so the file says which precisions and seeds it was measured with. Returns the
+    are stored (and the layout, where a row gives one), so the file says which precisions and
+    seeds it was measured with. Returns the
     file's contents as saved (``sample.fast_sampler_evidence`` words them).
     """
     payload = load_checkpoint(path)
@@ -244,7 +247,11 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
         raise ValueError(f"measured: expected rows in each precision sample --fast may pick "
                          f"({', '.join(AUTO_SAMPLING_PICKS)}); none in {', '.join(unmeasured)}")
     payload["fast_sampler"] = sampler.stored()
-    payload["fast_sampler_measured"] = [{key: kind(row[key]) for key, kind in keys.items()} for row in measured]
+    payload["fast_sampler_measured"] = [
+        {**{key: kind(row[key]) for key, kind in keys.items()},
+         **({FAST_EVIDENCE_LAYOUT: row[FAST_EVIDENCE_LAYOUT]} if row.get(FAST_EVIDENCE_LAYOUT) in MEMORY_FORMATS
+            else {})}
+        for row in measured]
     save_atomic(payload, Path(path))
     return payload
 

@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from .checkpoint import fast_evidence_keys, fast_sampler_refusal
+from .checkpoint import FAST_EVIDENCE_LAYOUT, fast_evidence_keys, fast_sampler_refusal
+from .device import sampling_layout
 from .diffusion import SPACINGS, VARIANCES, Schedule, ddim_sample, ddpm_sample, dpm_solver_sample, sampling_timesteps
 from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
@@ -170,9 +171,15 @@ def fast_sampler_evidence(payload: dict) -> str:
     rows = sorted(rows, key=lambda row: (row["precision"], row["seed"]))
     if not rows:
         return ""
+
+    def drawn(row: dict) -> str:  # 'fp32', or 'fp32 in NHWC' where the set was not drawn in its precision's default
+        default = sampling_layout(row["precision"], torch.device("cpu"))
+        layout = row.get(FAST_EVIDENCE_LAYOUT, default)  # files stored before layouts were kept: the default
+        return row["precision"] + ("" if layout == default else " in NHWC" if layout == "channels_last" else " in NCHW")
+
     sets = f"{len(rows)} set{'s' if len(rows) > 1 else ''}"
     if "condition" in payload:
-        each = [f"{row['precision']} seed {row['seed']} (R^2 {row['r2']:.3f}, MAE {row['mae']:.2f}, "
+        each = [f"{drawn(row)} seed {row['seed']} (R^2 {row['r2']:.3f}, MAE {row['mae']:.2f}, "
                 f"{row['dangling_ends']:.2f} dangling ends per image; recommended {row['recommended_r2']:.3f}, "
                 f"{row['recommended_mae']:.2f}, {row['recommended_dangling_ends']:.2f})" for row in rows]
         shapes = sorted({f"{row['targets']} target{'s' if row['targets'] > 1 else ''} x "
@@ -180,7 +187,7 @@ def fast_sampler_evidence(payload: dict) -> str:
         return (f"was no worse than its recommended sampler under control, beyond set margins, in {sets} of "
                 f"{' or '.join(shapes)} samples: {', '.join(each)}")
     sizes = sorted({row["samples"] for row in rows})
-    each = [f"{row['precision']} seed {row['seed']} ({row['dangling_ends']:.3g}"
+    each = [f"{drawn(row)} seed {row['seed']} ({row['dangling_ends']:.3g}"
             f"{' dangling ends per image' if i == 0 else ''})" for i, row in enumerate(rows)]
     return f"met the fidelity bar on this model in {sets} of {' or '.join(map(str, sizes))} samples: {', '.join(each)}"
 

@@ -475,10 +475,11 @@ def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good
         ("fp32", 0, 0.976), ("bf16", 1, 0.98)]
     assert stored["fast_sampler_measured"][0] == {
         "precision": "fp32", "seed": 0, "samples": 512, "dangling_ends": 0.35, "targets": 8, "r2": 0.976, "mae": 2.1,
-        "recommended_r2": 0.98, "recommended_mae": 2.0, "recommended_dangling_ends": 0.3}
+        "recommended_r2": 0.98, "recommended_mae": 2.0, "recommended_dangling_ends": 0.3,
+        "memory_format": "channels_last"}  # the layout kept too, where the row says it
     assert ("it was no worse than its recommended sampler under control, beyond set margins, in 2 sets of 8 targets "
             "x 64 samples: bf16 seed 1 (R^2 0.980, MAE 2.00, 0.30 dangling ends per image; recommended 0.980, 2.00, "
-            "0.30), fp32 seed 0") in capsys.readouterr().out
+            "0.30), fp32 in NHWC seed 0") in capsys.readouterr().out
     # sample --fast on a conditional model: the stored sampler with its guidance, and what vetted it
     assert main(["sample", "--checkpoint", str(model), "--condition", "grains=20", "--fast", "--precision", "fp32",
                  "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 0
