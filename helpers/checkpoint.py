@@ -180,8 +180,8 @@ def weights_digest(payload: dict) -> str:
 # what each measurement that vetted a fast sampler keeps in the weights file, and as what (the rows
 # sampler_sweep and pretrained_report write have these and more)
 FAST_EVIDENCE = {"precision": str, "seed": int, "samples": int, "dangling_ends": float}
-# kept too where a row says it: the layout the set was drawn in (files stored before it have none)
-FAST_EVIDENCE_LAYOUT = "memory_format"
+# kept too where a row says it: its memory_format, the layout the set was drawn in (files stored
+# before layouts were recorded have none; device.drawn_layout reads either)
 # and, for a conditional model, what control measured against its recommended sampler (the rows
 # of tools/control_fast.py; samples counts every target's)
 CONTROL_EVIDENCE = {"targets": int, "r2": float, "mae": float, "recommended_r2": float, "recommended_mae": float,
@@ -249,8 +249,7 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     payload["fast_sampler"] = sampler.stored()
     payload["fast_sampler_measured"] = [
         {**{key: kind(row[key]) for key, kind in keys.items()},
-         **({FAST_EVIDENCE_LAYOUT: row[FAST_EVIDENCE_LAYOUT]} if row.get(FAST_EVIDENCE_LAYOUT) in MEMORY_FORMATS
-            else {})}
+         **({"memory_format": row["memory_format"]} if row.get("memory_format") in MEMORY_FORMATS else {})}
         for row in measured]
     save_atomic(payload, Path(path))
     return payload

@@ -137,6 +137,13 @@ def sampling_layout(precision: str, device: torch.device, fast: bool = False) ->
     return "channels_last" if device.type == "cpu" and (fast or precision != "fp32") else "contiguous"
 
 
+def drawn_layout(row: dict) -> str:
+    """The layout a measured set of samples (a row of the tools' JSON, or of a model file's
+    fast-sampler evidence) was drawn in on a CPU: its ``memory_format``, or, for rows written before
+    layouts were recorded, its precision's default (fp32's where it names no precision either)."""
+    return row.get("memory_format") or sampling_layout(row.get("precision", "fp32"), torch.device("cpu"))
+
+
 def weights_words(precision: str, layout: str) -> str:
     """How a command's last line names the weights it sampled with: 'fp32 weights', 'bf16 weights in NHWC'."""
     return f"{precision} weights" + (" in NHWC" if layout == "channels_last" else "")

@@ -12,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from .checkpoint import FAST_EVIDENCE_LAYOUT, fast_evidence_keys, fast_sampler_refusal
-from .device import sampling_layout
+from .checkpoint import fast_evidence_keys, fast_sampler_refusal
+from .device import drawn_layout, sampling_layout
 from .diffusion import SPACINGS, VARIANCES, Schedule, ddim_sample, ddpm_sample, dpm_solver_sample, sampling_timesteps
 from .viz import frame_timesteps, image_grid, save_gif, to_frame
 
@@ -173,9 +173,10 @@ def fast_sampler_evidence(payload: dict) -> str:
         return ""
 
     def drawn(row: dict) -> str:  # 'fp32', or 'fp32 in NHWC' where the set was not drawn in its precision's default
-        default = sampling_layout(row["precision"], torch.device("cpu"))
-        layout = row.get(FAST_EVIDENCE_LAYOUT, default)  # files stored before layouts were kept: the default
-        return row["precision"] + ("" if layout == default else " in NHWC" if layout == "channels_last" else " in NCHW")
+        layout = drawn_layout(row)
+        if layout == sampling_layout(row["precision"], torch.device("cpu")):
+            return row["precision"]
+        return row["precision"] + (" in NHWC" if layout == "channels_last" else " in NCHW")
 
     sets = f"{len(rows)} set{'s' if len(rows) > 1 else ''}"
     if "condition" in payload:

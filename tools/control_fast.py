@@ -48,7 +48,8 @@ from helpers.checkpoint import fast_sampler_refusal, load_model, store_fast_samp
 from helpers.conditions import ConditionError  # noqa: E402
 from helpers.control import (COUNTS, FAST_VETTING_N, check_targets, controllability, default_targets,  # noqa: E402
                             falls_behind)
-from helpers.device import AUTO_SAMPLING_PICKS, MEMORY_FORMATS, sampling_layout, weights_words  # noqa: E402
+from helpers.device import (AUTO_SAMPLING_PICKS, MEMORY_FORMATS, drawn_layout, sampling_layout,  # noqa: E402
+                            weights_words)
 from helpers.sample import Sampler, call_size, fast_sampler_evidence, recommended_sampler  # noqa: E402
 from pretrained_report import json_rows, layout_suffix, model_file, one_set_per_seed, parse_sampler, spec  # noqa: E402
 
@@ -90,8 +91,7 @@ def judged(row: dict, recommended: dict) -> dict:
 
 def table_row(row: dict, label: str, verdict: str) -> str:
     """One row of the printed Markdown table: ``label``, then what ``row`` measured, then ``verdict``."""
-    layout = row.get("memory_format", sampling_layout(row["precision"], torch.device("cpu")))  # older rows: default
-    return (f"| {label} | {weights_words(row['precision'], layout)} | {row['r2']:.3f} | {row['mae']:.2f} | "
+    return (f"| {label} | {weights_words(row['precision'], drawn_layout(row))} | {row['r2']:.3f} | {row['mae']:.2f} | "
             f"{row['dangling_ends']:.2f} | {row['worst_ratio']:.2f} | {row['worst_matched_ratio']:.2f} | "
             f"{row['seconds']:.0f} | {verdict} |")
 

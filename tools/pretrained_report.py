@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from helpers import data, metrics, sample, train, viz  # noqa: E402
 from helpers.checkpoint import (CheckpointError, export_weights, fast_sampler_refusal, load_checkpoint,  # noqa: E402
                                load_model, store_fast_sampler)
-from helpers.device import AUTO_SAMPLING_PICKS, sampling_layout, weights_words  # noqa: E402
+from helpers.device import AUTO_SAMPLING_PICKS, drawn_layout, sampling_layout, weights_words  # noqa: E402
 from helpers.diffusion import SPACINGS  # noqa: E402
 from helpers.sample import Sampler  # noqa: E402
 from helpers.unet import count_parameters  # noqa: E402
@@ -148,11 +148,11 @@ def one_set_per_seed(rows: list[dict]) -> list[dict]:
     """One row per precision, seed and number of samples: a seed drawn in two layouts is one set of
     noise, so it counts once, in the layout ``sample --fast`` uses on a CPU where it was drawn so
     (a row without a layout was drawn in its precision's default), else the first."""
-    cpu, kept = torch.device("cpu"), {}
+    kept = {}
     for row in rows:
         precision = row.get("precision")  # a row without one is refused by store_fast_sampler, by name
-        fast = precision in AUTO_SAMPLING_PICKS and row.get("memory_format", sampling_layout(
-            precision, cpu)) == sampling_layout(precision, cpu, fast=True)
+        fast = precision in AUTO_SAMPLING_PICKS and drawn_layout(row) == sampling_layout(
+            precision, torch.device("cpu"), fast=True)
         same = (precision, row["seed"], row.get("samples"))
         if fast or same not in kept:  # --fast's layout replaces another, in its place
             kept[same] = row
@@ -186,8 +186,7 @@ def sampler_lines(rows: list[dict]) -> list[str]:
 
 def sampler_weights(row: dict) -> str:
     """What the samplers table adds to a row drawn otherwise than fp32 in NCHW: ', bf16 weights in NHWC'."""
-    precision = row.get("precision", "fp32")  # rows older than the precision column: fp32, NCHW
-    layout = row.get("memory_format", sampling_layout(precision, torch.device("cpu")))
+    precision, layout = row.get("precision", "fp32"), drawn_layout(row)  # rows older than precisions: fp32, NCHW
     return "" if (precision, layout) == ("fp32", "contiguous") else f", {weights_words(precision, layout)}"
 
 
