@@ -17,6 +17,13 @@ from helpers.__main__ import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def dry_run(out: Path, *flags: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """tools/gpu_session.py --smoke with ``flags``, writing to ``out``, as a CPU dry run calls it."""
+    command = [sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "MPLBACKEND": "Agg"})
+
+
 def _row(name, compile_mode, fmt, rate, compile_seconds=0.0, batch=128, padding="wrap"):
     return {"name": name, "batch_size": batch, "memory_format": fmt, "compile": compile_mode,
             "compile_seconds": compile_seconds, "images_per_second": rate, "padding": padding}
@@ -92,9 +99,8 @@ def test_the_train_phase_runs_the_gpu_recipe_on_the_network_and_batch_asked_for(
 
 
 def test_a_session_refuses_to_train_a_network_it_does_not_measure(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(tmp_path / "out"),
-                           "--smoke", "--phases", "eager", "train", "--models", "unet", "--train-network", "compact"],
-                          capture_output=True, text=True, timeout=120)
+    done = dry_run(tmp_path / "out", "--phases", "eager", "train", "--models", "unet", "--train-network", "compact",
+                   timeout=120)
     assert done.returncode == 2 and not (tmp_path / "out").exists()
     assert done.stderr.splitlines()[-1].endswith("--train-network compact: the measuring phases (eager) time --models "
                                                  "unet only; add compact to --models, or give --train-rate")
@@ -125,9 +131,7 @@ def test_each_phase_gets_its_budget_when_it_starts(tool):
 
 def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
-                           "--phases", "env", "train", "samples", "--deadline", "600"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    done = dry_run(out, "--phases", "env", "train", "samples", "--deadline", "600")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "session.json").read_text())
     assert report["arguments"] == ["--out", str(out), "--smoke", "--phases", "env", "train", "samples",
@@ -146,10 +150,8 @@ def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_pa
 
 def test_the_measuring_phases_take_the_networks_and_memory_formats_asked_for(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
-                           "--phases", "eager", "compiled", "--models", "seed-unet", "--compile-modes", "default",
-                           "--compile-formats", "channels_last", "contiguous", "--deadline", "600"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    done = dry_run(out, "--phases", "eager", "compiled", "--models", "seed-unet", "--compile-modes", "default",
+                   "--compile-formats", "channels_last", "contiguous", "--deadline", "600")
     assert done.returncode == 0, done.stderr[-2000:]
     phases = json.loads((out / "session.json").read_text())["phases"]
     eager = [(r["name"], r["batch_size"], r["memory_format"]) for r in phases["eager"]["rows"]]
@@ -161,10 +163,8 @@ def test_the_measuring_phases_take_the_networks_and_memory_formats_asked_for(tmp
 
 def test_the_eager_phase_measures_the_default_unet_with_each_padding_asked_for(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
-                           "--phases", "eager", "--models", "unet", "--batches", "4", "--paddings", "wrap", "torch",
-                           "--deadline", "600"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    done = dry_run(out, "--phases", "eager", "--models", "unet", "--batches", "4", "--paddings", "wrap", "torch",
+                   "--deadline", "600")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((out / "session.json").read_text())["phases"]["eager"]["rows"]
     assert [(r["name"], r["memory_format"], r.get("padding")) for r in rows] == [
@@ -178,11 +178,9 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
     out, plain = tmp_path / "out", tmp_path / "plain"
     train.train(train.profile_config("smoke", steps=2, checkpoint_every=2, sample_every=1000), plain,
                 device=torch.device("cpu"), progress=False)
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
-                           "--phases", "train", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
-                           "--init-from", str(plain / "checkpoint.pt"), "--measure-control", "--deadline", "600",
-                           "--train-compile", "reduce-overhead"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    done = dry_run(out, "--phases", "train", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
+                   "--init-from", str(plain / "checkpoint.pt"), "--measure-control", "--deadline", "600",
+                   "--train-compile", "reduce-overhead")
     assert done.returncode == 0, done.stderr[-2000:]
     phases = json.loads((out / "session.json").read_text())["phases"]
     assert [phases[p]["status"] for p in ("train", "control")] == ["done", "done"], phases
@@ -199,10 +197,8 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
     drawn = tmp_path / "drawn"
     drawn.mkdir()
     shutil.copy(out / "model.pt", drawn / "model.pt")
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(drawn), "--smoke",
-                           "--phases", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
-                           "--deadline", "240"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    done = dry_run(drawn, "--phases", "control", "--data", "voronoi_gb_range_64", "--condition", "grains",
+                   "--deadline", "240", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     with np.load(out / "control.npz") as first, np.load(drawn / "control.npz") as again:
         assert sorted(first.files) == sorted(again.files)
@@ -218,9 +214,7 @@ def test_a_conditional_session_trains_on_the_condition_and_reports_its_control(t
 
 def test_the_ddp_phase_times_torchrun_against_the_plain_loop(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
-                           "--phases", "ddp", "--deadline", "300"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    done = dry_run(out, "--phases", "ddp", "--deadline", "300", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "session.json").read_text())["phases"]["ddp"]
     assert record["status"] == "done", record
@@ -232,9 +226,7 @@ def test_the_ddp_phase_times_torchrun_against_the_plain_loop(tmp_path):
 def test_the_train_phase_trains_the_compact_unet_when_asked(tmp_path):
     """--train-network compact: the network CPU users sample with, in the gpu profile's recipe."""
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--out", str(out), "--smoke",
-                           "--phases", "train", "--train-network", "compact", "--deadline", "600"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    done = dry_run(out, "--phases", "train", "--train-network", "compact", "--deadline", "600")
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "session.json").read_text())["phases"]["train"]
     assert record["status"] == "done" and record["step"] == 20
