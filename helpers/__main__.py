@@ -21,8 +21,8 @@ from .control import (COUNTS, DrawnSamples, Keeping, check_targets, default_targ
                       measure, measured_condition)
 from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, manifest_values,
                    prepare_output_dir, read_images, write_failure)
-from .device import (COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, pick_device, resolve_precision,
-                     sampling_layout, weights_words)
+from .device import (COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, native_bf16, pick_device,
+                     resolve_precision, sampling_layout, weights_words)
 from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
@@ -37,6 +37,7 @@ from .unet import MODELS
 from .viz import control_plot
 
 DEFAULT_MODEL = DATA_ROOT / "pretrained" / "model.pt"
+COMPACT_MODEL = DATA_ROOT / "pretrained_compact" / "model.pt"  # the same task, for CPUs without native bf16
 
 
 class LessonError(RuntimeError):
@@ -325,7 +326,19 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
             changed = f"; drawing {sampler.describe()} instead, as the flags ask" if sampler != recommended else ""
             print(f"the model's fast sampler, {recommended.describe()}, "
                   f"{vetted or 'was stored without a record of what vetted it'}{unguided}{changed}")
+            print(_compact_hint(args.checkpoint, args.precision, device), end="")
     return model, schedule, payload, sampler, condition, wanted
+
+
+def _compact_hint(checkpoint: str, precision: str, device: torch.device) -> str:
+    """sample --fast's pointer to the compact model, as a line, where the shipped model runs in fp32
+    on a CPU without native bf16 (there the compact one is the fast route); '' elsewhere."""
+    if (device.type != "cpu" or native_bf16(device) or resolve_precision(precision, device) != "fp32"
+            or Path(checkpoint).resolve() != DEFAULT_MODEL.resolve() or not COMPACT_MODEL.is_file()):
+        return ""
+    return (f"this processor computes no bf16 natively, so this model samples in fp32; the compact model made for "
+            f"such processors is faster: --checkpoint {COMPACT_MODEL} --memory-format channels_last, without --fast "
+            f"(its README: {COMPACT_MODEL.parent / 'README.md'})\n")
 
 
 def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, side: int, world: World) -> Wanted:

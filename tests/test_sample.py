@@ -327,6 +327,20 @@ def test_the_shipped_model_samples_on_cpu():
     assert 0.05 < fraction < 0.5  # some boundary, mostly grain: not blank, not noise
 
 
+def test_the_compact_model_for_cpus_without_bf16_samples_on_cpu():
+    from helpers.__main__ import COMPACT_MODEL
+
+    model, schedule, payload = load_model(COMPACT_MODEL, CPU)
+    assert sample.recommended_sampler(payload) == Sampler("dpm++2m", 50, 1.0)  # as its README says
+    with pytest.raises(ValueError, match="stores no fast sampler"):  # the recommended one is the fast route
+        sample.fast_sampler(payload)
+    assert model.config()["widths"] == [16, 32, 64] and payload["step"] == 15000
+    assert COMPACT_MODEL.stat().st_size < 2 * 2**20
+    images = sample.generate(model, schedule, 4, Sampler("dpm++2m", 10, 1.0), seed=0)
+    assert images.shape == (4, 1, 64, 64) and torch.isfinite(images).all()
+    assert 0.05 < (images > 0).float().mean().item() < 0.5  # some boundary, mostly grain: not blank, not noise
+
+
 def test_an_existing_gif_is_not_replaced_silently(weights, tmp_path, capsys):
     gif = tmp_path / "mine.gif"
     gif.write_bytes(b"a user's file")
@@ -713,3 +727,21 @@ def test_a_seed_drawn_in_two_layouts_counts_once_in_the_layout_sample_fast_uses(
             {"precision": "fp32", "seed": 0, "samples": 1024, "name": "fp32, twice the samples"}]
     assert [row["name"] for row in one_set_per_seed(rows)] == [
         "fp32 NHWC", "fp32 seed 1", "bf16, NHWC by default", "fp32, twice the samples"]
+
+
+def test_sample_fast_points_to_the_compact_model_where_bf16_is_not_native(weights, tmp_path, capsys, monkeypatch):
+    import helpers.__main__ as cli
+
+    shipped = str(cli.DEFAULT_MODEL)
+    monkeypatch.setattr(cli, "native_bf16", lambda device: False)
+    hint = cli._compact_hint(shipped, "fp32", CPU)
+    assert hint.startswith("this processor computes no bf16 natively") and hint.endswith("\n")
+    assert f"--checkpoint {cli.COMPACT_MODEL} " in hint and cli.COMPACT_MODEL.is_file()
+    assert cli._compact_hint(str(weights), "fp32", CPU) == ""  # another model: the compact one is no substitute
+    assert cli._compact_hint(shipped, "bf16", CPU) == ""  # bf16 asked for: the user's choice
+    assert cli._compact_hint(shipped, "fp32", torch.device("cuda")) == ""
+    for native in (False, True):
+        monkeypatch.setattr(cli, "native_bf16", lambda device: native)
+        assert main(["sample", "--fast", "--precision", "fp32", "--steps", "2", "--n", "1", "--out",
+                     str(tmp_path / str(native)), "--quiet"]) == 0
+        assert (f"--checkpoint {cli.COMPACT_MODEL} " in capsys.readouterr().out) is not native
