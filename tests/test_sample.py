@@ -735,13 +735,20 @@ def test_sample_fast_points_to_the_compact_model_where_bf16_is_not_native(weight
     shipped = str(cli.DEFAULT_MODEL)
     monkeypatch.setattr(cli, "native_bf16", lambda device: False)
     hint = cli._compact_hint(shipped, "fp32", CPU)
-    assert hint.startswith("this processor computes no bf16 natively") and hint.endswith("\n")
-    assert f"--checkpoint {cli.COMPACT_MODEL} " in hint and cli.COMPACT_MODEL.is_file()
+    assert hint.startswith("this processor computes no bf16 natively") and hint.endswith("\n") and hint.count("\n") == 1
+    assert f"--checkpoint {cli.COMPACT_MODEL} --memory-format channels_last, without --fast" in hint
     assert cli._compact_hint(str(weights), "fp32", CPU) == ""  # another model: the compact one is no substitute
     assert cli._compact_hint(shipped, "bf16", CPU) == ""  # bf16 asked for: the user's choice
     assert cli._compact_hint(shipped, "fp32", torch.device("cuda")) == ""
-    for native in (False, True):
-        monkeypatch.setattr(cli, "native_bf16", lambda device: native)
-        assert main(["sample", "--fast", "--precision", "fp32", "--steps", "2", "--n", "1", "--out",
-                     str(tmp_path / str(native)), "--quiet"]) == 0
-        assert (f"--checkpoint {cli.COMPACT_MODEL} " in capsys.readouterr().out) is not native
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "pick_device", lambda *args, **kwargs: CPU)  # the hint is for CPUs, on any test machine
+    for flags, said in (({"avx2"}, True), ({"avx2", "avx512_bf16"}, False)):  # plain --fast: precision auto
+        monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+        assert main(["sample", "--fast", "--steps", "2", "--n", "1", "--out", str(tmp_path / str(said)),
+                     "--quiet"]) == 0
+        assert (f"--checkpoint {cli.COMPACT_MODEL} " in capsys.readouterr().out) is said
+    compact = ["sample", "--checkpoint", str(cli.COMPACT_MODEL), "--n", "1", "--steps", "2", "--quiet"]
+    assert main([*compact, "--memory-format", "channels_last", "--out", str(tmp_path / "compact")]) == 0  # as hinted
+    assert len(list((tmp_path / "compact").glob("*.png"))) == 1
+    assert main([*compact, "--fast", "--out", str(tmp_path / "refused")]) == 2
+    assert "stores no fast sampler" in capsys.readouterr().err and not (tmp_path / "refused").exists()
