@@ -13,9 +13,11 @@ step, the share of the wall time the GPU is busy, and the kernels that take the 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import itertools
+import re
 import statistics
 import time
 from typing import Callable, Iterable, Optional
@@ -69,14 +71,47 @@ def alternated_seconds(runs: dict[str, Callable[[], float]], repeats: int) -> tu
     return times, {name: statistics.median(values) for name, values in times.items()}
 
 
+# The templated wrappers in ATen's kernel names; the operation is the first other functor or kernel
+_WRAPPERS = {"elementwise_kernel", "vectorized_elementwise_kernel", "unrolled_elementwise_kernel", "reduce_kernel",
+             "gpu_kernel_impl", "gpu_kernel_impl_nocast", "BinaryFunctor", "AUnaryFunctor", "BUnaryFunctor"}
+_OPERATION = re.compile(r"\b\w*(?:[Ff]unctor\w*|_kernel\w*)\b")
+KERNEL_NAME_CHARS = 300  # enough to hold an ATen kernel's functor, which its first 90 characters may not
+
+
+def kernel_label(name: str) -> str:
+    """A short name that says what a kernel does: an ATen element-wise kernel's name is a template
+    whose first 90 characters are the wrapper (``elementwise_kernel<128, 4, gpu_kernel_impl_nocast<``);
+    the operation is the functor inside it (``direct_copy_kernel_cuda``, ``CUDAFunctor_add``), kept
+    beside the wrapper. Other names (cuDNN's, Triton's, CPU operators) come back cut to 90 characters."""
+    wrapper = re.match(r"(?:void )?(?:[\w]+::)*(\w+)<", name)
+    if wrapper and wrapper.group(1) in _WRAPPERS:
+        operation = next((m for m in _OPERATION.findall(name) if m not in _WRAPPERS), None)
+        if operation:
+            return f"{wrapper.group(1)} ({operation})"
+    return name[:90]
+
+
+def kernel_sources(events) -> dict[str, collections.Counter]:
+    """For each device kernel, the operators that launched it and how often, from the profiler's
+    events (``prof.events()``): torch attaches each kernel to the innermost operator that was
+    running on the host when it was launched. Under CUDA graphs the launch is the graph's replay,
+    so there the operators say little and the kernel's label names the operation."""
+    sources: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for event in events:
+        for kernel in getattr(event, "kernels", ()):
+            sources[kernel.name][event.name] += 1
+    return sources
+
+
 def profile_summary(run: Callable[[], None], device: torch.device, calls: int, seconds_per_call: float,
                     top: int = 5) -> dict:
     """What one call of ``run`` launches, from torch.profiler over ``calls`` calls.
 
     On CUDA: kernel launches per call, GPU-busy share (kernel time over the unprofiled median wall
     time ``seconds_per_call``: how much of the step the card computes rather than waits for the
-    host), and the ``top`` kernels by time. On a CPU: operator calls per call and the top
-    operators by their own time (there is no busy share to speak of).
+    host), and the ``top`` kernels by time, each with its label (``kernel_label``) and the
+    operators that launched it (``kernel_sources``, at most three). On a CPU: operator calls per
+    call and the top operators by their own time (there is no busy share to speak of).
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -100,12 +135,17 @@ def profile_summary(run: Callable[[], None], device: torch.device, calls: int, s
         chosen = [e for e in events if e.key.startswith("aten::")]
     busy = sum(own_time(e) for e in chosen) / calls / 1e6
     ranked = sorted(chosen, key=own_time, reverse=True)[:top]
+    sources = kernel_sources(prof.events()) if cuda else {}
     summary = {"calls_profiled": calls, ("kernels" if cuda else "operators") + "_per_call":
                sum(e.count for e in chosen) / calls,
-               "top": [{"name": e.key[:90], "share": own_time(e) / calls / 1e6 / seconds_per_call,
-                        "count_per_call": e.count / calls} for e in ranked]}
+               "top": [{"name": e.key[:KERNEL_NAME_CHARS], "label": kernel_label(e.key),
+                        "share": own_time(e) / calls / 1e6 / seconds_per_call, "count_per_call": e.count / calls}
+                       for e in ranked]}
     if cuda:
         summary["gpu_busy_share"] = busy / seconds_per_call
+        for entry, event in zip(summary["top"], ranked):
+            entry["launched_by"] = [{"operator": op, "count_per_call": n / calls}
+                                    for op, n in sources.get(event.key, collections.Counter()).most_common(3)]
     return summary
 
 
@@ -328,6 +368,12 @@ def _profile_line(summary: dict) -> str:
         return f"profiler failed: {summary['error']}"
     key = "kernels_per_call" if "kernels_per_call" in summary else "operators_per_call"
     busy = f", GPU busy {summary['gpu_busy_share']:.0%}" if "gpu_busy_share" in summary else ""
-    top = "; ".join(f"{t['name'][:40]} {t['share']:.0%}" for t in summary["top"][:3])
+    top = "; ".join(f"{_top_words(t)} {t['share']:.0%}" for t in summary["top"][:3])
     return f"{summary[key]:.0f} {key.split('_')[0]} per call{busy}; top: {top}"
 
+
+def _top_words(entry: dict) -> str:
+    """A top kernel or operator in a few words: its label, and the operator that launched it most."""
+    words = entry.get("label", entry["name"])[:60]
+    sources = entry.get("launched_by")
+    return f"{words} from {sources[0]['operator']}" if sources else words

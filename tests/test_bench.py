@@ -101,3 +101,55 @@ def test_a_training_row_times_the_compact_unet_the_cpu_profile_trains():
     assert row["images_per_second"] > 0 and 0.5 < row["gflop_per_image"] < 1.0  # the default UNet's: 4.5
     with pytest.raises(ValueError, match="unknown model 'tiny'; expected one of unet, seed-unet, compact"):
         bench.training_row("tiny", torch.device("cpu"), 2)
+
+
+# Kernel names as torch.profiler reports them on CUDA (demangled, shortened where they repeat)
+COPY_KERNEL = ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"
+               "direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda()#7}::"
+               "operator()() const::{lambda(c10::BFloat16)#1}>(at::TensorIteratorBase&, ...)::{lambda(int)#1}>"
+               "(int, ...)")
+ADD_KERNEL = ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, "
+              "std::array<char*, 3ul> >(int, at::native::CUDAFunctor_add<float>, std::array<char*, 3ul>)")
+MUL_KERNEL = ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::"
+              "BinaryFunctor<float, float, float, at::native::binary_internal::MulFunctor<float> > >"
+              "(at::TensorIteratorBase&, ...)::{lambda(int)#1}>(int, ...)")
+SUM_KERNEL = ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<"
+              "float, at::native::sum_functor<float, float, float>::operator()(at::TensorIterator&)::{lambda(float, "
+              "float)#1}>, unsigned int, float, 4, 4> >(...)")
+
+
+def test_kernel_labels_keep_the_operation_that_the_first_90_characters_cut_off():
+    # the summary used to keep a name's first 90 characters: all of the copy kernel's were its wrapper
+    assert "direct_copy" not in COPY_KERNEL[:90]
+    assert bench.kernel_label(COPY_KERNEL) == "elementwise_kernel (direct_copy_kernel_cuda)"
+    assert bench.kernel_label(ADD_KERNEL) == "vectorized_elementwise_kernel (CUDAFunctor_add)"
+    assert bench.kernel_label(MUL_KERNEL) == "elementwise_kernel (MulFunctor)"
+    assert bench.kernel_label(SUM_KERNEL) == "reduce_kernel (sum_functor)"
+    # other kernels and CPU operators: their names, cut to 90 characters
+    wgrad = ("sm90_xmma_wgrad_indexed_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_"
+             "warpgroupsize1x1x1")
+    assert bench.kernel_label(wgrad) == wgrad[:90]
+    assert bench.kernel_label("triton_poi_fused_copy_silu_slice_12") == "triton_poi_fused_copy_silu_slice_12"
+    assert bench.kernel_label("aten::convolution_backward") == "aten::convolution_backward"
+
+
+def test_kernel_sources_count_the_operators_that_launched_each_kernel():
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def operator(name: str, kernels: list[str], index: int) -> FunctionEvent:
+        event = FunctionEvent(id=index, name=name, thread=0, start_us=index, end_us=index + 1)
+        for kernel in kernels:
+            event.append_kernel(kernel, 0, 5.0)
+        return event
+
+    events = [operator("aten::copy_", [COPY_KERNEL], 0), operator("aten::copy_", [COPY_KERNEL], 1),
+              operator("aten::contiguous", [], 2), operator("aten::add_", [ADD_KERNEL, COPY_KERNEL], 3)]
+    sources = bench.kernel_sources(events)
+    assert sources[COPY_KERNEL] == {"aten::copy_": 2, "aten::add_": 1}
+    assert sources[ADD_KERNEL] == {"aten::add_": 1}
+    assert set(sources) == {COPY_KERNEL, ADD_KERNEL}
+    line = bench._profile_line({"kernels_per_call": 1551.0, "gpu_busy_share": 0.98, "top": [
+        {"name": COPY_KERNEL[:300], "label": bench.kernel_label(COPY_KERNEL), "share": 0.13, "count_per_call": 78.0,
+         "launched_by": [{"operator": "aten::copy_", "count_per_call": 78.0}]}]})
+    assert line == ("1551 kernels per call, GPU busy 98%; top: elementwise_kernel (direct_copy_kernel_cuda) "
+                    "from aten::copy_ 13%")
