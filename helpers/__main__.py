@@ -19,8 +19,8 @@ from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_m
 from .conditions import ConditionError, parse_targets, target_vector
 from .control import (COUNTS, DrawnSamples, Keeping, check_targets, default_targets, format_control, guidance_sweep,
                       measure, measured_condition)
-from .data import (DATA_ROOT, KINDS, DataError, image_size, list_images, load_uint8, make_dataset, manifest_values,
-                   prepare_output_dir, read_images, write_failure)
+from .data import (DATA_ROOT, KINDS, MANIFEST, DataError, image_size, list_images, load_uint8, make_dataset,
+                   manifest_values, prepare_output_dir, read_images, write_failure)
 from .device import (COMPILE_MODES, MEMORY_FORMATS, PRECISIONS, SAMPLING_PRECISIONS, native_bf16, pick_device,
                      resolve_precision, sampling_layout, weights_words)
 from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
@@ -29,10 +29,10 @@ from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstru
 from .export import export as export_microstructure
 from .keep import DRAWS_PER_IMAGE, Tally, Wanted, kept_batches, parse_within
 from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, draw_batch, each_batch,
-                     fast_sampler, fast_sampler_evidence, generate, recommended_sampler, reverse_process_gif,
-                     write_batch, write_manifest, write_pngs)
-from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, default_profile, describe_model,
-                    profile_config, train)
+                     fast_sampler, fast_sampler_evidence, generate, png_name, recommended_sampler,
+                     reverse_process_gif, write_batch, write_manifest, write_pngs)
+from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, check_new_run_folder,
+                    default_profile, describe_model, profile_config, train)
 from .unet import MODELS
 from .viz import control_plot
 
@@ -131,6 +131,8 @@ def _train(args: argparse.Namespace) -> None:
     with distributed.together():  # what can fail: refused on every rank, said once
         _new_file(args.export, "--export", "nothing was trained")
         cfg, message = _train_config(args, device)
+        if not args.resume:  # a folder train would refuse: said before the run is announced
+            check_new_run_folder(Path(args.out))
     say(message + (f"; {world.size} processes share each batch" if world.size > 1 else ""))
     say(f"writing to {args.out}/ ({RUN_FILES}); "
         f"to continue an interrupted run: python -m helpers train --out {args.out} --resume")
@@ -273,9 +275,7 @@ def _write_kept(model, schedule, sampler, args: argparse.Namespace, device: torc
 def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World) -> tuple:
     """The model, schedule, checkpoint, sampler and condition a sample command asked for, checked
     before any work; rank 0 makes the output folder (refusing one with files in it)."""
-    if args.gif and world.size > 1:
-        raise DataError("--gif follows one process's images; sample with python -m helpers, not torchrun")
-    _new_file(args.gif, "--gif", replace=args.force)
+    _check_gif(args, world)
     args.precision = args.precision or ("auto" if args.fast else "fp32")
     args.memory_format = args.memory_format or sampling_layout(args.precision, device, fast=args.fast)
     model, schedule, payload = load_model(args.checkpoint, device, args.precision, args.memory_format)
@@ -319,7 +319,7 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
         sampler, recommended = sampler.replace(guidance=0.0), recommended.replace(guidance=0.0)
         unguided = "; drawing it without guidance, as no --condition was given (it was measured with one)"
-    wanted = _wanted(args, targets, trained, side, world)
+    wanted = _wanted(args, targets, trained, side, world, tiles=bool(model.config().get("periodic")))
     if world.main:
         prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
         if args.fast:
@@ -327,7 +327,34 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
             print(f"the model's fast sampler, {recommended.describe()}, "
                   f"{vetted or 'was stored without a record of what vetted it'}{unguided}{changed}")
             print(_compact_hint(args.checkpoint, args.precision, device), end="")
+        elif stats and not args.condition:
+            print(f"{args.checkpoint} is conditioned on {', '.join(stats['names'])}: drawing unconditional samples "
+                  f"(the model's own mix), without guidance, as no --condition was given (e.g. --condition "
+                  f"{stats['names'][0]}={_example_target(stats)})")
     return model, schedule, payload, sampler, condition, wanted
+
+
+def _check_gif(args: argparse.Namespace, world: World) -> None:
+    """--gif: one process's images, into a new file (or a GIF --force may replace) that the samples
+    written into --out will not replace."""
+    if args.gif and world.size > 1:
+        raise DataError("--gif follows one process's images; sample with python -m helpers, not torchrun")
+    _new_file(args.gif, "--gif", replace=args.force)
+    if args.gif and Path(args.gif).absolute().parent == Path(args.out).absolute() and \
+            _written_by_sample(Path(args.gif).name, args.n):
+        raise DataError(f"--gif {args.gif}: sample writes a file of that name into --out {args.out}, which would "
+                        f"replace the GIF; expected another name")
+
+
+def _written_by_sample(name: str, n: int) -> bool:
+    """Whether sample --n ``n`` writes a file called ``name`` into its --out folder."""
+    stem = name.removesuffix(".png")
+    return name == MANIFEST or (stem != name and stem.isdigit() and int(stem) < n and png_name(int(stem), n) == name)
+
+
+def _example_target(stats: dict) -> str:
+    """A value to show in an example --condition: the training set's mean of the first condition."""
+    return f"{stats['mean'][0]:.0f}" if stats["names"][0] in COUNTS else f"{stats['mean'][0]:.3g}"
 
 
 def _compact_hint(checkpoint: str, precision: str, device: torch.device) -> str:
@@ -342,9 +369,11 @@ def _compact_hint(checkpoint: str, precision: str, device: torch.device) -> str:
             f"{COMPACT_MODEL.parent / 'README.md'})\n")
 
 
-def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, side: int, world: World) -> Wanted:
-    """What --closed and --within ask of every image kept, checked against the rest of the command."""
-    wanted = Wanted(closed=args.closed, within=parse_within(args.within or [], targets, COUNTS))
+def _wanted(args: argparse.Namespace, targets: dict[str, float], trained: int, side: int, world: World,
+            tiles: bool) -> Wanted:
+    """What --closed and --within ask of every image kept, checked against the rest of the command
+    (``tiles``: the model's images tile, so a closed network is closed on the torus)."""
+    wanted = Wanted(closed=args.closed, within=parse_within(args.within or [], targets, COUNTS), tiles=tiles)
     args.max_draws = _max_draws(args, bool(wanted))
     if not wanted:
         return wanted
@@ -415,6 +444,11 @@ CONTROL_SAMPLING = ("vary", "targets", "n", "guidance", "sampler", "steps", "eta
 def _control(args: argparse.Namespace) -> None:
     _new_file(args.json, "--json")
     _new_file(args.plot, "--plot")
+    if args.json and args.plot and args.json.absolute() == args.plot.absolute():
+        raise DataError(f"--json and --plot both name {args.json}; expected two files (the report and its plot)")
+    if args.n is not None and args.n < 2:
+        raise DataError(f"--n {args.n}: each target's samples are compared as a set with real images; expected "
+                        f"2 or more")
     if args.plot and args.plot.suffix.lower().lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
         raise DataError(f"--plot {args.plot}: expected a picture file whose name ends in .png, .pdf or .svg (or "
                         f"another format matplotlib writes), said before the sweep")
@@ -627,8 +661,8 @@ def _add_sample(commands) -> None:
     sample.add_argument("--guidance", type=_non_negative_float, metavar="W", help="classifier-free guidance "
                         "scale w >= 0 (0: the conditional model alone); default: the model's")
     sample.add_argument("--closed", action="store_true", help="keep only images whose boundary network is "
-                        "closed (two grains or more, no dangling ends away from the image's edge, measured as "
-                        "evaluate measures them), drawing more until --n are kept")
+                        "closed (two grains or more, no dangling ends; for a periodic model's images, which tile, "
+                        "counted on the torus, so also none across the seam), drawing more until --n are kept")
     sample.add_argument("--within", nargs="+", action="extend", metavar="NAME=TOLERANCE",
                         help="with --condition: keep only images whose measured NAME lies within TOLERANCE of its "
                         "target (e.g. grains=1), drawing more until --n are kept")

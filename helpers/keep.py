@@ -5,8 +5,9 @@ draws 30 give or take two or three, and a few images of any model have an open b
 dangling end) where a simulation would see two grains as one. Who needs each image within a
 tolerance of what they asked for (or exactly it) draws more and keeps the images that measure
 right. They are measured as ``evaluate`` measures a folder of samples: on the 8-bit image as
-``sample`` writes it (``as_written``), with ``metrics.measure``. The price is the images drawn and
-not kept: ``Tally`` counts them.
+``sample`` writes it (``as_written``), with ``metrics.measure``; a periodic network's images tile,
+and their networks are judged closed on the torus. The price is the images drawn and not kept:
+``Tally`` counts them.
 """
 from __future__ import annotations
 
@@ -32,13 +33,16 @@ class KeepError(ValueError):
 
 @dataclass(frozen=True)
 class Wanted:
-    """What a kept image must measure: a closed network (two grains or more and no dangling ends,
-    ``metrics.skeleton_features``: ends at the image's edge do not count; a blank image has no
-    network to be closed) and each descriptor in ``within`` (name -> (target, tolerance)) no
-    further than its tolerance from its target."""
+    """What a kept image must measure: a closed network (two grains or more and no dangling ends;
+    a blank image has no network to be closed) and each descriptor in ``within`` (name -> (target,
+    tolerance)) no further than its tolerance from its target. The ends are counted on the torus
+    when the images ``tiles`` (a periodic network's: ``metrics.torus_dangling_ends``, so that a
+    boundary open across the seam of a tiled image or a periodic simulation grid is open), else as
+    ``evaluate`` counts them (``metrics.skeleton_features``: ends at the image's edge do not count)."""
 
     closed: bool = False
     within: dict[str, tuple[float, float]] = field(default_factory=dict)
+    tiles: bool = False
 
     def __bool__(self) -> bool:
         return self.closed or bool(self.within)
@@ -54,9 +58,10 @@ class Wanted:
         return np.array([self._passes(mask) for mask in as_written(images)], dtype=bool)
 
     def _passes(self, mask: np.ndarray) -> bool:
-        names = dict.fromkeys((["dangling_ends", "grains"] if self.closed else []) + list(self.within))
+        names = dict.fromkeys((["grains"] if self.closed else []) + list(self.within))
         value = {name: metrics.measure(name, mask) for name in names}  # each descriptor measured once
-        if self.closed and (value["dangling_ends"] > 0 or value["grains"] < 2):
+        if self.closed and (value["grains"] < 2 or (metrics.torus_dangling_ends(mask) if self.tiles else
+                                                    metrics.measure("dangling_ends", mask)) > 0):
             return False
         return all(abs(value[name] - target) <= tol for name, (target, tol) in self.within.items())
 

@@ -83,8 +83,10 @@ def boundary_fraction(mask: np.ndarray) -> float:
 def grain_areas(mask: np.ndarray, min_px: int = MIN_GRAIN_PX) -> np.ndarray:
     """Pixel areas of grains: 4-connected regions of non-boundary pixels (no wrap-around).
 
-    Regions smaller than ``min_px`` are dropped (``min_px=1`` keeps every region). Grains cut
-    by the image edge count as separate grains, as a metallographer counting a micrograph would.
+    Regions smaller than ``min_px`` are dropped (``min_px=1`` keeps every region). A grain cut
+    by the image edge counts as a whole one, and one that crosses the edge of an image that tiles
+    counts once for each piece (ASTM E112's planimetric count would score an edge grain as half):
+    real and generated images are counted alike, so comparisons between them hold.
     """
     labels, n = ndimage.label(~mask, structure=_FOUR_CONNECTED)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]

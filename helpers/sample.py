@@ -403,8 +403,12 @@ def each_batch(model, schedule: Schedule, n: int, sampler: Sampler = DEFAULT_SAM
         start = number * batch_size
         generator = torch.Generator(device=device).manual_seed(batch_seed(seed, number))
         shape = (min(batch_size, n - start), 1, size, size)
-        yield start, sampler.draw(network, schedule, shape, device=device, generator=generator,
-                                  callback=hook).float().cpu()
+        images = sampler.draw(network, schedule, shape, device=device, generator=generator, callback=hook).float().cpu()
+        if not torch.isfinite(images).all():  # written out, NaN would become black pixels without a word
+            cause = f" (guidance {sampler.guidance:g} may be too large for float32)" if sampler.guidance else ""
+            raise ValueError(f"{sampler.describe()} drew NaN or infinite values in the images from {start}{cause}; "
+                             f"expected finite images")
+        yield start, images
     bar.close()
 
 

@@ -51,6 +51,21 @@ def test_images_are_kept_by_their_measured_grains_and_closed_networks(real):
     assert Wanted(True, {"grains": (30.0, 1.0)}).describe() == "closed networks, grains within 1 of 30"
 
 
+def test_a_network_open_across_the_seam_is_kept_as_closed_only_where_the_images_do_not_tile(real):
+    # two vertical boundaries that loop through the top and bottom seam, and a third that runs from
+    # the second to the right edge, where, tiled, nothing meets it: one dangling end, on the seam
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:, 10] = mask[:, 40] = True
+    mask[30, 40:] = True
+    assert metrics.measure("dangling_ends", mask) == 0 and metrics.torus_dangling_ends(mask) == 1
+    assert metrics.measure("grains", mask) >= 2
+    seam = torch.from_numpy(np.where(mask, 1.0, -1.0)).float()[None]
+    images = torch.stack([real[0][0], seam])
+    assert np.array_equal(Wanted(closed=True).keeps(images), [True, True])
+    assert np.array_equal(Wanted(closed=True, tiles=True).keeps(images), [True, False])  # real ones tile closed
+    assert not Wanted(closed=True, tiles=True).keeps(opened(real[0][0])[None]).any()
+
+
 def test_within_is_read_against_the_conditions_asked_for():
     assert parse_within(["grains=1.5"], {"grains": 30.0}) == {"grains": (30.0, 1.5)}
     assert parse_within([], {}) == {}

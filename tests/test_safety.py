@@ -13,7 +13,9 @@ def test_train_refuses_a_folder_holding_a_users_files(tmp_path, capsys):
     out.mkdir()
     (out / "loss.csv").write_text("my own numbers\n")
     assert main(["train", "--profile", "smoke", "--steps", "2", "--out", str(out), "--quiet"]) == 2
-    assert "is not empty and holds no run (checkpoint.pt)" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "is not empty and holds no run (checkpoint.pt)" in captured.err
+    assert captured.out == ""  # refused before the run is announced ("writing to ...")
     assert (out / "loss.csv").read_text() == "my own numbers\n" and sorted(p.name for p in out.iterdir()) == ["loss.csv"]
 
 
