@@ -27,7 +27,7 @@ from .diffusion import PREDICTIONS, SPACINGS, VARIANCES
 from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
-from .keep import DRAWS_PER_IMAGE, Tally, Wanted, kept_batches, parse_within
+from .keep import DRAWS_PER_IMAGE, Tally, Wanted, kept_batches, parse_within, samples_tile
 from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, draw_batch, each_batch,
                      fast_sampler, fast_sampler_evidence, generate, png_name, recommended_sampler,
                      reverse_process_gif, write_batch, write_manifest, write_pngs)
@@ -319,7 +319,7 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
     elif sampler.guidance:  # a conditional model sampled without a condition: nothing to guide towards
         sampler, recommended = sampler.replace(guidance=0.0), recommended.replace(guidance=0.0)
         unguided = "; drawing it without guidance, as no --condition was given (it was measured with one)"
-    wanted = _wanted(args, targets, trained, side, world, tiles=bool(model.config().get("periodic")))
+    wanted = _wanted(args, targets, trained, side, world, tiles=samples_tile(model))
     if world.main:
         prepare_output_dir(Path(args.out), args.force)  # refuse a non-empty folder before sampling
         if args.fast:

@@ -38,7 +38,7 @@ import torch
 from . import data as data_module
 from . import metrics
 from .conditions import ConditionError, check_range, target_vector
-from .keep import DRAWS_PER_IMAGE, Tally, Wanted, as_written, kept_batches
+from .keep import DRAWS_PER_IMAGE, Tally, Wanted, as_written, kept_batches, samples_tile
 from .sample import BATCH_SIZE, Sampler, derived_seed, draw_batch, generate
 
 # voronoi-gb-range images drawn with this base seed are not the shipped set's, made with seed 0
@@ -433,8 +433,7 @@ def control_masks(model, schedule, stats: dict, targets: Sequence[float], n: int
             masks.append(metrics.boundary_masks(generate(model, schedule, n, sampler, **options)))
             continue
         tally = Tally()
-        tiles = bool(model.config().get("periodic"))  # a periodic network's samples tile: closed on the torus
-        images = _kept_images(model, schedule, n, sampler, keeping.wanted(name, target, tiles),
+        images = _kept_images(model, schedule, n, sampler, keeping.wanted(name, target, samples_tile(model)),
                               keeping.most or DRAWS_PER_IMAGE * n, tally, f"{name} = {target:g}", **options)
         masks.append(as_written(images))
         if tallies is not None:

@@ -66,6 +66,12 @@ class Wanted:
         return all(abs(value[name] - target) <= tol for name, (target, tol) in self.within.items())
 
 
+def samples_tile(model) -> bool:
+    """Whether ``model``'s samples tile (a periodic UNet's: every convolution pads circularly), so
+    that ``Wanted.tiles`` judges their networks closed on the torus."""
+    return bool(model.config().get("periodic"))
+
+
 def as_written(images: torch.Tensor) -> np.ndarray:
     """Boundary masks (N, H, W) of ``images`` (N, 1, H, W) in [-1, 1] as their 8-bit PNGs give them
     (``data.to_uint8``, then ``metrics.boundary_masks``): what ``evaluate`` reads back."""

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from helpers import data, metrics
-from helpers.keep import KeepError, Tally, Wanted, kept_batches, next_size, parse_within
+from helpers.keep import KeepError, Tally, Wanted, kept_batches, next_size, parse_within, samples_tile
+from helpers.unet import SeedUNet, UNet
 
 RANGE = "voronoi_gb_range_64"
 
@@ -64,6 +65,10 @@ def test_a_network_open_across_the_seam_is_kept_as_closed_only_where_the_images_
     assert np.array_equal(Wanted(closed=True).keeps(images), [True, True])
     assert np.array_equal(Wanted(closed=True, tiles=True).keeps(images), [True, False])  # real ones tile closed
     assert not Wanted(closed=True, tiles=True).keeps(opened(real[0][0])[None]).any()
+    # whose samples tile: a periodic UNet's (the shipped ones'), not a zero-padded one's or SeedUNet's
+    small = dict(size=16, widths=(8, 16))
+    assert samples_tile(UNet(**small)) and not samples_tile(UNet(**small, periodic=False))
+    assert not samples_tile(SeedUNet(size=16))
 
 
 def test_within_is_read_against_the_conditions_asked_for():
