@@ -370,8 +370,9 @@ class ControlReport:
 
 
 def _r2(targets: Sequence[float], achieved: Sequence[Sequence[float]]) -> float:
-    """R^2 of every sample's measured value against its target; NaN for a single target, where
-    there is no spread of targets to follow and R^2 would only measure the samples' scatter."""
+    """R^2 of every sample's measured value against its target; NaN for a single target: with no
+    spread of targets to follow, R^2 = -n (mean - target)^2 / scatter, 0 at best, scores the
+    samples' bias against their scatter, not control."""
     if len(set(targets)) < 2:
         return float("nan")
     pairs = [(t, a) for t, values in zip(targets, achieved) for a in values]
@@ -587,7 +588,8 @@ def format_control(reports: Sequence[ControlReport]) -> str:
         lines.append(f"{s['sampler']:<{width}} {r2:>6} {s['mae']:>6.2f} {s['worst_ratio']:>11.2f} "
                      f"{s['worst_matched_ratio']:>9.2f} {s['dangling_ends']:>13.2f}")
     if len(set(reports[0].targets)) < 2:
-        lines.append("  (R^2 needs two targets or more: with one it would measure only the samples' scatter)")
+        lines.append("  (R^2 needs two targets or more: with one it would score only the samples' bias against "
+                     "their scatter)")
     for report in reports:
         if report.keeping:
             lines.append(f"  judged only if kept ({report.keeping['rules']}), images passed of drawn per target: "
