@@ -327,11 +327,22 @@ def _sampling_setup(args: argparse.Namespace, device: torch.device, world: World
             print(f"the model's fast sampler, {recommended.describe()}, "
                   f"{vetted or 'was stored without a record of what vetted it'}{unguided}{changed}")
             print(_compact_hint(args.checkpoint, args.precision, device), end="")
-        elif stats and not args.condition:
-            print(f"{args.checkpoint} is conditioned on {', '.join(stats['names'])}: drawing unconditional samples "
-                  f"(the model's own mix), without guidance, as no --condition was given (e.g. --condition "
-                  f"{stats['names'][0]}={_example_target(stats)})")
+        print(_condition_note(args, stats, trained, side), end="")
     return model, schedule, payload, sampler, condition, wanted
+
+
+def _condition_note(args: argparse.Namespace, stats: dict | None, trained: int, side: int) -> str:
+    """A line on what a conditional model is asked for, where it is easy to mistake: no --condition
+    (unconditional samples; --fast says so itself), or a canvas larger than the training images
+    (the condition is a training image's, so it holds for each window of that size); '' elsewhere."""
+    if stats and not args.condition and not args.fast:
+        return (f"{args.checkpoint} is conditioned on {', '.join(stats['names'])}: drawing unconditional samples "
+                f"(the model's own mix), without guidance, as no --condition was given (e.g. --condition "
+                f"{stats['names'][0]}={_example_target(stats)})\n")
+    if args.condition and side != trained:
+        return (f"{' '.join(args.condition)} is asked of each {trained}x{trained} window of the {side}x{side} canvas "
+                f"(the size of the images the condition was measured on), not of the whole canvas\n")
+    return ""
 
 
 def _check_gif(args: argparse.Namespace, world: World) -> None:

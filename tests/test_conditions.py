@@ -130,6 +130,10 @@ def test_control_and_sample_refuse_what_would_lose_a_file_or_mean_nothing(condit
     assert main(["sample", "--checkpoint", str(conditional), "--steps", "2", "--n", "1",
                  "--out", str(tmp_path / "plain"), "--quiet"]) == 0
     assert f"{conditional} is conditioned on grains: drawing unconditional samples" in capsys.readouterr().out
+    # on a larger canvas the condition holds for each window of the training images' size
+    assert main(["sample", "--checkpoint", str(conditional), "--condition", "grains=20", "--steps", "2", "--n", "1",
+                 "--size", "128", "--out", str(tmp_path / "wide"), "--quiet"]) == 0
+    assert "grains=20 is asked of each 64x64 window of the 128x128 canvas" in capsys.readouterr().out
 
 
 # ---- the network and guidance -------------------------------------------------------------------
