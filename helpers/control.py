@@ -394,8 +394,9 @@ class Keeping:
     closed: bool = False
     most: Optional[int] = None
 
-    def wanted(self, name: str, target: float, tiles: bool = False) -> Wanted:
-        """What a sample at ``target`` must measure to be judged (``tiles``: as ``Wanted``)."""
+    def wanted(self, name: str, target: float, tiles: bool) -> Wanted:
+        """What a sample at ``target`` must measure to be judged (``tiles``: as ``Wanted``; no default,
+        so that no caller counts a periodic model's ends as if its images did not tile)."""
         return Wanted(self.closed, {name: (target, self.within)} if self.within is not None else {}, tiles)
 
     def rules(self, name: str) -> str:
