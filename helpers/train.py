@@ -515,6 +515,15 @@ class TrainResult:
     schedule: Schedule
 
 
+def starting_weights(cfg: TrainConfig) -> Optional[dict]:
+    """--init-from's weights, checked against the run's network, schedule and condition (a one-line
+    ``CheckpointError`` if they do not fit); None for a run that starts from random weights."""
+    if not cfg.init_from:
+        return None
+    schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps, cfg.prediction).config()
+    return initial_weights(cfg.init_from, model_config(cfg, data_module.image_size(cfg.data)), schedule, cfg.condition)
+
+
 class Run:
     """A training run in its folder: the ``Trainer``, the logs, the clock and the checkpoint.
 
@@ -563,10 +572,7 @@ class Run:
         with distributed.together():
             if distributed.current().main:
                 check_new_run_folder(Path(run_dir))
-            if cfg.init_from:  # checked before the data, the network and any compiling
-                schedule = Schedule.create(cfg.schedule, cfg.diffusion_steps, cfg.prediction).config()
-                state = initial_weights(cfg.init_from, model_config(cfg, data_module.image_size(cfg.data)),
-                                        schedule, cfg.condition)
+            state = starting_weights(cfg)  # checked before the data, the network and any compiling
         run = cls(cfg, run_dir, device)
         if state is not None:
             run.trainer.start_from(state)

@@ -102,8 +102,82 @@ def test_a_session_refuses_to_train_a_network_it_does_not_measure(tmp_path):
     done = dry_run(tmp_path / "out", "--phases", "eager", "train", "--models", "unet", "--train-network", "compact",
                    timeout=120)
     assert done.returncode == 2 and not (tmp_path / "out").exists()
-    assert done.stderr.splitlines()[-1].endswith("--train-network compact: the measuring phases (eager) time --models "
-                                                 "unet only; add compact to --models, or give --train-rate")
+    assert done.stderr.splitlines() == ["error: tools/gpu_session.py: --train-network compact: the measuring phases "
+                                        "(eager) time --models unet only; add compact to --models, or give "
+                                        "--train-rate (see tools/gpu_session.py --help)"]
+
+
+def test_a_session_refuses_bad_values_and_a_folder_it_would_write_over_before_any_phase(tool, tmp_path, monkeypatch,
+                                                                                        capsys):
+    gpu_session = tool("gpu_session")
+    monkeypatch.delenv("OUT", raising=False)
+
+    def refusal(*flags: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--smoke", *flags])
+        try:
+            gpu_session.arguments()
+        except SystemExit as exit:
+            assert exit.code == 2
+            lines = capsys.readouterr().err.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: tools/gpu_session.py: "), lines
+            return lines[0][len("error: tools/gpu_session.py: "):].removesuffix(" (see tools/gpu_session.py --help)")
+        raise AssertionError(f"{flags} accepted")
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "model.pt").write_text("the user's model")
+    (user / "notes.txt").write_text("the user's notes")
+    assert refusal("--phases", "env") == "--out: expected a new or empty folder for the session's files (or set OUT)"
+    assert refusal("--out", str(user / "notes.txt")) == f"--out {user / 'notes.txt'}: is a file; expected a new or " \
+                                                        "empty folder"
+    assert refusal("--out", str(user), "--phases", "train") == f"--out {user}: already holds model.pt; expected a " \
+                                                                "new or empty folder (nothing was replaced)"
+    assert (user / "model.pt").read_text() == "the user's model"
+    empty = tmp_path / "empty"
+    assert refusal("--out", str(empty), "--phases", "samples") == f"--out {empty}: holds no model.pt for the samples " \
+                                                                  "phase; add train to --phases, or put the model there"
+    assert refusal("--out", str(user), "--phases", "control").startswith("--phases control: draws a conditional model")
+    assert refusal("--out", str(empty), "--phases", "train", "--data", "no_such_set").startswith(
+        "no_such_set: no such folder or shipped dataset (shipped: ")
+    assert refusal("--out", str(empty), "--phases", "train", "--data", "voronoi_gb_range_64", "--condition",
+                   "no_such_column").endswith("has no column 'no_such_column'; its numeric columns: grains, "
+                                              "lineal_intercept, boundary_fraction")
+    assert str(tmp_path / "none.pt") in refusal("--out", str(empty), "--phases", "train", "--init-from",
+                                                str(tmp_path / "none.pt"))
+    for flag, value, expected in [("--deadline", "0", "a number above 0"), ("--batches", "0", "a positive whole number"),
+                                  ("--bar-every", "-1", "a whole number of 0 or more"),
+                                  ("--train-rate", "0", "a number above 0"), ("--guidance", "-3", "a number of 0 or more"),
+                                  ("--after", "-10", "a number of 0 or more")]:
+        assert refusal("--out", str(empty), flag, value) == f"argument {flag}: expected {expected}, got '{value}'"
+    assert refusal("--out", str(empty), "--compile-modes", "typo").startswith("argument --compile-modes: invalid choice")
+    assert not empty.exists() and sorted(p.name for p in user.iterdir()) == ["model.pt", "notes.txt"]
+    # what a session may find there: the model that samples and control read
+    monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--smoke", "--out", str(user), "--phases", "samples"])
+    assert gpu_session.arguments().phases == ["samples"]
+
+
+def test_a_session_whose_phase_fails_records_why_runs_the_others_and_exits_1(tool, tmp_path, monkeypatch):
+    gpu_session = tool("gpu_session")
+
+    def broken(self, until, record):
+        raise RuntimeError("the card fell over")
+
+    monkeypatch.setattr(gpu_session.Phases, "env", broken)
+    monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--smoke", "--out", str(tmp_path / "out"), "--phases", "env",
+                                      "ddp", "--deadline", "300"])
+    monkeypatch.setattr(gpu_session.Phases, "ddp", lambda self, until, record: record.update(ran=True))
+    try:
+        gpu_session.main()
+    except SystemExit as exit:
+        assert exit.code == 1
+    else:
+        raise AssertionError("a failed phase exited 0")
+    phases = json.loads((tmp_path / "out" / "session.json").read_text())["phases"]
+    assert phases["env"]["status"] == "failed: RuntimeError: the card fell over"
+    assert phases["ddp"] == {"ran": True, "status": "done", "seconds": phases["ddp"]["seconds"]}
+    log = (tmp_path / "out" / "session.log").read_text()
+    assert "RuntimeError: the card fell over" in log and log.splitlines()[-1].endswith(
+        "] done; failed: env (session.log has why)")
 
 
 def test_each_phase_gets_its_budget_when_it_starts(tool):

@@ -34,7 +34,12 @@ every phase, so a session cut short still brings back what it measured.
 
 Files in --out (the device tool brings back at most 8): session.json, session.log (what was
 printed), model.pt, loss.csv, bar.csv, samples.tar.gz (sample folders, progress grids, loss.png),
-and control.npz with --condition.
+and control.npz with --condition. A folder that already holds any of the files the phases asked
+for would write is refused before anything runs (nothing is replaced); it may hold the model.pt
+that samples and control read when train is not asked for. Bad values are refused in one line
+before the first phase, the train phase's data set, condition columns and --init-from weights
+included; a phase that fails is logged with its traceback and the others still run, and the
+session then exits with status 1.
 
   OUT=/tmp/x python3 tools/gpu_session.py                  # on the GPU machine (~9 minutes)
   python3 tools/gpu_session.py --out /tmp/x --smoke        # dry run on a CPU (small settings)
@@ -60,10 +65,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from helpers.__main__ import DEFAULT_MODEL  # noqa: E402
+from helpers.__main__ import (DEFAULT_MODEL, _OneLineParser, _non_negative_float, _non_negative_int,  # noqa: E402
+                              _positive_float, _positive_int)
 from helpers import bench, data, metrics, train  # noqa: E402
 from helpers.device import COMPILE_MODES, MEMORY_FORMATS, device_name, pick_device  # noqa: E402
-from helpers.checkpoint import export_weights, load_checkpoint, load_model, weights_digest  # noqa: E402
+from helpers.checkpoint import (CheckpointError, export_weights, load_checkpoint, load_model,  # noqa: E402
+                                weights_digest)
 from helpers.control import (DrawnSamples, control_masks, default_targets, held_values,  # noqa: E402
                              measure, measured_condition)
 from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  # noqa: E402
@@ -113,7 +120,7 @@ def plan_training(rows: list[dict], batch: int, seconds_left: float, *, compile_
     else:
         compile_seconds = FIRST_COMPILE_SECONDS
     seconds = max(30.0, seconds_left - compile_seconds)
-    checks = max(1, int(per_second * seconds) // bar_every)
+    checks = max(1, int(per_second * seconds) // bar_every) if bar_every else 0
     # 90% of what the throughput fits, less ~2 s per fidelity-bar check (200 samples + metrics)
     steps = max(100, int(0.9 * per_second * (seconds - 2.0 * checks)) // 100 * 100)
     return dict(compile=mode, memory_format=fmt, chosen_from=chosen, compile_reserved=compile_seconds,
@@ -189,24 +196,27 @@ class Session:
 
 def arguments() -> argparse.Namespace:
     """The command line, with the defaults that depend on --condition filled in."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
-    parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
-    parser.add_argument("--after", type=float, help="seconds kept after training (export, samples, and with "
-                        "--condition the control phase; default 45, with --condition 150)")
-    parser.add_argument("--bar-every", type=int, default=500)
+    parser = _OneLineParser(prog="tools/gpu_session.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="the folder of the session's files "
+                        "(default: $OUT); it may hold the model.pt that samples and control read, nothing it writes")
+    parser.add_argument("--deadline", type=_positive_float, default=540, help="seconds for the whole session")
+    parser.add_argument("--after", type=_non_negative_float, help="seconds kept after training (export, samples, "
+                        "and with --condition the control phase; default 45, with --condition 150)")
+    parser.add_argument("--bar-every", type=_non_negative_int, default=500, metavar="N", help="the train phase "
+                        "checks the fidelity bar on 200 EMA samples every N steps (0: never)")
     parser.add_argument("--phases", nargs="+", choices=PHASES, help="phases to run (default: all but ddp; with "
                         "--condition: " + " ".join(CONDITIONAL_PHASES) + ")")
-    parser.add_argument("--compile-modes", nargs="+", default=["default", "reduce-overhead"])
+    parser.add_argument("--compile-modes", nargs="+", choices=COMPILE_MODES, default=["default", "reduce-overhead"],
+                        help="torch.compile modes of the compiled phase")
     parser.add_argument("--no-512", action="store_true", help="no compiled batch-512 row")
     parser.add_argument("--models", nargs="+", choices=bench.NETWORKS, default=["unet", "seed-unet"],
                         help="networks of the eager and compiled phases (compact: the cpu profile's UNet)")
-    parser.add_argument("--batches", nargs="+", type=int, default=[128, 512],
+    parser.add_argument("--batches", nargs="+", type=_positive_int, default=[128, 512],
                         help="batches of the eager phase; the first is the compiled phase's and training's")
     parser.add_argument("--compile-formats", nargs="+", choices=MEMORY_FORMATS,
                         help="memory formats of the compiled phase (default: --memory-format, else the eager phase's fastest)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="for the compiled phase and training (default: the "
-                        "eager phase's fastest, else auto)")
+                        "eager phase's fastest, else contiguous)")
     parser.add_argument("--train-network", choices=TRAIN_NETWORKS, default="unet", help="the network the "
                         "train phase trains with the gpu profile's recipe: unet (the default UNet) or compact "
                         "(the cpu profile's UNet, which samples about 4x faster on a CPU)")
@@ -214,16 +224,17 @@ def arguments() -> argparse.Namespace:
                         "the fastest the measuring phases found, none when they did not run)")
     parser.add_argument("--measure-control", action="store_true", help="the control phase also measures its "
                         "samples (CPU work, minutes; default: control.npz only, for control --measure)")
-    parser.add_argument("--train-rate", type=float, metavar="IMG/S", help="the training throughput its steps are "
+    parser.add_argument("--train-rate", type=_positive_float, metavar="IMG/S", help="the training throughput its steps are "
                         "planned with (default: what the measuring phases found for the chosen setting, else 1000)")
     parser.add_argument("--paddings", nargs="+", choices=bench.PADDINGS, default=["wrap"],
                         help="circular paddings of the default UNet in the eager and compiled phases (torch: F.pad)")
-    parser.add_argument("--smoke", action="store_true", help="small settings for a dry run on a CPU")
+    parser.add_argument("--smoke", action="store_true", help="small settings for a dry run on a CPU (batch 8 "
+                        "whatever --batches says, a few steps and images, the smoke profile's network)")
     parser.add_argument("--data", default="voronoi_gb_64", help="the training set of the train phase")
     parser.add_argument("--condition", nargs="+", default=[], metavar="COLUMN",
                         help="train a conditional model on these manifest columns (e.g. --data "
                              "voronoi_gb_range_64 --condition grains); the export recommends --guidance")
-    parser.add_argument("--guidance", type=float, default=1.0, help="the guidance a conditional export recommends, "
+    parser.add_argument("--guidance", type=_non_negative_float, default=1.0, help="the guidance a conditional export recommends, "
                         "drawn first by the control phase (default: the shipped conditional model's, w = 1)")
     parser.add_argument("--init-from", type=Path, metavar="MODEL", help="the train phase fine-tunes this model file "
                         "instead of starting from random weights (train --init-from; e.g. data/pretrained/model.pt "
@@ -238,7 +249,52 @@ def arguments() -> argparse.Namespace:
                      "--train-rate")
     if args.after is None:
         args.after = 150.0 if args.condition else 45.0
+    check_inputs(args, parser)
     return args
+
+
+def written(phases: list[str], smoke: bool) -> list[str]:
+    """The names the session writes in --out, by the phases asked for."""
+    names = ["session.json", "session.json.partial", "session.log"]
+    if "train" in phases:
+        names += ["model.pt", train.LOSS_CSV, train.BAR_CSV] + (["run"] if smoke else [])
+    if "samples" in phases:
+        names += ["samples.tar.gz", "pack"]
+    return names + (["control.npz"] if "control" in phases else [])
+
+
+def check_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What the phases asked for need, checked before any of them spends device time: a folder that
+    holds none of the files the session writes (nothing there is replaced), the model that samples
+    and control read when the session does not train it, and the train phase's data set, condition
+    columns and --init-from weights; one line naming the value otherwise."""
+    out = args.out
+    if out is None:
+        parser.error("--out: expected a new or empty folder for the session's files (or set OUT)")
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: is a file; expected a new or empty folder")
+    taken = [name for name in written(args.phases, args.smoke) if (out / name).exists()]
+    if taken:
+        parser.error(f"--out {out}: already holds {', '.join(taken)}; expected a new or empty folder "
+                     "(nothing was replaced)")
+    readers = [phase for phase in ("samples", "control") if phase in args.phases]
+    if readers and "train" not in args.phases and not (out / "model.pt").is_file():
+        parser.error(f"--out {out}: holds no model.pt for the {readers[0]} phase; add train to --phases, or put "
+                     "the model there")
+    if "control" in args.phases and not args.condition:
+        parser.error("--phases control: draws a conditional model's samples; expected --condition (e.g. --data "
+                     "voronoi_gb_range_64 --condition grains)")
+    if "train" in args.phases:
+        plan = dict(steps=100, lr_decay_steps=0, compile="none", memory_format="contiguous")
+        try:
+            cfg = training_config(args, plan, args.batches[0], args.smoke)
+            if cfg.condition:
+                data.manifest_values(cfg.data, cfg.condition)
+            else:
+                data.resolve_dataset(cfg.data)
+            train.starting_weights(cfg)
+        except (data.DataError, CheckpointError, train.TrainingError) as exc:
+            parser.error(str(exc))
 
 
 # seconds of each measuring phase on a GPU, and in a dry run (--smoke): the smoke budgets leave
@@ -258,7 +314,8 @@ class Phases:
         self.base_batch = self.batches[0]  # the compiled phase's and training's batch
         self.steps, self.warmup, self.repeats = (2, 1, 2) if self.smoke else (5, 2, 3)
         self.images = data.load_images("voronoi_gb_64")
-        self.run_dir = args.out / "run" if self.smoke else Path("/tmp/mddpm_gpu_run")
+        # the training run's folder: in --out for a dry run, else a new one of this process's
+        self.run_dir = args.out / "run" if self.smoke else Path(tempfile.gettempdir()) / f"mddpm_gpu_run_{os.getpid()}"
 
     def budget(self, name: str) -> float:
         """Seconds phase ``name`` may take, decided when it starts: fixed for the measuring phases;
@@ -278,6 +335,7 @@ class Phases:
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
             record.update(memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count)
+            record["nvidia_smi"] = nvidia_smi()  # the card's form (an H200 SXM or NVL) shows in its power limit
         s.log(f"{record}")
 
     def eager(self, until, record):
@@ -381,8 +439,6 @@ class Phases:
               f"{cfg.batch_size}, compile {cfg.compile}, {cfg.memory_format}, "
               f"decay over the last {cfg.lr_decay_steps}, for at most {seconds:.0f} s after "
               f"{compile_seconds:.0f} s kept for compiling")
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
         saved = [time.perf_counter()]
 
         def progress(history: list[dict]) -> None:  # the latest loss row, saved at most every 10 s
@@ -506,18 +562,31 @@ class Phases:
             record.update(json.loads(report.read_text()))
 
 
+def nvidia_smi() -> str:
+    """The card's name, power limit, top SM clock and memory as nvidia-smi reports them, or why not."""
+    query = "--query-gpu=name,power.limit,clocks.max.sm,memory.total"
+    try:
+        done = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"not read: {exc.__class__.__name__}: {exc}"
+    return done.stdout.strip() or f"not read: {done.stderr.strip()[:200]}"
+
+
 def main() -> None:
     args = arguments()
     os.environ.setdefault("MPLBACKEND", "Agg")
     torch._dynamo.config.cache_size_limit = 64  # several networks and modes compile in one process
     s = Session(args.out, args.deadline, sys.argv[1:])
     phases = Phases(args, pick_device(), s)
-    for name in PHASES:  # in this order, each asked for; control only for a conditional model
-        if name in args.phases and (name != "control" or args.condition):
+    for name in PHASES:  # in this order, each asked for
+        if name in args.phases:
             s.phase(name, phases.budget(name), getattr(phases, name))
     s.report["total_seconds"] = s.elapsed()
     s.save()
-    s.log("done")
+    failed = [name for name, record in s.report["phases"].items() if record["status"] != "done"]
+    s.log(f"done; failed: {', '.join(failed)} (session.log has why)" if failed else "done")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
