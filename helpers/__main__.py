@@ -756,10 +756,10 @@ def _add_bench(commands) -> None:
     bench.add_argument("--images-per-call", nargs="+", type=_positive_int, metavar="N", default=[None],
                        help="the most images one network call takes while sampling (default: "
                             f"{CPU_PIXELS_PER_CALL // 64 ** 2} of 64x64 on a CPU, the whole batch on a GPU)")
-    bench.add_argument("--profile", action="store_true", help="add a profiler summary to every row "
-                       "(kernel launches, GPU-busy share, top kernels)")
+    bench.add_argument("--profile", action="store_true", help="add a profiler summary to every row of ours, "
+                       "not the original recipe's (kernel launches, GPU-busy share, top kernels)")
     bench.add_argument("--json", type=Path, help="also write the numbers as JSON")
-    bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines; the report is still printed")
     bench.set_defaults(run=_bench)
 
 

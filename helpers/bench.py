@@ -283,7 +283,7 @@ def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.devic
                                                      lambda net: sample(net, min(batch_size, n), 3))
     sample(network, min(batch_size, n), 2)  # warm-up: cuDNN's algorithm search, allocations
     seconds = median_seconds(lambda: sample(network, n, steps), device, 0, repeats)
-    row = {"images": n, "batch_size": batch_size,
+    row = {"images": n, "batch_size": min(batch_size, n),  # the batch that ran
            "images_per_call": call_size(device, model.config()["size"], images_per_call, batch=min(batch_size, n)),
            "sampler": Sampler("ddim", steps, eta).describe(),
            "precision": resolve_precision(precision, device),
@@ -357,10 +357,15 @@ def format_bench(report: dict) -> str:
         lines.append(f"sampling {row['images']} images, {row['sampler']}, batch {row['batch_size']} "
                      f"({row['images_per_call']} per network call), "
                      f"{row['precision']}, {row['memory_format']}, {row['compile']}: {row['seconds']:.2f} s "
-                     f"({row['images_per_second']:.0f} img/s; compile {row['compile_seconds']:.0f} s)")
+                     f"({_rate(row['images_per_second'])} img/s; compile {row['compile_seconds']:.0f} s)")
         if "profile" in row:
             lines.append("    " + _profile_line(row["profile"]))
     return "\n".join(lines)
+
+
+def _rate(per_second: float) -> str:
+    """A rate with three significant digits below 100 (a CPU samples under one image a second), whole above."""
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
 
 def _profile_line(summary: dict) -> str:

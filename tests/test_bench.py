@@ -20,7 +20,8 @@ def test_bench_quick(tmp_path, capsys, monkeypatch):
     bench_generate = bench.generate
     monkeypatch.setattr(bench, "generate", generate)
     assert main(["bench", "--quick", "--quiet", "--model", "seed-unet", "--memory-format", "contiguous",
-                 "channels_last", "--sample-precision", "fp32", "bf16", "--sample-n", "2", "--images-per-call", "1",
+                 "channels_last", "--sample-precision", "fp32", "bf16", "--sample-n", "2", "--sample-batch", "100",
+                 "--images-per-call", "1",
                  "--profile", "--json", str(tmp_path / "bench.json")]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     training = report["training"]
@@ -38,7 +39,18 @@ def test_bench_quick(tmp_path, capsys, monkeypatch):
     assert all(row["images"] == 2 and row["images_per_call"] == 1 and row["seconds"] > 0 for row in sampling)
     assert set(asked) == {1}
     out = capsys.readouterr().out
+    # the batch that ran: 2 images, though --sample-batch allowed 100
     assert "(a) original" in out and "DDIM-50, eta 1, batch 2 (1 per network call)" in out
+
+
+def test_bench_prints_a_cpu_sampling_rate_below_one_image_a_second():
+    row = {"images": 16, "sampler": "DDIM-50, eta 1", "batch_size": 16, "images_per_call": 8, "precision": "fp32",
+           "memory_format": "contiguous", "compile": "eager", "seconds": 50.0, "compile_seconds": 0.0}
+    report = {"device": "cpu", "torch": "2", "quick": False, "training": [],
+              "sampling": [dict(row, images_per_second=0.32), dict(row, images_per_second=2046.7)]}
+    lines = bench.format_bench(report).splitlines()
+    assert lines[2].endswith("eager: 50.00 s (0.32 img/s; compile 0 s)")
+    assert lines[3].endswith("eager: 50.00 s (2047 img/s; compile 0 s)")
 
 
 def test_bench_refuses_a_bad_lever(capsys):
