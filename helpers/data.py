@@ -529,6 +529,8 @@ def resolve_dataset(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if not path.exists() and (DATA_ROOT / str(name_or_path)).is_dir():
         path = DATA_ROOT / str(name_or_path)
+    if path.is_file():
+        raise DataError(f"{name_or_path}: is a file; expected a dataset folder")
     if not path.is_dir():
         shipped = sorted(p.name for p in DATA_ROOT.iterdir() if (p / MANIFEST).exists()) \
             if DATA_ROOT.is_dir() else []
@@ -575,6 +577,8 @@ def manifest_values(name_or_path: str | os.PathLike, columns: Sequence[str],
     """Numeric manifest columns as a float (N, len(columns)) array, rows in the manifest's order
     (the conditions a model can be trained on)."""
     manifest = resolve_dataset(name_or_path) / MANIFEST
+    if not manifest.is_file():
+        raise DataError(f"{manifest.parent}: no {MANIFEST}; the columns a model is conditioned on are read from it")
     with open(manifest, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:

@@ -128,15 +128,36 @@ def test_a_session_refuses_bad_values_and_a_folder_it_would_write_over_before_an
     (user / "model.pt").write_text("the user's model")
     (user / "notes.txt").write_text("the user's notes")
     assert refusal("--phases", "env") == "--out: expected a new or empty folder for the session's files (or set OUT)"
-    assert refusal("--out", str(user / "notes.txt")) == f"--out {user / 'notes.txt'}: is a file; expected a new or " \
-                                                        "empty folder"
+    monkeypatch.setenv("OUT", "")  # OUT= with nothing after it: not the current folder
+    assert refusal("--phases", "env") == "--out: expected a new or empty folder for the session's files (or set OUT)"
+    assert refusal("--out", "") == "argument --out: expected the path of a folder, got ''"
+    notes = user / "notes.txt"
+    assert refusal("--out", str(notes)) == f"--out {notes}: {notes} is a file; expected a folder"
+    assert refusal("--out", str(notes / "sub")) == f"--out {notes / 'sub'}: {notes} is a file; expected a folder"
     assert refusal("--out", str(user), "--phases", "train") == f"--out {user}: already holds model.pt; expected a " \
-                                                                "new or empty folder (nothing was replaced)"
-    assert (user / "model.pt").read_text() == "the user's model"
+                                                                "folder without the files the session writes (nothing " \
+                                                                "was replaced)"
     empty = tmp_path / "empty"
     assert refusal("--out", str(empty), "--phases", "samples") == f"--out {empty}: holds no model.pt for the samples " \
                                                                   "phase; add train to --phases, or put the model there"
+    assert refusal("--out", str(user), "--phases", "samples").startswith(f"{user / 'model.pt'}: not a readable")
+    assert (user / "model.pt").read_text() == "the user's model"
     assert refusal("--out", str(user), "--phases", "control").startswith("--phases control: draws a conditional model")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    shutil.copy(ROOT / "data" / "pretrained_compact" / "model.pt", shipped / "model.pt")
+    assert refusal("--out", str(shipped), "--phases", "control", "--condition", "grains") == \
+        f"--phases control: {shipped / 'model.pt'} is conditioned on nothing; expected --condition grains to match it"
+    pngs = tmp_path / "pngs"  # images but no manifest: nothing to condition on
+    pngs.mkdir()
+    shutil.copy(ROOT / "data" / "voronoi_gb_64" / "00000.png", pngs / "00000.png")
+    assert refusal("--out", str(empty), "--phases", "train", "--data", str(pngs), "--condition", "grains") == \
+        f"{pngs}: no manifest.csv; the columns a model is conditioned on are read from it"
+    assert refusal("--out", str(empty), "--phases", "train", "--data", str(empty.parent / "user")) == \
+        f"{user} holds no PNG images (and no manifest.csv)"
+    assert refusal("--out", str(empty), "--phases", "train", "--init-from", str(ROOT / "data" / "pretrained" /
+                   "model.pt")).endswith("(--smoke trains the smoke profile's tiny network: dry-run --init-from with a "
+                                         "model of that network, from train --profile smoke)")
     assert refusal("--out", str(empty), "--phases", "train", "--data", "no_such_set").startswith(
         "no_such_set: no such folder or shipped dataset (shipped: ")
     assert refusal("--out", str(empty), "--phases", "train", "--data", "voronoi_gb_range_64", "--condition",
@@ -149,10 +170,11 @@ def test_a_session_refuses_bad_values_and_a_folder_it_would_write_over_before_an
                                   ("--train-rate", "0", "a number above 0"), ("--guidance", "-3", "a number of 0 or more"),
                                   ("--after", "-10", "a number of 0 or more")]:
         assert refusal("--out", str(empty), flag, value) == f"argument {flag}: expected {expected}, got '{value}'"
-    assert refusal("--out", str(empty), "--compile-modes", "typo").startswith("argument --compile-modes: invalid choice")
+    assert refusal("--out", str(empty), "--compile-modes", "none").startswith("argument --compile-modes: invalid choice")
     assert not empty.exists() and sorted(p.name for p in user.iterdir()) == ["model.pt", "notes.txt"]
-    # what a session may find there: the model that samples and control read
-    monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--smoke", "--out", str(user), "--phases", "samples"])
+    # what a session may find there: the model that samples and control read, and the user's own files
+    (shipped / "notes.txt").write_text("the user's notes")
+    monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--smoke", "--out", str(shipped), "--phases", "samples"])
     assert gpu_session.arguments().phases == ["samples"]
 
 

@@ -197,8 +197,9 @@ class Session:
 def arguments() -> argparse.Namespace:
     """The command line, with the defaults that depend on --condition filled in."""
     parser = _OneLineParser(prog="tools/gpu_session.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="the folder of the session's files "
-                        "(default: $OUT); it may hold the model.pt that samples and control read, nothing it writes")
+    parser.add_argument("--out", type=_folder, default=os.environ.get("OUT") or None, help="the folder of the "
+                        "session's files (default: $OUT); it may hold the model.pt that samples and control read, "
+                        "and nothing the session writes")
     parser.add_argument("--deadline", type=_positive_float, default=540, help="seconds for the whole session")
     parser.add_argument("--after", type=_non_negative_float, help="seconds kept after training (export, samples, "
                         "and with --condition the control phase; default 45, with --condition 150)")
@@ -206,7 +207,8 @@ def arguments() -> argparse.Namespace:
                         "checks the fidelity bar on 200 EMA samples every N steps (0: never)")
     parser.add_argument("--phases", nargs="+", choices=PHASES, help="phases to run (default: all but ddp; with "
                         "--condition: " + " ".join(CONDITIONAL_PHASES) + ")")
-    parser.add_argument("--compile-modes", nargs="+", choices=COMPILE_MODES, default=["default", "reduce-overhead"],
+    parser.add_argument("--compile-modes", nargs="+", choices=[m for m in COMPILE_MODES if m != "none"],
+                        default=["default", "reduce-overhead"],
                         help="torch.compile modes of the compiled phase")
     parser.add_argument("--no-512", action="store_true", help="no compiled batch-512 row")
     parser.add_argument("--models", nargs="+", choices=bench.NETWORKS, default=["unet", "seed-unet"],
@@ -253,6 +255,13 @@ def arguments() -> argparse.Namespace:
     return args
 
 
+def _folder(text: str) -> Path:
+    """--out's path; an empty one (OUT= with nothing after it) would be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected the path of a folder, got {text!r}")
+    return Path(text)
+
+
 def written(phases: list[str], smoke: bool) -> list[str]:
     """The names the session writes in --out, by the phases asked for."""
     names = ["session.json", "session.json.partial", "session.log"]
@@ -264,37 +273,66 @@ def written(phases: list[str], smoke: bool) -> list[str]:
 
 
 def check_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """What the phases asked for need, checked before any of them spends device time: a folder that
-    holds none of the files the session writes (nothing there is replaced), the model that samples
-    and control read when the session does not train it, and the train phase's data set, condition
-    columns and --init-from weights; one line naming the value otherwise."""
+    """What the phases asked for need, checked before any of them spends device time: one line
+    naming the value otherwise (``check_out``, ``check_model``, ``check_training``)."""
+    try:
+        check_out(args)
+        if "train" in args.phases:
+            check_training(args)
+        else:
+            check_model(args)
+    except (ValueError, train.TrainingError) as exc:  # DataError, CheckpointError, ConditionError
+        parser.error(str(exc))
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """A folder that holds none of the files the session writes, so that nothing there is replaced."""
     out = args.out
     if out is None:
-        parser.error("--out: expected a new or empty folder for the session's files (or set OUT)")
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out}: is a file; expected a new or empty folder")
+        raise ValueError("--out: expected a new or empty folder for the session's files (or set OUT)")
+    above = next(parent for parent in [out, *out.absolute().parents] if parent.exists())
+    if not above.is_dir():
+        raise ValueError(f"--out {out}: {above} is a file; expected a folder")
     taken = [name for name in written(args.phases, args.smoke) if (out / name).exists()]
     if taken:
-        parser.error(f"--out {out}: already holds {', '.join(taken)}; expected a new or empty folder "
-                     "(nothing was replaced)")
-    readers = [phase for phase in ("samples", "control") if phase in args.phases]
-    if readers and "train" not in args.phases and not (out / "model.pt").is_file():
-        parser.error(f"--out {out}: holds no model.pt for the {readers[0]} phase; add train to --phases, or put "
-                     "the model there")
+        raise ValueError(f"--out {out}: already holds {', '.join(taken)}; expected a folder without the files the "
+                         "session writes (nothing was replaced)")
     if "control" in args.phases and not args.condition:
-        parser.error("--phases control: draws a conditional model's samples; expected --condition (e.g. --data "
-                     "voronoi_gb_range_64 --condition grains)")
-    if "train" in args.phases:
-        plan = dict(steps=100, lr_decay_steps=0, compile="none", memory_format="contiguous")
-        try:
-            cfg = training_config(args, plan, args.batches[0], args.smoke)
-            if cfg.condition:
-                data.manifest_values(cfg.data, cfg.condition)
-            else:
-                data.resolve_dataset(cfg.data)
-            train.starting_weights(cfg)
-        except (data.DataError, CheckpointError, train.TrainingError) as exc:
-            parser.error(str(exc))
+        raise ValueError("--phases control: draws a conditional model's samples; expected --condition (e.g. --data "
+                         "voronoi_gb_range_64 --condition grains)")
+
+
+def check_model(args: argparse.Namespace) -> None:
+    """The model.pt in --out that samples and control read when the session does not train it:
+    a model file, conditioned on --condition for control."""
+    readers = [phase for phase in ("samples", "control") if phase in args.phases]
+    if not readers:
+        return
+    path = args.out / "model.pt"
+    if not path.is_file():
+        raise ValueError(f"--out {args.out}: holds no model.pt for the {readers[0]} phase; add train to --phases, "
+                         "or put the model there")
+    names = (load_model(path)[2].get("condition") or {}).get("names", [])
+    if "control" in args.phases and names != list(args.condition):
+        raise ValueError(f"--phases control: {path} is conditioned on {', '.join(names) or 'nothing'}; expected "
+                         f"--condition {' '.join(args.condition)} to match it")
+
+
+def check_training(args: argparse.Namespace) -> None:
+    """The train phase's data set (its images, and the manifest's columns of --condition) and
+    --init-from's weights, read as a run reads them."""
+    plan = dict(steps=100, lr_decay_steps=0, compile="none", memory_format="contiguous")
+    cfg = training_config(args, plan, args.batches[0], args.smoke)
+    data.list_images(data.resolve_dataset(cfg.data))
+    if cfg.condition:
+        data.manifest_values(cfg.data, cfg.condition)
+    try:
+        train.starting_weights(cfg)
+    except CheckpointError as exc:
+        if not args.smoke:
+            raise
+        raise CheckpointError(f"{exc} (--smoke trains the smoke profile's tiny network: dry-run --init-from with a "
+                              "model of that network, from train --profile smoke)") from None
 
 
 # seconds of each measuring phase on a GPU, and in a dry run (--smoke): the smoke budgets leave
@@ -466,7 +504,8 @@ class Phases:
         export_weights(checkpoint, s.out / "model.pt", sampler=sampler)
         for name in (train.LOSS_CSV, train.BAR_CSV):
             shutil.copy(self.run_dir / name, s.out / name)
-        s.log(f"exported {s.out / 'model.pt'} recommending {sampler.describe()}")
+        s.log(f"exported {s.out / 'model.pt'} recommending {sampler.describe()}; the run, checkpoint included, "
+              f"stays in {self.run_dir}")
 
     def samples(self, until, record):
         """200 samples of the exported model with each of several samplers, packed."""
