@@ -212,9 +212,10 @@ def test_each_phase_gets_its_budget_when_it_starts(tool):
         def left(self) -> float:
             return 400.0
 
-    def budgets(smoke: bool, condition: list, after: float = 100.0) -> dict:
+    def budgets(smoke: bool, condition: list, after: float = 100.0, asked: list = gpu_session.DEFAULT_PHASES) -> dict:
         phases = gpu_session.Phases.__new__(gpu_session.Phases)  # no images loaded: only budget() is used
-        phases.args, phases.session, phases.smoke = argparse.Namespace(after=after, condition=condition), Clock(), smoke
+        phases.args = argparse.Namespace(after=after, condition=condition, phases=asked)
+        phases.session, phases.smoke = Clock(), smoke
         return {name: phases.budget(name) for name in gpu_session.PHASES}
 
     assert budgets(False, []) == {"env": 30, "eager": 75, "compiled": 170, "sampling": 90, "train": 300.0,
@@ -223,6 +224,13 @@ def test_each_phase_gets_its_budget_when_it_starts(tool):
                                          "samples": 350.0, "control": 400.0, "ddp": 400.0}
     assert budgets(False, [], after=390.0)["train"] == 30.0  # never less than half a minute
     assert budgets(False, ["grains"], after=800.0)["samples"] == 10.0
+    # measuring phases alone: the last one asked for has the time left, never less than its own
+    measuring = budgets(False, [], asked=["compiled", "eager", "env"])
+    assert (measuring["env"], measuring["eager"], measuring["compiled"]) == (30, 75, 400.0)
+    assert budgets(False, [], asked=["env", "eager"])["eager"] == 400.0
+    assert budgets(True, [], asked=["env", "compiled"])["compiled"] == 400.0
+    assert budgets(False, [], asked=["env", "eager", "ddp"])["eager"] == 75  # ddp comes after it
+    assert budgets(False, [], asked=["env", "sampling", "train"])["sampling"] == 90
 
 
 def test_gpu_session_dry_run_records_each_phase_and_brings_back_its_files(tmp_path):

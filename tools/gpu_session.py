@@ -32,6 +32,9 @@ every phase, so a session cut short still brings back what it measured.
   ddp       only when named in --phases: what data parallelism costs, one NCCL rank under torchrun
             against the plain loop, side by side (tools/ddp_overhead.py; gpu profile, batch 128)
 
+The measuring phases (env, eager, compiled, sampling) have fixed budgets, so that training keeps
+its time; in a session of measuring phases alone the last of them has the time left.
+
 Files in --out (the device tool brings back at most 8): session.json, session.log (what was
 printed), model.pt, loss.csv, bar.csv, samples.tar.gz (sample folders, progress grids, loss.png),
 and control.npz with --condition. A folder that already holds any of the files the phases asked
@@ -356,10 +359,15 @@ class Phases:
         self.run_dir = args.out / "run" if self.smoke else Path(tempfile.gettempdir()) / f"mddpm_gpu_run_{os.getpid()}"
 
     def budget(self, name: str) -> float:
-        """Seconds phase ``name`` may take, decided when it starts: fixed for the measuring phases;
-        for the others what is left, less what the phases after training keep (--after)."""
+        """Seconds phase ``name`` may take, decided when it starts: fixed for the measuring phases,
+        except the last one asked for in a session of measuring phases alone, which has the time
+        left (at least its fixed seconds); for the others what is left, less what the phases
+        after training keep (--after)."""
         if name in MEASURING_BUDGETS:
-            return MEASURING_BUDGETS[name][self.smoke]
+            asked = [phase for phase in PHASES if phase in self.args.phases]
+            last = set(asked) <= set(MEASURING_BUDGETS) and name == asked[-1]
+            fixed = MEASURING_BUDGETS[name][self.smoke]
+            return max(fixed, self.session.left()) if last else fixed
         if name == "train":
             return max(30.0, self.session.left() - self.args.after)
         kept = self.args.after / 2 if name == "samples" and self.args.condition else 0.0
