@@ -172,6 +172,12 @@ def test_a_session_refuses_bad_values_and_a_folder_it_would_write_over_before_an
         assert refusal("--out", str(empty), flag, value) == f"argument {flag}: expected {expected}, got '{value}'"
     assert refusal("--out", str(empty), "--compile-modes", "none").startswith("argument --compile-modes: invalid choice")
     assert not empty.exists() and sorted(p.name for p in user.iterdir()) == ["model.pt", "notes.txt"]
+    # the default phases: all but control and ddp; with --condition those of a conditional session
+    monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--out", str(empty)])
+    assert gpu_session.arguments().phases == ["env", "eager", "compiled", "sampling", "train", "samples"]
+    monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--out", str(empty), "--data", "voronoi_gb_range_64",
+                                      "--condition", "grains"])
+    assert gpu_session.arguments().phases == ["env", "train", "samples", "control"]
     # what a session may find there: the model that samples and control read, and the user's own files
     (shipped / "notes.txt").write_text("the user's notes")
     monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--smoke", "--out", str(shipped), "--phases", "samples"])

@@ -82,7 +82,9 @@ from helpers.sample import Sampler, generate, recommended_sampler, write_pngs  #
 # compile of the default UNet took 83-112 s on an H200 (benchmarks/h200_session_*.json)
 FIRST_COMPILE_SECONDS = 120.0
 PHASES = ["env", "eager", "compiled", "sampling", "train", "samples", "control", "ddp"]
-DEFAULT_PHASES = PHASES[:-1]  # ddp starts processes of its own: asked for by name
+# control draws a conditional model's samples (with --condition); ddp starts processes of its own:
+# asked for by name
+DEFAULT_PHASES = [phase for phase in PHASES if phase not in ("control", "ddp")]
 # a conditional session trains and draws: the measuring phases (measured in three sessions already)
 # would leave its training less time than its network takes to compile
 CONDITIONAL_PHASES = ["env", "train", "samples", "control"]
@@ -208,8 +210,8 @@ def arguments() -> argparse.Namespace:
                         "and with --condition the control phase; default 45, with --condition 150)")
     parser.add_argument("--bar-every", type=_non_negative_int, default=500, metavar="N", help="the train phase "
                         "checks the fidelity bar on 200 EMA samples every N steps (0: never)")
-    parser.add_argument("--phases", nargs="+", choices=PHASES, help="phases to run (default: all but ddp; with "
-                        "--condition: " + " ".join(CONDITIONAL_PHASES) + ")")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, help="phases to run (default: all but control and "
+                        "ddp; with --condition: " + " ".join(CONDITIONAL_PHASES) + ")")
     parser.add_argument("--compile-modes", nargs="+", choices=[m for m in COMPILE_MODES if m != "none"],
                         default=["default", "reduce-overhead"],
                         help="torch.compile modes of the compiled phase")
@@ -388,8 +390,10 @@ class Phases:
         """The original recipe, then train's own step for each network, batch, memory format and padding."""
         s, args = self.session, self.args
         rows = record.setdefault("rows", [])
-        rows.append(bench.original_recipe(self.device, 3 if self.smoke else 30, 1, self.repeats))
-        s.log(f"original recipe: {rows[-1]['images_per_second']:.0f} img/s")
+        s.attempt("original recipe", rows, lambda: bench.original_recipe(self.device, 3 if self.smoke else 30, 1,
+                                                                         self.repeats))
+        if "error" not in rows[-1]:  # a failure is recorded; the rows of ours still run
+            s.log(f"original recipe: {rows[-1]['images_per_second']:.0f} img/s")
         for model in args.models:
             for batch in self.batches:
                 for fmt in ("contiguous", "channels_last"):
@@ -553,10 +557,7 @@ class Phases:
         --measure-control here, for as long as the phase has time."""
         s, args = self.session, self.args
         model, schedule, payload = load_model(s.out / "model.pt", self.device)
-        if "condition" not in payload:
-            s.log("control: the model is unconditional; skipped")
-            return
-        stats = payload["condition"]
+        stats = payload["condition"]  # a conditional model: checked before the first phase
         name = measured_condition(stats)
         targets = default_targets(stats)[:2] if self.smoke else default_targets(stats)
         n, scales = (2, [0.0, 1.0]) if self.smoke else (64, [0.0, 1.0, 2.0, 4.0])
