@@ -279,19 +279,19 @@ def sampling_row(model: torch.nn.Module, schedule: Schedule, device: torch.devic
         return generate(net, schedule, count, Sampler("ddim", sampler_steps, eta), batch_size=batch_size,
                         device=device, images_per_call=images_per_call)
 
-    network, mode, compile_seconds = compile_network(network, compile_mode,
-                                                     lambda net: sample(net, min(batch_size, n), 3))
-    sample(network, min(batch_size, n), 2)  # warm-up: cuDNN's algorithm search, allocations
+    batch = min(batch_size, n)  # the batch that runs: n images at most
+    network, mode, compile_seconds = compile_network(network, compile_mode, lambda net: sample(net, batch, 3))
+    sample(network, batch, 2)  # warm-up: cuDNN's algorithm search, allocations
     seconds = median_seconds(lambda: sample(network, n, steps), device, 0, repeats)
-    row = {"images": n, "batch_size": min(batch_size, n),  # the batch that ran
-           "images_per_call": call_size(device, model.config()["size"], images_per_call, batch=min(batch_size, n)),
+    row = {"images": n, "batch_size": batch,
+           "images_per_call": call_size(device, model.config()["size"], images_per_call, batch=batch),
            "sampler": Sampler("ddim", steps, eta).describe(),
            "precision": resolve_precision(precision, device),
            "memory_format": memory_format_name, "compile": mode, "compile_seconds": compile_seconds, "seconds": seconds,
            "images_per_second": n / seconds}
     if profile:
-        row["profile"] = _try_profile(lambda: sample(network, min(batch_size, n), 5), device, 1,
-                                      seconds * min(batch_size, n) / n * 5 / steps)
+        row["profile"] = _try_profile(lambda: sample(network, batch, 5), device, 1,
+                                      seconds * batch / n * 5 / steps)
     return row
 
 

@@ -568,7 +568,6 @@ class Run:
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: str | Path, device: torch.device) -> "Run":
         """A new run in ``run_dir`` (new or empty; refused otherwise, before any work)."""
-        state = None
         with distributed.together():
             if distributed.current().main:
                 check_new_run_folder(Path(run_dir))
