@@ -70,7 +70,7 @@ def native_bf16(device: torch.device) -> bool:
     the AVX512-BF16 or AMX-BF16 instructions, as Linux lists them in /proc/cpuinfo. Elsewhere bf16
     is emulated or takes a reference path, and this says no: on the 2-core EPYC the shipped UNet
     samples 2.3x faster in bf16, but 1.5x slower with the instruction set capped at AVX-512 without
-    BF16 and 3.8x slower at AVX2 (tools/precision_speed.py; README, Performance).
+    BF16 and 3.8x slower at AVX2 (tools/precision_speed.py; benchmarks/README.md).
     """
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
@@ -130,7 +130,7 @@ def sampling_layout(precision: str, device: torch.device, fast: bool = False) ->
     On a CPU: channels_last in bf16 (1.8x faster than fp32 NCHW where bf16 is native), and in fp32
     when speed comes first (``sample --fast``): with fp32 weights, 16 images were drawn 1.2x faster
     in NHWC than in NCHW on the 2-core EPYC with AVX-512, 1.02x to 1.16x on one with AVX2 only
-    (README, Performance). Otherwise NCHW: in fp32 an image then does not depend on the batch it
+    (benchmarks/README.md). Otherwise NCHW: in fp32 an image then does not depend on the batch it
     was drawn in, bit for bit (NHWC kernels differ by ~1e-5 between batch sizes), and GPUs train NCHW.
     """
     precision, device = resolve_precision(precision, device), torch.device(device)

@@ -223,7 +223,7 @@ def reduced_precision(model: torch.nn.Module, dtype: torch.dtype):
 # the pixels a network call takes on a CPU, 8 images of 64x64: larger calls allocate activations
 # big enough that the C library's allocator takes them fresh from the system and gives them back
 # after each operation, and the page faults that follow cost more time than the arithmetic
-# (python -m helpers bench --images-per-call 8 64 --sample-n 64 measures it: README, Performance)
+# (python -m helpers bench --images-per-call 8 64 --sample-n 64 measures it: benchmarks/README.md, Images per network call)
 CPU_PIXELS_PER_CALL = 8 * 64 * 64
 
 
