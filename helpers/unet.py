@@ -128,7 +128,7 @@ def wrap_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     The same values as ``F.pad(x, (pad,) * 4, mode="circular")``, written as five copies into one
     tensor of the input's memory layout: ``F.pad`` returns a channels-first tensor for a
     channels-last input, which the next convolution then converts back (without those conversions
-    bf16 NHWC sampling on a 2-core CPU ran 1.18x faster: tools/padding_speed.py, README).
+    bf16 NHWC sampling on a 2-core CPU ran 1.18x faster: tools/padding_speed.py; benchmarks/README.md).
     """
     if pad == 0:
         return x

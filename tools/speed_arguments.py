@@ -25,7 +25,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each way (default 3; the median is kept)")
     parser.add_argument("--images-per-call", type=int, metavar="N",
                         help="the most images one network call takes (default: sample.call_size's, 8 of "
-                             "64x64 on a CPU; the README's tables from before 2026-11-30 were measured with 16)")
+                             "64x64 on a CPU; the tables of README.md and benchmarks/README.md measured before 2026-11-30 used 16)")
 
 
 def check_speed_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
