@@ -255,6 +255,33 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     return payload
 
 
+def store_recommended_sampler(path: str | Path, sampler) -> dict:
+    """Make ``sampler`` (a ``sample.Sampler``) the recommended sampler of the weights file at
+    ``path``, the one ``sample`` and ``control`` draw with unless told otherwise, for a model
+    re-measured after its export; everything else in the file is kept, but for the fast sampler:
+    a conditional model's was vetted against the recommended one (``tools/control_fast.py``), so
+    it goes, with its record, until it is vetted against the new one; an unconditional model's,
+    vetted by the fidelity bar alone, stays while it takes fewer network calls. Returns the file's
+    contents as saved."""
+    payload = load_checkpoint(path)
+    if payload.get("kind") != "weights":
+        raise CheckpointError(f"{path} is a file of kind {payload.get('kind')!r}, not a weights file "
+                              "(train --export), the kind that recommends a sampler")
+    if not hasattr(sampler, "stored"):
+        raise TypeError(f"sampler: expected a sample.Sampler (checked when made), got {sampler!r}")
+    if sampler.guidance and "condition" not in payload:
+        raise ValueError(f"sampler: guidance {sampler.guidance:g} for {path}, an unconditional model; expected 0")
+    schedule = Schedule.create(**payload["schedule"])
+    calls = len(sampler.timesteps(schedule))  # also checks the steps against the schedule
+    if "fast_sampler" in payload and ("condition" in payload or len(
+            type(sampler).from_stored(payload["fast_sampler"]).timesteps(schedule)) >= calls):
+        del payload["fast_sampler"]
+        payload.pop("fast_sampler_measured", None)
+    payload["sampler"] = sampler.stored()
+    save_atomic(payload, Path(path))
+    return payload
+
+
 # what a fine-tuned run may change of the network it starts from (train --init-from): a condition
 # input (layers the file may lack) and dropout (no weights)
 FINE_TUNING_MAY_CHANGE = ("conditions", "dropout")

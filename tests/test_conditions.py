@@ -11,7 +11,8 @@ import torch
 
 from helpers import ROOT, conditions, control, data, metrics, sample, train
 from helpers.__main__ import main
-from helpers.checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
+from helpers.checkpoint import (CheckpointError, export_weights, load_checkpoint, load_model,
+                               store_recommended_sampler, weights_digest)
 from helpers.device import pick_device
 from helpers.sample import Sampler
 from helpers.unet import UNet
@@ -448,6 +449,46 @@ def test_a_fast_sampler_falls_behind_the_recommended_one_only_beyond_its_toleran
     assert control.falls_behind(base, {**base, "mae": float("nan")}) == ["mae 2 against nan (tolerance 0.25)"]
     with pytest.raises(ValueError, match="expected the same"):
         control.falls_behind({**base, "targets": [8.0]}, base)
+
+
+def test_control_fast_judges_its_rows_again_against_a_new_recommended_sampler_without_drawing_them(
+        conditional, tool, tmp_path, monkeypatch, capsys):
+    fast, model, table = tool("control_fast"), tmp_path / "m.pt", tmp_path / "rows.json"
+    export_weights(load_checkpoint(conditional), model, sampler=Sampler("ddim", 3, 1.0, guidance=1.0))
+    digest = weights_digest(load_checkpoint(model))
+    numbers = {("ddim", 3): (0.98, 2.0, 0.36), ("dpm++2m", 4): (0.99, 1.9, 0.23), ("dpm++2m", 2): (0.985, 2.05, 0.27)}
+    drawn = []
+
+    def measure(path, sampler, precision, layout, args, targets):  # numbers set here: the smoke model draws noise
+        drawn.append((sampler.kind, sampler.steps, precision))
+        return {"sampler_words": sampler.describe(), "precision": precision, "memory_format": layout, "seed": args.seed,
+                "n": args.n, "samples": args.n * len(targets), "weights": digest, "targets": targets,
+                **dict(zip(("r2", "mae", "dangling_ends"), numbers[sampler.kind, sampler.steps])),
+                "worst_ratio": 1.0, "worst_matched_ratio": 1.0, "seconds": 1.0, **sampler.stored()}
+
+    def run(*extra: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["control_fast.py", "--model", str(model), "--samplers", "dpm++2m:2:1",
+                                          "--json", str(table), *extra])
+        return fast.main()
+
+    monkeypatch.setattr(fast, "measure", measure)
+    assert run("--precision", "bf16") == 0 and run("--store-fast") == 0
+    assert drawn == [("ddim", 3, "fp32"), ("dpm++2m", 2, "bf16"), ("dpm++2m", 2, "fp32")]
+    assert {row["recommended_mae"] for row in load_checkpoint(model)["fast_sampler_measured"]} == {2.0}
+    store_recommended_sampler(model, Sampler("dpm++2m", 4, 1.0, guidance=1.0))  # the fast one's vetting goes with it
+    assert "fast_sampler" not in load_checkpoint(model)
+    capsys.readouterr()
+    assert run("--precision", "bf16") == 0 and run("--store-fast") == 0
+    assert drawn[3:] == [("dpm++2m", 4, "fp32")]  # the new recommended sampler alone is drawn
+    said = capsys.readouterr().out
+    assert f"(judged again, not drawn: {digest}:dpm++2m:2:1:guidance1:bf16:seed0:n64:targets" in said
+    stored = load_checkpoint(model)
+    assert stored["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0, "guidance": 1.0}
+    assert sorted((row["precision"], row["mae"], row["recommended_mae"], row["recommended_dangling_ends"])
+                  for row in stored["fast_sampler_measured"]) == [("bf16", 2.05, 1.9, 0.23), ("fp32", 2.05, 1.9, 0.23)]
+    rows = json.loads(table.read_text())
+    assert len(rows) == 4 and all(row["recommended_words"] == "DPM-Solver++(2M)-4, eta 1, guidance 1"
+                                  for row in rows.values() if "recommended_words" in row)
 
 
 def test_control_fast_stores_a_conditional_fast_sampler_only_where_it_is_as_good_as_the_recommended_one(

@@ -9,6 +9,7 @@ from PIL import Image
 
 from helpers import ROOT, data, device, sample, train
 from helpers.checkpoint import (CheckpointError, export_weights, load_checkpoint, load_model, store_fast_sampler,
+                              store_recommended_sampler,
                                 weights_digest)
 from helpers.diffusion import Schedule
 from helpers.sample import Sampler
@@ -80,6 +81,31 @@ def test_a_model_file_recommends_its_sampler_and_the_command_follows_it(weights,
         main(["sample", "--checkpoint", str(stored), "--n", "2", "--eta", "3", "--out", str(tmp_path / "c"), "--quiet"])
     assert refused.value.code == 2 and not (tmp_path / "c").exists()
     assert "argument --eta: expected a number from 0 to 1, got '3'" in capsys.readouterr().err
+
+
+def test_a_new_recommended_sampler_keeps_the_weights_and_drops_a_fast_sampler_vetted_against_the_old(weights, tmp_path):
+    stored = export_weights(load_checkpoint(weights.parent / "checkpoint.pt"), tmp_path / "m.pt", sampler=Sampler("ddim", 4, 1))
+    fast = [MET, {**MET, "precision": "bf16", "seed": 1}]
+    store_fast_sampler(stored, Sampler("dpm++2m", 2, 1), fast)
+    before = load_checkpoint(stored)
+    after = store_recommended_sampler(stored, Sampler("dpm++2m", 3, 1))  # unconditional: the bar vetted it, kept
+    assert load_checkpoint(stored)["sampler"] == after["sampler"] == {"sampler": "dpm++2m", "steps": 3, "eta": 1.0}
+    assert sample.recommended_sampler(after) == Sampler("dpm++2m", 3, 1.0)
+    assert sample.fast_sampler(after) == Sampler("dpm++2m", 2, 1.0) and len(after["fast_sampler_measured"]) == 2
+    assert all(torch.equal(after["ema"][k], v) for k, v in before["ema"].items()) and after["step"] == before["step"]
+    after = store_recommended_sampler(stored, Sampler("ddim", 2, 1))  # the fast one no longer takes fewer calls
+    assert "fast_sampler" not in after and "fast_sampler_measured" not in load_checkpoint(stored)
+    conditional = dict(before, condition={"names": ["grains"]})  # vetted against the recommended one: dropped
+    torch.save(conditional, tmp_path / "conditional.pt")
+    after = store_recommended_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 5, 1, guidance=1.0))
+    assert sample.recommended_sampler(after) == Sampler("dpm++2m", 5, 1.0, guidance=1.0) and "fast_sampler" not in after
+    with pytest.raises(ValueError, match="guidance 2 for .*m.pt, an unconditional model; expected 0"):
+        store_recommended_sampler(stored, Sampler("ddim", 4, 1, guidance=2.0))
+    with pytest.raises(ValueError, match="steps"):
+        store_recommended_sampler(stored, Sampler("ddim", 5000))  # more steps than the schedule has
+    with pytest.raises(CheckpointError, match="checkpoint.pt is a file of kind 'training', not a weights file"):
+        store_recommended_sampler(weights.parent / "checkpoint.pt", Sampler("ddim", 4, 1))
+    assert load_checkpoint(stored)["sampler"] == {"sampler": "ddim", "steps": 2, "eta": 1.0}  # the refusals changed nothing
 
 
 def test_a_recommended_spacing_is_followed_and_can_be_overridden(weights, tmp_path, capsys):

@@ -9,10 +9,13 @@ spread over the training range) with --model's recommended guidance and seed --s
 dangling ends). It is compared with the model's recommended sampler measured the same way with
 fp32 weights, on the same targets, samples per target and seed (measured first unless --json holds
 that row): ``helpers.control.falls_behind`` says where it falls behind by more than
-``FAST_TOLERANCES``. Rows are printed and merged into --json, named by the model's weights, the
-sampler with its guidance, the precision (with the layout where it is not the precision's
-default), seed, --n and targets. Only a model conditioned on one
-count (grains) is measured: the tolerances are in its units.
+``FAST_TOLERANCES``. A candidate's row --json already holds is not drawn again either (the draws are
+seeded: they would be the same samples), only judged again against the recommended sampler's row,
+so a model given a new recommended sampler (``helpers.checkpoint.store_recommended_sampler``) has
+its fast sampler vetted against it by drawing the new one alone; give another --json to draw again.
+Rows are printed and merged into --json, named by the model's weights, the sampler with its guidance,
+the precision (with the layout where it is not the precision's default), seed, --n and targets.
+Only a model conditioned on one count (grains) is measured: the tolerances are in its units.
 
 --store-fast keeps the one sampler measured, which must take fewer network calls than the
 recommended one, as the model's fast sampler (``sample --fast``) if, on control's default targets
@@ -193,8 +196,13 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     print(table_row(base, f"{base['sampler_words']} (recommended)", ""))
     for sampler in samplers:
-        row = judged(measure(args.model, sampler, args.precision, args.memory_format, args, targets), base)
-        rows[key(digest, sampler, args.precision, args.memory_format, args, targets)] = row
+        name = key(digest, sampler, args.precision, args.memory_format, args, targets)
+        held = rows.get(name, {})
+        if held.get("sampler_words") == sampler.describe():  # seeded: drawn again, it would be the same samples
+            print(f"(judged again, not drawn: {name} in {args.json})")
+        else:
+            held = measure(args.model, sampler, args.precision, args.memory_format, args, targets)
+        rows[name] = row = judged(held, base)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
         verdict = "yes" if row["as_good"] else "no: " + "; ".join(row["falls_behind"])
         print(table_row(row, row["sampler_words"], verdict), flush=True)
