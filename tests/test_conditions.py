@@ -805,20 +805,25 @@ def test_the_shipped_conditional_models_fast_sampler_is_what_its_card_and_rows_s
     rows = json.loads((ROOT / "benchmarks" / "cpu_conditional_samplers.json").read_text())
     mine = [row for row in rows.values() if row["weights"] == weights_digest(payload)]
     targets = ",".join(f"{t:g}" for t in control.default_targets(payload["condition"]))
-    base = rows[f"{weights_digest(payload)}:ddim:50:1:guidance1:fp32:seed0:n64:targets{targets}"]
+    recommended = sample.recommended_sampler(payload)
+    assert recommended == Sampler("dpm++2m", 50, 1.0, guidance=1.0)  # since 2026-12-01; DDIM-50, eta 1 before
+    base = rows[f"{weights_digest(payload)}:dpm++2m:50:1:guidance1:fp32:seed0:n64:targets{targets}"]
+    before = rows[f"{weights_digest(payload)}:ddim:50:1:guidance1:fp32:seed0:n64:targets{targets}"]
     sweep = json.loads((folder / "control_8x64.json").read_text())["reports"][1]  # the card's, at guidance 1
-    assert sweep["sampler"] == base["sampler_words"] and all(sweep[k] == base[k] for k in control.FAST_TOLERANCES)
+    assert sweep["sampler"] == before["sampler_words"] and all(sweep[k] == before[k] for k in control.FAST_TOLERANCES)
     card = (folder / "README.md").read_text()
     for row in mine:
         fast = "recommended_words" in row
-        assert not fast or (row["as_good"] and row["recommended_mae"] == base["mae"]
-                            and not control.falls_behind(row, base))
-        words = row["sampler_words"].replace(", guidance 1", "") + (" (fast)" if fast else " (recommended)")
+        assert not fast or (row["as_good"] and row["recommended_words"] == recommended.describe()
+                            and row["recommended_mae"] == base["mae"] and not control.falls_behind(row, base))
+        role = ("fast" if fast else "recommended" if row["sampler_words"] == recommended.describe()
+                else "recommended until 2026-12-01")
+        words = row["sampler_words"].replace(", guidance 1", "") + f" ({role})"
         weights = row["precision"] + (", NHWC" if row.get("memory_format") == "channels_last" else "")
         cells = [words, weights, f"{row['r2']:.3f}", f"{row['mae']:.2f}", f"{row['dangling_ends']:.2f}",
                  f"{row['worst_ratio']:.2f}", f"{row['worst_matched_ratio']:.2f}"]
         assert f"| {' | '.join(cells)} |" in card
-    assert len(mine) == 4  # the fast sampler in bf16, and in fp32 in both layouts
+    assert len(mine) == 5  # both recommended samplers; the fast one in bf16, and in fp32 in both layouts
 
 
 def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():
