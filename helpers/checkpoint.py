@@ -148,8 +148,8 @@ def export_weights(checkpoint: dict, path: str | Path, dtype: torch.dtype = torc
     """Write a small sampling-only file: the EMA weights (fp16 by default) and the configs.
 
     ``sampler`` (a ``sample.Sampler``, checked when it was made) is kept, as ``sampler.stored()``,
-    as the model's recommended sampler, the one its published statistics were measured with;
-    `python -m helpers sample` uses it by default.
+    as the model's recommended sampler, the one measured best on it (``store_recommended_sampler``
+    replaces it later); `python -m helpers sample` uses it by default.
     """
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint["ema"].items()}
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "kind": "weights",
@@ -261,8 +261,10 @@ def store_recommended_sampler(path: str | Path, sampler) -> dict:
     re-measured after its export; everything else in the file is kept, but for the fast sampler:
     a conditional model's was vetted against the recommended one (``tools/control_fast.py``), so
     it goes, with its record, until it is vetted against the new one; an unconditional model's,
-    vetted by the fidelity bar alone, stays while it takes fewer network calls. Returns the file's
-    contents as saved."""
+    vetted by the fidelity bar alone, stays while it takes fewer network calls. The sampler the file
+    already recommends changes nothing. Refused, naming the file: a training checkpoint, guidance
+    for an unconditional model or one trained without dropping its condition, steps the schedule
+    lacks. Returns the file's contents as saved."""
     payload = load_checkpoint(path)
     if payload.get("kind") != "weights":
         raise CheckpointError(f"{path} is a file of kind {payload.get('kind')!r}, not a weights file "
@@ -271,8 +273,16 @@ def store_recommended_sampler(path: str | Path, sampler) -> dict:
         raise TypeError(f"sampler: expected a sample.Sampler (checked when made), got {sampler!r}")
     if sampler.guidance and "condition" not in payload:
         raise ValueError(f"sampler: guidance {sampler.guidance:g} for {path}, an unconditional model; expected 0")
+    if sampler.guidance and payload.get("train_config", {}).get("condition_dropout", 1.0) == 0:
+        raise ValueError(f"sampler: guidance {sampler.guidance:g} for {path}, a model trained with condition_dropout "
+                         "0 (it never learned the unconditional prediction); expected 0")
+    if sampler.stored() == payload.get("sampler"):
+        return payload
     schedule = Schedule.create(**payload["schedule"])
-    calls = len(sampler.timesteps(schedule))  # also checks the steps against the schedule
+    try:
+        calls = len(sampler.timesteps(schedule))
+    except ValueError as exc:
+        raise ValueError(f"sampler: {exc} for {path}") from None
     if "fast_sampler" in payload and ("condition" in payload or len(
             type(sampler).from_stored(payload["fast_sampler"]).timesteps(schedule)) >= calls):
         del payload["fast_sampler"]

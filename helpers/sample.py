@@ -125,11 +125,13 @@ DEFAULT_SAMPLER = Sampler("ddim", 50, 0.0)
 
 
 def recommended_sampler(payload: dict) -> Sampler:
-    """The sampler a model file was measured with (stored at export), else ``DEFAULT_SAMPLER``.
+    """The sampler a model file recommends (stored at export, or later by
+    ``checkpoint.store_recommended_sampler``), else ``DEFAULT_SAMPLER``.
 
     The best sampler depends on the model: an under-trained network can gain more from DDIM's
-    fresh noise (eta > 0) than a well-trained one, so the shipped model says which one its
-    published statistics used, and ``python -m helpers sample`` uses it unless told otherwise.
+    fresh noise (eta > 0) than a well-trained one, so a model file says which one was measured best
+    on it, and ``python -m helpers sample`` uses it unless told otherwise (a shipped model's card
+    says which sampler drew each of its published tables).
     """
     return Sampler.from_stored(payload["sampler"]) if "sampler" in payload else DEFAULT_SAMPLER
 
@@ -140,7 +142,7 @@ def fast_sampler(payload: dict) -> Sampler:
     bar) or, for a conditional model, ``tools/control_fast.py --store-fast`` (no worse than the
     recommended sampler under ``control``, beyond ``control.FAST_TOLERANCES``).
 
-    The recommended sampler is the one the model's published statistics used; the fast one takes
+    The recommended sampler is the one measured best on the model; the fast one takes
     fewer network calls and was also measured (the shipped models' READMEs give both). The errors
     read after the file's name: "FILE stores no fast sampler ...".
     """

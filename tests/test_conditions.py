@@ -824,6 +824,8 @@ def test_the_shipped_conditional_models_fast_sampler_is_what_its_card_and_rows_s
                  f"{row['worst_ratio']:.2f}", f"{row['worst_matched_ratio']:.2f}"]
         assert f"| {' | '.join(cells)} |" in card
     assert len(mine) == 5  # both recommended samplers; the fast one in bf16, and in fp32 in both layouts
+    assert all(row[f"recommended_{name}"] == base[name] for row in payload["fast_sampler_measured"]
+               for name in ("r2", "mae", "dangling_ends"))  # what model.pt keeps: judged against the new one
 
 
 def test_lesson_07_quotes_the_cards_guidance_sweep_as_measured():

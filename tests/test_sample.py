@@ -9,8 +9,7 @@ from PIL import Image
 
 from helpers import ROOT, data, device, sample, train
 from helpers.checkpoint import (CheckpointError, export_weights, load_checkpoint, load_model, store_fast_sampler,
-                              store_recommended_sampler,
-                                weights_digest)
+                               store_recommended_sampler, weights_digest)
 from helpers.diffusion import Schedule
 from helpers.sample import Sampler
 import helpers.__main__ as cli
@@ -99,10 +98,20 @@ def test_a_new_recommended_sampler_keeps_the_weights_and_drops_a_fast_sampler_ve
     torch.save(conditional, tmp_path / "conditional.pt")
     after = store_recommended_sampler(tmp_path / "conditional.pt", Sampler("dpm++2m", 5, 1, guidance=1.0))
     assert sample.recommended_sampler(after) == Sampler("dpm++2m", 5, 1.0, guidance=1.0) and "fast_sampler" not in after
+    assert "fast_sampler_measured" not in load_checkpoint(tmp_path / "conditional.pt")
+    torch.save(dict(conditional, fast_sampler={"sampler": "dpm++2m", "steps": 2, "eta": 1.0}), tmp_path / "same.pt")
+    kept = store_recommended_sampler(tmp_path / "same.pt", Sampler("ddim", 4, 1))  # already recommended: no change
+    assert kept["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
+    torch.save(dict(conditional, train_config={**conditional["train_config"], "condition_dropout": 0.0}),
+               tmp_path / "no_null.pt")
+    with pytest.raises(ValueError, match="no_null.pt, a model trained with condition_dropout 0"):
+        store_recommended_sampler(tmp_path / "no_null.pt", Sampler("ddim", 4, 1, guidance=1.0))
     with pytest.raises(ValueError, match="guidance 2 for .*m.pt, an unconditional model; expected 0"):
         store_recommended_sampler(stored, Sampler("ddim", 4, 1, guidance=2.0))
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=r"sampler: DDIM steps must lie in 1\.\.\d+, got 5000 for .*m\.pt"):
         store_recommended_sampler(stored, Sampler("ddim", 5000))  # more steps than the schedule has
+    with pytest.raises(TypeError, match="expected a sample.Sampler"):
+        store_recommended_sampler(stored, {"sampler": "ddim", "steps": 4})
     with pytest.raises(CheckpointError, match="checkpoint.pt is a file of kind 'training', not a weights file"):
         store_recommended_sampler(weights.parent / "checkpoint.pt", Sampler("ddim", 4, 1))
     assert load_checkpoint(stored)["sampler"] == {"sampler": "ddim", "steps": 2, "eta": 1.0}  # the refusals changed nothing

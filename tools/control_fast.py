@@ -10,9 +10,10 @@ dangling ends). It is compared with the model's recommended sampler measured the
 fp32 weights, on the same targets, samples per target and seed (measured first unless --json holds
 that row): ``helpers.control.falls_behind`` says where it falls behind by more than
 ``FAST_TOLERANCES``. A candidate's row --json already holds is not drawn again either (the draws are
-seeded: they would be the same samples), only judged again against the recommended sampler's row,
-so a model given a new recommended sampler (``helpers.checkpoint.store_recommended_sampler``) has
-its fast sampler vetted against it by drawing the new one alone; give another --json to draw again.
+seeded: with the same torch, which each row records, they would be the same samples), only judged
+again against the recommended sampler's row, so a model given a new recommended sampler
+(``helpers.checkpoint.store_recommended_sampler``) has its fast sampler vetted against it by drawing
+the new one alone; give another --json to draw again.
 Rows are printed and merged into --json, named by the model's weights, the sampler with its guidance,
 the precision (with the layout where it is not the precision's default), seed, --n and targets.
 Only a model conditioned on one count (grains) is measured: the tolerances are in its units.
