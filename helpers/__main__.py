@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .bench import NETWORKS, format_bench, run_bench
-from .checkpoint import CheckpointError, export_weights, load_checkpoint, load_model, weights_digest
+from .checkpoint import CheckpointError, check_guidance, export_weights, load_checkpoint, load_model, weights_digest
 from .conditions import ConditionError, parse_targets, target_vector
 from .control import (COUNTS, DrawnSamples, Keeping, check_targets, default_targets, format_control, guidance_sweep,
                       measure, measured_condition)
@@ -28,7 +28,7 @@ from .distributed import RankError, World
 from .export import FORMATS, TEXTURES, MissingPackage, export_targets, microstructure, require
 from .export import export as export_microstructure
 from .keep import DRAWS_PER_IMAGE, Tally, Wanted, kept_batches, parse_within, samples_tile
-from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, check_guidance, draw_batch, each_batch,
+from .sample import (CPU_PIXELS_PER_CALL, SAMPLERS, canvas_size, draw_batch, each_batch,
                      fast_sampler, fast_sampler_evidence, generate, png_name, recommended_sampler,
                      reverse_process_gif, write_batch, write_manifest, write_pngs)
 from .train import (CHECKPOINT, PROFILES, RUN_FILES, TrainConfig, TrainingError, check_new_run_folder,

@@ -255,6 +255,14 @@ def store_fast_sampler(path: str | Path, sampler, measured: list[dict]) -> dict:
     return payload
 
 
+def check_guidance(payload: dict, guidance: float, source: str = "the model") -> None:
+    """Refuse guidance for a model trained without dropping its condition: its null embedding never
+    learned the unconditional prediction that guidance steers away from."""
+    if guidance and payload.get("train_config", {}).get("condition_dropout", 1.0) == 0:
+        raise ValueError(f"guidance {guidance:g}: {source} was trained with condition_dropout 0, so it has no "
+                         f"unconditional prediction to guide with; expected guidance 0")
+
+
 def store_recommended_sampler(path: str | Path, sampler) -> dict:
     """Make ``sampler`` (a ``sample.Sampler``) the recommended sampler of the weights file at
     ``path``, the one ``sample`` and ``control`` draw with unless told otherwise, for a model
@@ -273,9 +281,7 @@ def store_recommended_sampler(path: str | Path, sampler) -> dict:
         raise TypeError(f"sampler: expected a sample.Sampler (checked when made), got {sampler!r}")
     if sampler.guidance and "condition" not in payload:
         raise ValueError(f"sampler: guidance {sampler.guidance:g} for {path}, an unconditional model; expected 0")
-    if sampler.guidance and payload.get("train_config", {}).get("condition_dropout", 1.0) == 0:
-        raise ValueError(f"sampler: guidance {sampler.guidance:g} for {path}, a model trained with condition_dropout "
-                         "0 (it never learned the unconditional prediction); expected 0")
+    check_guidance(payload, sampler.guidance, str(path))
     if sampler.stored() == payload.get("sampler"):
         return payload
     schedule = Schedule.create(**payload["schedule"])

@@ -195,14 +195,6 @@ def fast_sampler_evidence(payload: dict) -> str:
     return f"met the fidelity bar on this model in {sets} of {' or '.join(map(str, sizes))} samples: {', '.join(each)}"
 
 
-def check_guidance(payload: dict, guidance: float, source: str = "the model") -> None:
-    """Refuse guidance for a model trained without dropping its condition: its null embedding never
-    learned the unconditional prediction that guidance steers away from."""
-    if guidance and payload.get("train_config", {}).get("condition_dropout", 1.0) == 0:
-        raise ValueError(f"guidance {guidance:g}: {source} was trained with condition_dropout 0, so it has no "
-                         f"unconditional prediction to guide with; expected guidance 0")
-
-
 def gif_timesteps(visited: list[int], max_frames: int = 60) -> list[int]:
     """Which of the visited timesteps become GIF frames: at most ``max_frames``, crowded near 0."""
     ascending = sorted(visited)

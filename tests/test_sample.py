@@ -104,7 +104,7 @@ def test_a_new_recommended_sampler_keeps_the_weights_and_drops_a_fast_sampler_ve
     assert kept["fast_sampler"] == {"sampler": "dpm++2m", "steps": 2, "eta": 1.0}
     torch.save(dict(conditional, train_config={**conditional["train_config"], "condition_dropout": 0.0}),
                tmp_path / "no_null.pt")
-    with pytest.raises(ValueError, match="no_null.pt, a model trained with condition_dropout 0"):
+    with pytest.raises(ValueError, match="guidance 1: .*no_null.pt was trained with condition_dropout 0"):
         store_recommended_sampler(tmp_path / "no_null.pt", Sampler("ddim", 4, 1, guidance=1.0))
     with pytest.raises(ValueError, match="guidance 2 for .*m.pt, an unconditional model; expected 0"):
         store_recommended_sampler(stored, Sampler("ddim", 4, 1, guidance=2.0))
